@@ -1,0 +1,166 @@
+//! Stores: where records live. Each implements [`JournalStore`]; one
+//! contract test suite (`journal/tests/contract.rs`) runs against all of them.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use crate::codec::CodecError;
+use crate::event::{Envelope, RunId};
+
+pub mod memory;
+pub mod redb;
+#[cfg(feature = "sled")]
+pub mod sled;
+
+/// Everything that can go wrong with a journal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// Another process holds the journal for writing.
+    #[error("journal {path} is in use by {}; wait for that run to finish, or watch it with `upshift status --follow`", holder_text(.holder_pid))]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's pid, if it could be read.
+        holder_pid: Option<u32>,
+    },
+    /// A stored record failed its checks. Nothing after it is trusted.
+    #[error("journal record of run {run} at seq {seq} is corrupt: {detail}")]
+    Corrupt {
+        /// The run.
+        run: RunId,
+        /// The damaged record's sequence number.
+        seq: u64,
+        /// What was wrong.
+        detail: CodecError,
+    },
+    /// The journal's storage itself reports damage.
+    #[error("journal {path} is damaged: {detail}")]
+    Damaged {
+        /// The store's file or folder.
+        path: PathBuf,
+        /// The store's own words.
+        detail: String,
+    },
+    /// The disk is full: nothing of the failed batch was written.
+    #[error("journal disk full at {path}: free space there, then `upshift resume` (nothing already journaled was lost)")]
+    DiskFull {
+        /// The store's file or folder.
+        path: PathBuf,
+    },
+    /// An I/O error.
+    #[error("journal I/O error at {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An event could not be encoded (e.g. too large).
+    #[error("cannot journal event: {0}")]
+    Encode(CodecError),
+    /// A batch would leave a gap or overwrite: a bug in the caller.
+    #[error("run {run}: append of seq {got} but the journal expects seq {expected}")]
+    SeqGap {
+        /// The run.
+        run: RunId,
+        /// Next free seq.
+        expected: u64,
+        /// Seq offered.
+        got: u64,
+    },
+    /// The handle was opened read-only.
+    #[error("journal opened read-only")]
+    ReadOnly,
+    /// Any other error of the store, in its words.
+    #[error("journal store error at {path}: {detail}")]
+    Backend {
+        /// The store's file or folder.
+        path: PathBuf,
+        /// The store's own words.
+        detail: String,
+    },
+}
+
+fn holder_text(pid: &Option<u32>) -> String {
+    match pid {
+        Some(p) => format!("process {p}"),
+        None => "another process".to_string(),
+    }
+}
+
+impl JournalError {
+    /// Maps an I/O error, recognising a full disk.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> JournalError {
+        let path = path.into();
+        if is_disk_full(&source) {
+            JournalError::DiskFull { path }
+        } else {
+            JournalError::Io { path, source }
+        }
+    }
+}
+
+/// Whether an I/O error means "no space left".
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    // ENOSPC is 28 on Linux; ERROR_DISK_FULL is 112 and ERROR_HANDLE_DISK_FULL 39 on Windows.
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || (cfg!(unix) && e.raw_os_error() == Some(28))
+        || (cfg!(windows) && matches!(e.raw_os_error(), Some(112) | Some(39)))
+}
+
+/// The storage contract every backend meets.
+///
+/// `append` returns only when the whole batch is durable (on disk, past the
+/// disk's write cache), and writes all of it or none. `scan` stops at the
+/// first record that fails its checks and returns [`JournalError::Corrupt`]
+/// after visiting everything before it.
+pub trait JournalStore: Send {
+    /// Short name: `redb`, `sled`, `memory`.
+    fn kind(&self) -> &'static str;
+    /// Appends a batch durably, atomically.
+    fn append(&mut self, batch: &[Envelope]) -> Result<(), JournalError>;
+    /// Every run id in the store, oldest first.
+    fn runs(&self) -> Result<Vec<RunId>, JournalError>;
+    /// Visits a run's events from `from_seq` on, in order.
+    fn scan(
+        &self,
+        run: RunId,
+        from_seq: u64,
+        visit: &mut dyn FnMut(Envelope) -> ControlFlow<()>,
+    ) -> Result<(), JournalError>;
+    /// One past the last seq of `run` (0 for an unknown run).
+    fn next_seq(&self, run: RunId) -> Result<u64, JournalError>;
+}
+
+/// Decodes one stored record under its key, turning failures into
+/// [`JournalError::Corrupt`] with the run and seq of the key.
+pub(crate) fn decode_at(key: &[u8], value: &[u8]) -> Result<Envelope, JournalError> {
+    let (run, seq) = crate::codec::parse_key(key).map_err(|detail| JournalError::Corrupt {
+        run: RunId(uuid::Uuid::nil()),
+        seq: 0,
+        detail,
+    })?;
+    crate::codec::decode(value, Some((run, seq))).map_err(|detail| JournalError::Corrupt {
+        run,
+        seq,
+        detail,
+    })
+}
+
+/// Encodes a batch into `(key, record)` pairs.
+pub(crate) fn encode_batch(
+    batch: &[Envelope],
+) -> Result<Vec<([u8; crate::codec::KEY_LEN], Vec<u8>)>, JournalError> {
+    batch
+        .iter()
+        .map(|e| {
+            Ok((
+                crate::codec::key(e.run, e.seq),
+                crate::codec::encode(e).map_err(JournalError::Encode)?,
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,185 @@
+//! The default store: one redb file, `journal.redb`, opened in redb's
+//! `SingleWriter` mode so that other processes can open it read-only and
+//! follow a live run (`upshift status --follow`) while the engine writes.
+//! Every commit uses redb's default `Durability::Immediate` (fsync).
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use redb::{ConcurrencyMode, ReadableDatabase, TableDefinition};
+
+use super::memory::next_run_key;
+use super::{JournalError, JournalStore, decode_at, encode_batch};
+use crate::codec;
+use crate::event::{Envelope, RunId};
+
+const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+
+enum Handle {
+    Writer(redb::Database),
+    Reader(redb::ReadOnlyDatabase),
+}
+
+/// A journal in one redb file.
+pub struct RedbStore {
+    db: Handle,
+    path: PathBuf,
+}
+
+fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    b
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the file for writing.
+    pub fn open(path: &Path) -> Result<RedbStore, JournalError> {
+        let db = builder().create(path).map_err(|e| map_err(path, e))?;
+        // Create the table up front so readers never see "no such table".
+        let txn = db.begin_write().map_err(|e| map_err(path, e))?;
+        txn.open_table(EVENTS).map_err(|e| map_err(path, e))?;
+        txn.commit().map_err(|e| map_err(path, e))?;
+        Ok(RedbStore {
+            db: Handle::Writer(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing file read-only, beside a live writer if there is one.
+    pub fn open_read_only(path: &Path) -> Result<RedbStore, JournalError> {
+        let db = builder()
+            .open_read_only(path)
+            .map_err(|e| map_err(path, e))?;
+        Ok(RedbStore {
+            db: Handle::Reader(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, JournalError> {
+        match &self.db {
+            Handle::Writer(db) => db.begin_read(),
+            Handle::Reader(db) => db.begin_read(),
+        }
+        .map_err(|e| map_err(&self.path, e))
+    }
+
+    fn with_table<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let txn = self.read()?;
+        let table = txn.open_table(EVENTS).map_err(|e| map_err(&self.path, e))?;
+        f(&table)
+    }
+}
+
+/// Maps any redb error, recognising a full disk and a damaged file.
+fn map_err(path: &Path, e: impl Into<redb::Error>) -> JournalError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::Io(io) => JournalError::io(path, io),
+        redb::Error::Corrupted(detail) => JournalError::Damaged {
+            path: path.to_path_buf(),
+            detail,
+        },
+        redb::Error::DatabaseAlreadyOpen => JournalError::Locked {
+            path: path.to_path_buf(),
+            holder_pid: None,
+        },
+        other => JournalError::Backend {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+impl JournalStore for RedbStore {
+    fn kind(&self) -> &'static str {
+        "redb"
+    }
+
+    fn append(&mut self, batch: &[Envelope]) -> Result<(), JournalError> {
+        let Handle::Writer(db) = &self.db else {
+            return Err(JournalError::ReadOnly);
+        };
+        let records = encode_batch(batch)?;
+        let txn = db.begin_write().map_err(|e| map_err(&self.path, e))?;
+        {
+            let mut table = txn.open_table(EVENTS).map_err(|e| map_err(&self.path, e))?;
+            for (k, v) in &records {
+                table
+                    .insert(k.as_slice(), v.as_slice())
+                    .map_err(|e| map_err(&self.path, e))?;
+            }
+        }
+        txn.commit().map_err(|e| map_err(&self.path, e))
+    }
+
+    fn runs(&self) -> Result<Vec<RunId>, JournalError> {
+        self.with_table(|table| {
+            let mut out = Vec::new();
+            let mut from = codec::key(RunId(uuid::Uuid::nil()), 0);
+            loop {
+                let mut range = table
+                    .range::<&[u8]>(from.as_slice()..)
+                    .map_err(|e| map_err(&self.path, e))?;
+                let Some(item) = range.next() else { break };
+                let (k, _) = item.map_err(|e| map_err(&self.path, e))?;
+                let (run, _) = codec::parse_key(k.value()).map_err(|detail| {
+                    JournalError::Corrupt {
+                        run: RunId(uuid::Uuid::nil()),
+                        seq: 0,
+                        detail,
+                    }
+                })?;
+                out.push(run);
+                match next_run_key(run) {
+                    Some(k) => from = k,
+                    None => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn scan(
+        &self,
+        run: RunId,
+        from_seq: u64,
+        visit: &mut dyn FnMut(Envelope) -> ControlFlow<()>,
+    ) -> Result<(), JournalError> {
+        self.with_table(|table| {
+            let lo = codec::key(run, from_seq);
+            let hi = codec::key(run, u64::MAX);
+            let range = table
+                .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+                .map_err(|e| map_err(&self.path, e))?;
+            for item in range {
+                let (k, v) = item.map_err(|e| map_err(&self.path, e))?;
+                if visit(decode_at(k.value(), v.value())?).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn next_seq(&self, run: RunId) -> Result<u64, JournalError> {
+        self.with_table(|table| {
+            let lo = codec::key(run, 0);
+            let hi = codec::key(run, u64::MAX);
+            let mut range = table
+                .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+                .map_err(|e| map_err(&self.path, e))?;
+            Ok(match range.next_back() {
+                Some(item) => {
+                    let (k, _) = item.map_err(|e| map_err(&self.path, e))?;
+                    codec::parse_key(k.value()).map(|(_, s)| s + 1).unwrap_or(0)
+                }
+                None => 0,
+            })
+        })
+    }
+}
