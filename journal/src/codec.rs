@@ -27,7 +27,9 @@ pub enum CodecError {
     #[error("record is {0} bytes, shorter than its 6-byte header")]
     Truncated(usize),
     /// Written by a format this release does not know.
-    #[error("record has format version {0}; this upshift reads versions 1..={FORMAT_VERSION} (upgrade upshift to read it)")]
+    #[error(
+        "record has format version {0}; this upshift reads versions 1..={FORMAT_VERSION} (upgrade upshift to read it)"
+    )]
     UnknownVersion(u16),
     /// The body does not match its checksum.
     #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]

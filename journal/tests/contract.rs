@@ -246,7 +246,10 @@ fn redb_corrupt_record_is_reported_not_skipped() {
         "got {err}"
     );
     let msg = err.to_string();
-    assert!(msg.contains(&a.to_string()) && msg.contains("seq 1"), "{msg}");
+    assert!(
+        msg.contains(&a.to_string()) && msg.contains("seq 1"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -43,7 +43,9 @@ pub enum JournalError {
         detail: String,
     },
     /// The disk is full: nothing of the failed batch was written.
-    #[error("journal disk full at {path}: free space there, then `upshift resume` (nothing already journaled was lost)")]
+    #[error(
+        "journal disk full at {path}: free space there, then `upshift resume` (nothing already journaled was lost)"
+    )]
     DiskFull {
         /// The store's file or folder.
         path: PathBuf,

@@ -127,13 +127,12 @@ impl JournalStore for RedbStore {
                     .map_err(|e| map_err(&self.path, e))?;
                 let Some(item) = range.next() else { break };
                 let (k, _) = item.map_err(|e| map_err(&self.path, e))?;
-                let (run, _) = codec::parse_key(k.value()).map_err(|detail| {
-                    JournalError::Corrupt {
+                let (run, _) =
+                    codec::parse_key(k.value()).map_err(|detail| JournalError::Corrupt {
                         run: RunId(uuid::Uuid::nil()),
                         seq: 0,
                         detail,
-                    }
-                })?;
+                    })?;
                 out.push(run);
                 match next_run_key(run) {
                     Some(k) => from = k,
