@@ -1,10 +1,142 @@
 //! Component-phase step kinds (installs, config edits, services...).
+//!
+//! One file per kind; `xml` is the byte-exact splicing code shared by the
+//! config kinds, and this module holds the small file helpers they share.
+//! See `docs/steps-components.md` for parameters, outputs, probes and
+//! compensations, and for what is verified on Linux versus only on Windows.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::Kind;
+use crate::{Kind, StepError};
+
+pub mod appsettings;
+// pub mod cert;
+pub mod compare;
+// pub mod http;
+// pub mod ich;
+// pub mod lync;
+// pub mod msi;
+// pub mod powershell;
+// pub mod service;
+pub mod xml;
 
 /// The component-phase kinds.
 pub fn kinds() -> Vec<Arc<dyn Kind>> {
-    Vec::new()
+    vec![
+        Arc::new(appsettings::KIND),
+        Arc::new(compare::KIND),
+        // KINDS-MORE
+    ]
+}
+
+/// Reads a whole file; the error names the path.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, StepError> {
+    std::fs::read(path).map_err(|e| {
+        StepError::fatal(format!(
+            "cannot read {}: {e}{}",
+            path.display(),
+            if e.kind() == std::io::ErrorKind::NotFound {
+                " (is the component installed, and the path right?)"
+            } else {
+                ""
+            }
+        ))
+    })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same
+/// folder, flushed to disk, then renamed over the target (keeping the
+/// target's permissions), so a crash leaves either the old or the new file.
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StepError> {
+    use std::io::Write;
+    let fail = |what: &str, e: std::io::Error| {
+        StepError::fatal(format!("cannot {what} {}: {e}", path.display()))
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = dir.join(format!(".{name}.upshift-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        if let Ok(meta) = std::fs::metadata(path) {
+            std::fs::set_permissions(&tmp, meta.permissions())?;
+        }
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable (Unix; on Windows the rename is
+        // journaled by NTFS).
+        #[cfg(unix)]
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail("write", e));
+    }
+    Ok(())
+}
+
+/// A timestamped copy of `path` in `dir` (created if needed); returns the
+/// copy's path. The copy is flushed to disk before this returns.
+pub(crate) fn save_copy(path: &Path, dir: &Path, tag: &str) -> Result<PathBuf, StepError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StepError::fatal(format!("cannot create {}: {e}", dir.display())))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let copy = dir.join(format!("{name}.{tag}.{stamp}"));
+    let bytes = read_file(path)?;
+    atomic_write(&copy, &bytes)?;
+    Ok(copy)
+}
+
+/// Hides values of keys that look like secrets in output and dry runs.
+pub(crate) fn shown_value(key: &str, value: &str) -> String {
+    let k = key.to_ascii_lowercase();
+    if [
+        "password",
+        "pwd",
+        "secret",
+        "token",
+        "apikey",
+        "connectionstring",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+    {
+        "(hidden)".to_string()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// The checkpoint/record text format shared by the kinds here: `key=value`
+/// lines (values must not contain a newline).
+pub(crate) fn encode_lines(pairs: &[(&str, String)]) -> Vec<u8> {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Reads [`encode_lines`] back.
+pub(crate) fn decode_lines(data: &[u8]) -> std::collections::BTreeMap<String, String> {
+    String::from_utf8_lossy(data)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
