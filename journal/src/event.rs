@@ -329,6 +329,48 @@ impl Event {
         }
     }
 
+    /// Calls `f` on every free text of the event (errors, output tails,
+    /// outputs, messages, reasons), e.g. to redact values. Ids, hashes and
+    /// the plan text are not free text and are left alone.
+    pub fn for_each_text_mut(&mut self, f: &mut dyn FnMut(&mut String)) {
+        match self {
+            Event::RunInterrupted { reason }
+            | Event::RunPaused { reason }
+            | Event::StepWaiting { reason, .. }
+            | Event::StepSkipped { reason, .. }
+            | Event::RollbackStarted { reason } => f(reason),
+            Event::StepProgress { message, .. } => f(message),
+            Event::StepSucceeded {
+                outputs,
+                output_tail,
+                ..
+            } => {
+                outputs.values_mut().for_each(&mut *f);
+                f(output_tail);
+            }
+            Event::StepFailed {
+                error, output_tail, ..
+            }
+            | Event::CompensationFailed {
+                error, output_tail, ..
+            } => {
+                f(error);
+                f(output_tail);
+            }
+            Event::CompensationSucceeded { output_tail, .. } => f(output_tail),
+            Event::OperatorDecision { reason, .. } => f(reason),
+            Event::RebootRequested { action, .. } => f(action),
+            Event::Note { text } => f(text),
+            Event::RunStarted { vars, .. } => vars.values_mut().for_each(&mut *f),
+            Event::RunResumed { .. }
+            | Event::RunFinished { .. }
+            | Event::StepStarted { .. }
+            | Event::StepCheckpoint { .. }
+            | Event::StepRetryScheduled { .. }
+            | Event::CompensationStarted { .. } => {}
+        }
+    }
+
     /// A short name for the variant, as shown by `upshift log`.
     pub fn name(&self) -> &'static str {
         match self {

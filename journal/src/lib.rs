@@ -141,13 +141,21 @@ impl Journal {
                 ),
             });
         }
-        let store = open_store(dir, backend, false)?;
-        Ok(Journal {
-            store,
-            dir: Some(dir.to_path_buf()),
-            next_seq: HashMap::new(),
-            _lock: None,
-        })
+        match open_store(dir, backend, false) {
+            Ok(store) => Ok(Journal {
+                store,
+                dir: Some(dir.to_path_buf()),
+                next_seq: HashMap::new(),
+                _lock: None,
+            }),
+            // A file the last writer did not close cleanly (killed) needs a
+            // repair, which only a writer may do. If no writer is live, open
+            // as one: the repair recovers every committed transaction.
+            Err(first) => match Journal::open(dir) {
+                Ok(j) => Ok(j),
+                Err(JournalError::Locked { .. }) | Err(_) => Err(first),
+            },
+        }
     }
 
     /// A journal in memory, for tests.

@@ -1,0 +1,1018 @@
+//! The command line. Only this module knows clap; errors are printed once,
+//! in `main`, with a distinct exit code.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use upshift_journal::{Actor, Decision, Envelope, Event, Journal, JournalError, Outcome, RunId};
+
+use crate::engine::{self, Config, Engine, Exit, InboxDecision};
+use crate::plan::{self, LoadOptions, Plan};
+use crate::report;
+use crate::state::{RunState, StepStatus};
+
+/// Exit codes (stable: scripts rely on them).
+pub mod code {
+    /// The run succeeded (or the command did what was asked).
+    pub const OK: u8 = 0;
+    /// The run failed, was aborted or was rolled back; or a journal error.
+    pub const FAILED: u8 = 1;
+    /// Bad usage or a plan error.
+    pub const USAGE: u8 = 2;
+    /// Paused, waiting for an operator.
+    pub const PAUSED: u8 = 3;
+    /// Interrupted (Ctrl-C, SIGTERM); resumable.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// An error to print, with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code.
+    pub code: u8,
+    /// Message (already formatted).
+    pub message: String,
+}
+
+impl CliError {
+    fn usage(m: impl Into<String>) -> CliError {
+        CliError {
+            code: code::USAGE,
+            message: m.into(),
+        }
+    }
+    fn failed(m: impl Into<String>) -> CliError {
+        CliError {
+            code: code::FAILED,
+            message: m.into(),
+        }
+    }
+}
+
+impl From<JournalError> for CliError {
+    fn from(e: JournalError) -> Self {
+        CliError::failed(e.to_string())
+    }
+}
+
+impl From<plan::PlanErrors> for CliError {
+    fn from(e: plan::PlanErrors) -> Self {
+        CliError::usage(e.to_string())
+    }
+}
+
+const ABOUT: &str =
+    "Runs long, interruptible upgrade procedures as a journaled dependency graph of steps.";
+
+const LONG_ABOUT: &str = "\
+Runs long, interruptible upgrade procedures (such as the Luware TeamManager
+upgrade) as a dependency graph of steps, and writes every event of a run to a
+durable journal. A run that is cut off (process killed, host rebooted,
+operator gone home) resumes from its last checkpoint, or is rolled back.
+
+Typical session:
+  upshift check plans/teammanager.toml        validate the plan, touch nothing
+  upshift run plans/teammanager.toml --dry-run what would each step do?
+  upshift run plans/teammanager.toml          run it (prints the run id first)
+  upshift status                              where does the latest run stand?
+  upshift resume                              continue after a crash/reboot/pause
+  upshift log RUN                             every event, in order
+
+Exit codes: 0 succeeded, 1 failed or rolled back, 2 usage or plan error,
+3 paused waiting for an operator, 130 interrupted (resumable).
+
+The journal lives in --journal DIR, else $UPSHIFT_JOURNAL, else
+%ProgramData%\\upshift (Windows) or $XDG_STATE_HOME/upshift, ~/.local/state/upshift.";
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(name = "upshift", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the journal is.
+#[derive(Args, Debug, Clone)]
+pub struct JournalArg {
+    /// Journal directory [env: UPSHIFT_JOURNAL; default: per-OS state folder].
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+}
+
+impl JournalArg {
+    /// The directory to use.
+    pub fn dir(&self) -> PathBuf {
+        if let Some(d) = &self.journal {
+            return d.clone();
+        }
+        if let Some(d) = std::env::var_os("UPSHIFT_JOURNAL").filter(|v| !v.is_empty()) {
+            return PathBuf::from(d);
+        }
+        default_journal_dir()
+    }
+}
+
+/// The OS default journal directory.
+pub fn default_journal_dir() -> PathBuf {
+    #[cfg(windows)]
+    {
+        let base = std::env::var_os("ProgramData")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"));
+        base.join("upshift")
+    }
+    #[cfg(not(windows))]
+    {
+        if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(x).join("upshift");
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        home.join(".local").join("state").join("upshift")
+    }
+}
+
+/// Graph output formats.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum GraphFormat {
+    /// Indented text, one step per line, in run order.
+    Text,
+    /// Graphviz DOT (`upshift graph plan.toml --format dot | dot -Tsvg > plan.svg`).
+    Dot,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a plan: TOML, kinds, parameters, dependencies, cycles, references.
+    ///
+    /// Nothing runs and nothing is journaled. Each problem is reported with
+    /// file:line:column, the offending text and a hint. Exit 0 if valid, 2 if not.
+    Check {
+        /// The plan file.
+        plan: PathBuf,
+        /// Set a variable (KEY=VALUE), overriding the plan's [vars].
+        #[arg(long = "var", value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+    },
+    /// Show the plan's dependency graph.
+    Graph {
+        /// The plan file.
+        plan: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: GraphFormat,
+    },
+    /// Start a new run of a plan. Prints the run id as the first line on stdout.
+    ///
+    /// Steps run in dependency order, in parallel where the graph allows (up to
+    /// --concurrency), each attempt journaled durably. Ctrl-C stops cleanly
+    /// (exit 130) and `upshift resume` continues.
+    Run {
+        /// The plan file.
+        plan: PathBuf,
+        /// Journal location.
+        #[command(flatten)]
+        journal: JournalArg,
+        /// Set a variable (KEY=VALUE), overriding the plan's [vars].
+        #[arg(long = "var", value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+        /// Steps running at once (default: the ready steps, at most 8).
+        #[arg(long, value_name = "N")]
+        concurrency: Option<usize>,
+        /// Print what each step would do, in dependency order; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Echo every step's output on stderr.
+        #[arg(long)]
+        show_output: bool,
+    },
+    /// Continue an unfinished run from where it stopped.
+    ///
+    /// Steps whose success is journaled never run again; a step that was running
+    /// when the engine stopped runs again from its last checkpoint (or waits for
+    /// an operator if it has resume = "ask"). If the plan file changed since the
+    /// run started, resume refuses and names the changed steps, unless
+    /// --accept-plan-change (journaled).
+    Resume {
+        /// The run (default: the only unfinished run).
+        run: Option<String>,
+        /// Journal location.
+        #[command(flatten)]
+        journal: JournalArg,
+        /// Continue with the edited plan file (the decision is journaled).
+        #[arg(long)]
+        accept_plan_change: bool,
+        /// Steps running at once.
+        #[arg(long, value_name = "N")]
+        concurrency: Option<usize>,
+        /// Echo every step's output on stderr.
+        #[arg(long)]
+        show_output: bool,
+    },
+    /// Where a run stands (default: the most recent run).
+    Status {
+        /// The run.
+        run: Option<String>,
+        /// Journal location.
+        #[command(flatten)]
+        journal: JournalArg,
+        /// Machine-readable JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the runs in the journal, oldest first.
+    Runs {
+        /// Journal location.
+        #[command(flatten)]
+        journal: JournalArg,
+    },
+    /// Print a run's events, one per line.
+    Log {
+        /// The run (default: the most recent run).
+        run: Option<String>,
+        /// Journal location.
+        #[command(flatten)]
+        journal: JournalArg,
+    },
+    /// Run a failed or paused step again (or retry a failed compensation).
+    Retry(DecisionArgs),
+    /// Mark a step done without running it. A reason is required.
+    Skip {
+        /// Journal location.
+        #[command(flatten)]
+        d: DecisionArgs,
+    },
+    /// Let a step that waits for an operator go on (manual steps, resume = "ask").
+    Approve(DecisionArgs),
+    /// End a run now: nothing more runs, nothing is compensated.
+    Abort(RunDecisionArgs),
+    /// Compensate every completed step, newest dependency first; resumable.
+    Rollback(RunDecisionArgs),
+    /// (internal) Supervise a step's child process so it dies with the engine.
+    #[command(name = "__guard", hide = true)]
+    Guard {
+        /// Engine pid, `--`, program and arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+/// A decision about one step.
+#[derive(Args, Debug)]
+pub struct DecisionArgs {
+    /// The run.
+    pub run: String,
+    /// The step.
+    pub step: String,
+    /// Why (journaled with your user name).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Journal location.
+    #[command(flatten)]
+    pub journal: JournalArg,
+}
+
+/// A decision about a whole run.
+#[derive(Args, Debug)]
+pub struct RunDecisionArgs {
+    /// The run.
+    pub run: String,
+    /// Why (journaled with your user name).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Journal location.
+    #[command(flatten)]
+    pub journal: JournalArg,
+    /// Steps running at once (rollback).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+}
+
+/// Who is running this command.
+pub fn actor() -> Actor {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(os_user)
+        .unwrap_or_else(|| "unknown".into());
+    let host = hostname();
+    Actor {
+        user,
+        host,
+        pid: std::process::id(),
+    }
+}
+
+fn os_user() -> Option<String> {
+    #[cfg(unix)]
+    {
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+fn hostname() -> String {
+    #[cfg(unix)]
+    {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".into())
+    }
+    #[cfg(not(unix))]
+    {
+        std::env::var("COMPUTERNAME").unwrap_or_else(|_| "unknown".into())
+    }
+}
+
+fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    vars.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| CliError::usage(format!("--var {kv}: write KEY=VALUE")))
+        })
+        .collect()
+}
+
+fn load_plan(path: &Path, vars: &BTreeMap<String, String>) -> Result<Plan, CliError> {
+    Ok(plan::load(
+        path,
+        &upshift_steps::registry(),
+        &LoadOptions { vars: vars.clone() },
+    )?)
+}
+
+fn exit_code(exit: &Exit) -> u8 {
+    match exit {
+        Exit::Finished(Outcome::Succeeded) => code::OK,
+        Exit::Finished(_) => code::FAILED,
+        Exit::Paused(_) => code::PAUSED,
+        Exit::Interrupted => code::INTERRUPTED,
+    }
+}
+
+fn report_exit(exit: &Exit, run: RunId, dir: &Path) {
+    let j = if std::env::var_os("UPSHIFT_JOURNAL").is_some() {
+        String::new()
+    } else {
+        format!(" --journal {}", dir.display())
+    };
+    match exit {
+        Exit::Finished(o) => eprintln!("run {run} {}", report::outcome_word(*o)),
+        Exit::Paused(reason) => eprintln!("run {run} paused: {reason}"),
+        Exit::Interrupted => {
+            eprintln!("run {run} interrupted; continue with: upshift resume {run}{j}")
+        }
+    }
+}
+
+/// Runs the command line; returns the exit code.
+pub fn run(cli: Cli) -> Result<u8, CliError> {
+    match cli.command {
+        Command::Guard { args } => Ok(upshift_steps::child::guard_main(args).clamp(0, 255) as u8),
+        Command::Check { plan, vars } => {
+            let vars = parse_vars(&vars)?;
+            let p = load_plan(&plan, &vars)?;
+            println!(
+                "{}: ok — plan \"{}\", {} steps, {} dependencies",
+                plan.display(),
+                p.name,
+                p.steps.len(),
+                p.steps.values().map(|s| s.needs.len()).sum::<usize>()
+            );
+            Ok(code::OK)
+        }
+        Command::Graph { plan, format } => {
+            let p = load_plan(&plan, &BTreeMap::new())?;
+            print!("{}", graph(&p, format));
+            Ok(code::OK)
+        }
+        Command::Run {
+            plan,
+            journal,
+            vars,
+            concurrency,
+            dry_run,
+            show_output,
+        } => {
+            let vars = parse_vars(&vars)?;
+            let p = load_plan(&plan, &vars)?;
+            if dry_run {
+                print!("{}", dry_run_text(&p));
+                return Ok(code::OK);
+            }
+            let secrets = engine::resolve_secrets(&p).map_err(CliError::usage)?;
+            let dir = journal.dir();
+            let j = Journal::open(&dir)?;
+            let run = RunId::new();
+            println!("{run}");
+            let _log = crate::logging::run_log(&dir, run);
+            let mut eng = Engine::new(
+                p,
+                config(&dir, concurrency, show_output),
+                j,
+                run,
+                &[],
+                secrets,
+            );
+            let exit = block_on(eng.start(vars))?;
+            report_exit(&exit, run, &dir);
+            Ok(exit_code(&exit))
+        }
+        Command::Resume {
+            run,
+            journal,
+            accept_plan_change,
+            concurrency,
+            show_output,
+        } => {
+            let dir = journal.dir();
+            let j = Journal::open(&dir)?;
+            let run = pick_run(&j, run.as_deref(), true)?;
+            let history = read_history(&j, run)?;
+            let state = RunState::from_events(&history);
+            if let Some(o) = state.outcome {
+                eprintln!(
+                    "run {run} already ended: {} — nothing to resume",
+                    report::outcome_word(o)
+                );
+                return Ok(if o == Outcome::Succeeded {
+                    code::OK
+                } else {
+                    code::FAILED
+                });
+            }
+            let (plan, extra) = plan_for_resume(&state, accept_plan_change)?;
+            let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
+            let _log = crate::logging::run_log(&dir, run);
+            let mut eng = Engine::new(
+                plan,
+                config(&dir, concurrency, show_output),
+                j,
+                run,
+                &history,
+                secrets,
+            );
+            let exit = block_on(eng.resume(extra))?;
+            report_exit(&exit, run, &dir);
+            Ok(exit_code(&exit))
+        }
+        Command::Status { run, journal, json } => {
+            let dir = journal.dir();
+            let live = live_pid(&dir);
+            let j = Journal::open_read_only(&dir)?;
+            let run = pick_run(&j, run.as_deref(), false)?;
+            let history = read_history(&j, run)?;
+            let state = RunState::from_events(&history);
+            let plan = plan::parse(
+                Path::new(&state.plan_path),
+                &state.plan_text,
+                &upshift_steps::registry(),
+                &LoadOptions {
+                    vars: state.cli_vars.clone(),
+                },
+            )
+            .ok();
+            let doc = report::status_json(
+                &state,
+                plan.as_ref(),
+                live.is_some() && state.outcome.is_none(),
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).expect("serializable")
+                );
+            } else {
+                print!("{}", report::status_text(&doc));
+            }
+            Ok(code::OK)
+        }
+        Command::Runs { journal } => {
+            let dir = journal.dir();
+            let j = Journal::open_read_only(&dir)?;
+            for run in j.runs()? {
+                let (events, err) = j.read_run_salvage(run);
+                let st = RunState::from_events(&events);
+                println!(
+                    "{run}  {:<11}  {}  {}  {} events{}",
+                    report::status_word(st.status(false)),
+                    st.started_at
+                        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_default(),
+                    st.plan_name,
+                    st.events,
+                    if err.is_some() { " (damaged)" } else { "" }
+                );
+            }
+            Ok(code::OK)
+        }
+        Command::Log { run, journal } => {
+            let dir = journal.dir();
+            let j = Journal::open_read_only(&dir)?;
+            let run = pick_run(&j, run.as_deref(), false)?;
+            let mut out = std::io::stdout().lock();
+            let r = j.scan(run, 0, &mut |env| {
+                use std::io::Write;
+                if writeln!(out, "{}", report::log_line(&env)).is_err() {
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
+            r.map_err(|e| {
+                CliError::failed(format!(
+                    "{e}\n  the events above are intact; nothing after the damage is shown"
+                ))
+            })?;
+            Ok(code::OK)
+        }
+        Command::Retry(d) => step_decision(d, |step| Decision::Retry { step }, false),
+        Command::Skip { d } => {
+            if d.reason.trim().is_empty() {
+                return Err(CliError::usage(
+                    "skip needs --reason \"...\": the journal keeps why a step was not run",
+                ));
+            }
+            step_decision(d, |step| Decision::Skip { step }, false)
+        }
+        Command::Approve(d) => step_decision(d, |step| Decision::Approve { step }, true),
+        Command::Abort(d) => run_decision(d, Decision::Abort),
+        Command::Rollback(d) => run_decision(d, Decision::Rollback),
+    }
+}
+
+fn config(dir: &Path, concurrency: Option<usize>, show_output: bool) -> Config {
+    Config {
+        registry: upshift_steps::registry(),
+        concurrency,
+        guard_program: std::env::current_exe().ok(),
+        work_root: dir.join("work"),
+        actor: actor(),
+        observer: Arc::new(crate::ui::Ui::new(show_output)),
+        inbox: Some(dir.join("inbox")),
+    }
+}
+
+fn block_on<F: std::future::Future<Output = Result<Exit, engine::EngineError>>>(
+    f: F,
+) -> Result<Exit, CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(f).map_err(|e| {
+        CliError::failed(format!(
+            "engine stopped: {e}\n  the run is resumable once the cause is fixed: upshift resume"
+        ))
+    })
+}
+
+fn read_history(j: &Journal, run: RunId) -> Result<Vec<Envelope>, CliError> {
+    j.read_run(run).map_err(|e| match e {
+        JournalError::Corrupt { .. } => CliError::failed(format!(
+            "{e}\n  upshift will not resume from a damaged journal: `upshift log {run}` shows the intact events before the damage"
+        )),
+        other => other.into(),
+    })
+}
+
+/// The pid of a live engine holding the journal, if any.
+pub fn live_pid(dir: &Path) -> Option<Option<u32>> {
+    match upshift_journal::DirLock::acquire(dir) {
+        Ok(_lock) => None,
+        Err(JournalError::Locked { holder_pid, .. }) => Some(holder_pid),
+        Err(_) => None,
+    }
+}
+
+fn pick_run(j: &Journal, given: Option<&str>, unfinished: bool) -> Result<RunId, CliError> {
+    let runs = j.runs()?;
+    if let Some(g) = given {
+        // Accept a full id or a unique prefix.
+        let matches: Vec<RunId> = runs
+            .iter()
+            .copied()
+            .filter(|r| r.to_string().starts_with(g))
+            .collect();
+        return match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(CliError::usage(format!(
+                "no run {g} in this journal (`upshift runs` lists them)"
+            ))),
+            _ => Err(CliError::usage(format!(
+                "{g} matches {} runs: give more of the id",
+                matches.len()
+            ))),
+        };
+    }
+    if runs.is_empty() {
+        return Err(CliError::usage(
+            "this journal has no runs yet (start one with `upshift run PLAN`)",
+        ));
+    }
+    if !unfinished {
+        return Ok(*runs.last().expect("non-empty"));
+    }
+    let open: Vec<RunId> = runs
+        .iter()
+        .copied()
+        .filter(|r| {
+            let (ev, _) = j.read_run_salvage(*r);
+            RunState::from_events(&ev).outcome.is_none()
+        })
+        .collect();
+    match open.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(CliError::usage(
+            "no unfinished run to resume (`upshift runs` lists them)",
+        )),
+        many => Err(CliError::usage(format!(
+            "{} unfinished runs; name one: {}",
+            many.len(),
+            many.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn plan_for_resume(state: &RunState, accept: bool) -> Result<(Plan, Vec<Event>), CliError> {
+    let registry = upshift_steps::registry();
+    let opts = LoadOptions {
+        vars: state.cli_vars.clone(),
+    };
+    let path = PathBuf::from(&state.plan_path);
+    let pinned = plan::parse(&path, &state.plan_text, &registry, &opts).map_err(|e| {
+        CliError::failed(format!(
+            "the plan pinned in the journal no longer validates with this upshift:\n{e}"
+        ))
+    })?;
+    let Ok(current_text) = std::fs::read_to_string(&path) else {
+        // The file is gone: the pinned text is the plan.
+        return Ok((pinned, Vec::new()));
+    };
+    if plan::hash_text(&current_text) == state.plan_hash {
+        return Ok((pinned, Vec::new()));
+    }
+    let current = plan::parse(&path, &current_text, &registry, &opts)?;
+    let changed = pinned.changed_steps(&current);
+    if !accept {
+        return Err(CliError::usage(format!(
+            "the plan file {} changed since this run started{}\n  resume refuses to mix two plans in one run; restore the file, or resume with --accept-plan-change (journaled with your name)",
+            path.display(),
+            if changed.is_empty() {
+                " (no step changed; only text around them)".to_string()
+            } else {
+                format!("; changed steps: {}", changed.join(", "))
+            }
+        )));
+    }
+    let extra = engine::decision_events(
+        Decision::AcceptPlanChange {
+            old_hash: state.plan_hash.clone(),
+            new_hash: current.hash.clone(),
+            new_plan_text: current.text.clone(),
+            changed_steps: changed,
+        },
+        actor(),
+        "resume --accept-plan-change".into(),
+    );
+    Ok((current, extra))
+}
+
+/// Journals a decision directly, or queues it for the live engine.
+fn journal_decision(
+    dir: &Path,
+    run_arg: &str,
+    check: impl FnOnce(&RunState, RunId) -> Result<Decision, CliError>,
+    reason: String,
+) -> Result<(RunId, Option<Journal>, RunState, Vec<Envelope>), CliError> {
+    match Journal::open(dir) {
+        Ok(mut j) => {
+            let run = pick_run(&j, Some(run_arg), false)?;
+            let history = read_history(&j, run)?;
+            let state = RunState::from_events(&history);
+            let decision = check(&state, run)?;
+            let events = engine::decision_events(decision, actor(), reason);
+            let mut seq = j.next_seq(run)?;
+            let now = chrono::Utc::now();
+            let batch: Vec<Envelope> = events
+                .into_iter()
+                .map(|event| {
+                    let e = Envelope {
+                        run,
+                        seq,
+                        time: now,
+                        event,
+                    };
+                    seq += 1;
+                    e
+                })
+                .collect();
+            j.append(&batch)?;
+            let mut all = history;
+            all.extend(batch);
+            let state = RunState::from_events(&all);
+            Ok((run, Some(j), state, all))
+        }
+        Err(JournalError::Locked { holder_pid, .. }) => {
+            // A live engine holds the journal: queue the decision for it.
+            let j = Journal::open_read_only(dir)?;
+            let run = pick_run(&j, Some(run_arg), false)?;
+            let history = read_history(&j, run)?;
+            let state = RunState::from_events(&history);
+            let decision = check(&state, run)?;
+            let inbox = dir.join("inbox").join(run.to_string());
+            std::fs::create_dir_all(&inbox)
+                .map_err(|e| CliError::failed(format!("{}: {e}", inbox.display())))?;
+            let name = format!(
+                "{}-{}.json",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f"),
+                std::process::id()
+            );
+            let tmp = inbox.join(format!("{name}.tmp"));
+            let doc = serde_json::to_string(&InboxDecision {
+                decision,
+                actor: actor(),
+                reason,
+            })
+            .expect("serializable");
+            std::fs::write(&tmp, doc)
+                .and_then(|_| std::fs::rename(&tmp, inbox.join(&name)))
+                .map_err(|e| CliError::failed(format!("{}: {e}", inbox.display())))?;
+            eprintln!(
+                "run {run} is live in {}; the decision is queued and the engine journals it within a second",
+                holder_pid
+                    .map(|p| format!("process {p}"))
+                    .unwrap_or_else(|| "another process".into())
+            );
+            Ok((run, None, state, history))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn step_decision(
+    d: DecisionArgs,
+    make: impl FnOnce(String) -> Decision,
+    approve: bool,
+) -> Result<u8, CliError> {
+    let dir = d.journal.dir();
+    let step = d.step.clone();
+    let (run, j, _, _) = journal_decision(
+        &dir,
+        &d.run,
+        |state, run| {
+            if state.outcome.is_some_and(|o| o != Outcome::Failed) {
+                return Err(CliError::usage(format!(
+                    "run {run} already ended ({})",
+                    report::outcome_word(state.outcome.expect("some"))
+                )));
+            }
+            let plan_steps = plan::parse(
+                Path::new(&state.plan_path),
+                &state.plan_text,
+                &upshift_steps::registry(),
+                &LoadOptions {
+                    vars: state.cli_vars.clone(),
+                },
+            )
+            .map(|p| p.steps.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+            if !plan_steps.contains(&step) {
+                let hint = plan::suggest(&step, plan_steps.iter().map(String::as_str))
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err(CliError::usage(format!(
+                    "run {run} has no step `{step}`{hint}"
+                )));
+            }
+            let st = state.step(&step);
+            if st.status == StepStatus::Succeeded
+                && st.compensation != crate::state::CompStatus::Failed
+            {
+                return Err(CliError::usage(format!(
+                    "step `{step}` already succeeded; nothing to decide"
+                )));
+            }
+            if approve
+                && !matches!(
+                    st.status,
+                    StepStatus::Waiting | StepStatus::Interrupted | StepStatus::Pending
+                )
+            {
+                return Err(CliError::usage(format!(
+                    "step `{step}` is {}, not waiting for an operator",
+                    report::step_word(&st.status)
+                )));
+            }
+            Ok(make(step.clone()))
+        },
+        d.reason,
+    )?;
+    if j.is_some() {
+        let j = if std::env::var_os("UPSHIFT_JOURNAL").is_some() {
+            String::new()
+        } else {
+            format!(" --journal {}", dir.display())
+        };
+        eprintln!("journaled. Continue the run with: upshift resume {run}{j}");
+    }
+    Ok(code::OK)
+}
+
+fn run_decision(d: RunDecisionArgs, decision: Decision) -> Result<u8, CliError> {
+    let dir = d.journal.dir();
+    let is_rollback = decision == Decision::Rollback;
+    let (run, j, state, history) = journal_decision(
+        &dir,
+        &d.run,
+        |state, run| {
+            if let Some(o) = state.outcome
+                && (o != Outcome::Failed || !is_rollback)
+            {
+                return Err(CliError::usage(format!(
+                    "run {run} already ended ({})",
+                    report::outcome_word(o)
+                )));
+            }
+            Ok(decision.clone())
+        },
+        d.reason,
+    )?;
+    let Some(j) = j else {
+        return Ok(code::OK);
+    };
+    if !is_rollback {
+        eprintln!("run {run} aborted");
+        return Ok(code::FAILED);
+    }
+    // Perform the rollback now.
+    let plan = plan::parse(
+        Path::new(&state.plan_path),
+        &state.plan_text,
+        &upshift_steps::registry(),
+        &LoadOptions {
+            vars: state.cli_vars.clone(),
+        },
+    )
+    .map_err(|e| CliError::failed(format!("the pinned plan does not validate: {e}")))?;
+    let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
+    let _log = crate::logging::run_log(&dir, run);
+    let mut eng = Engine::new(
+        plan,
+        config(&dir, d.concurrency, false),
+        j,
+        run,
+        &history,
+        secrets,
+    );
+    let exit = block_on(eng.rollback(Vec::new()))?;
+    report_exit(&exit, run, &dir);
+    Ok(exit_code(&exit))
+}
+
+/// `--dry-run`: each step's description, in dependency order. Secrets show
+/// as placeholders, outputs of earlier steps as what they will be.
+pub fn dry_run_text(p: &Plan) -> String {
+    let registry = upshift_steps::registry();
+    let mut out = format!(
+        "plan \"{}\" — {} steps (dry run: nothing runs, nothing is journaled)\n",
+        p.name,
+        p.order.len()
+    );
+    let placeholder_secret = |n: &str| Some(format!("<secret {n}>"));
+    let placeholder_output = |s: &str, n: &str| Some(format!("<{n} of {s}>"));
+    let resolver = crate::refs::MapResolver {
+        vars: &p.vars,
+        secrets: &placeholder_secret,
+        outputs: &placeholder_output,
+    };
+    for (i, id) in p.order.iter().enumerate() {
+        let def = &p.steps[id];
+        let needs = if def.needs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (after {})",
+                def.needs.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        out.push_str(&format!("\n{}. {id} [{}]{needs}\n", i + 1, def.body.kind));
+        if let Some(d) = &def.description {
+            out.push_str(&format!("   {d}\n"));
+        }
+        let describe = |body: &plan::Body| -> Vec<String> {
+            let with = plan::expand_target(&body.with, &p.targets)
+                .and_then(|w| crate::refs::substitute_table(&w, &resolver).map_err(|b| b.message));
+            match with.map(|w| registry[body.kind.as_str()].build(&w)) {
+                Ok(Ok(step)) => step.describe(),
+                Ok(Err(e)) => vec![format!("(cannot describe: {e})")],
+                Err(e) => vec![format!("(cannot describe: {e})")],
+            }
+        };
+        for l in describe(&def.body) {
+            out.push_str(&format!("   {l}\n"));
+        }
+        if let Some(c) = &def.compensate {
+            out.push_str(&format!("   on rollback [{}]:\n", c.kind));
+            for l in describe(c) {
+                out.push_str(&format!("     {l}\n"));
+            }
+        }
+        let mut policy = Vec::new();
+        if def.retry.attempts > 1 {
+            policy.push(format!("up to {} attempts", def.retry.attempts));
+        }
+        if let Some(t) = def.timeout {
+            policy.push(format!("timeout {}", humantime::format_duration(t)));
+        }
+        if !def.locks.is_empty() {
+            policy.push(format!("locks {}", def.locks.join(", ")));
+        }
+        policy.push(format!(
+            "on failure {}",
+            serde_json::to_string(&def.on_failure)
+                .unwrap_or_default()
+                .trim_matches('"')
+        ));
+        out.push_str(&format!("   ({})\n", policy.join("; ")));
+    }
+    out
+}
+
+fn graph(p: &Plan, format: GraphFormat) -> String {
+    match format {
+        GraphFormat::Dot => {
+            let mut out = format!(
+                "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
+                p.name.replace('"', "'")
+            );
+            for id in &p.order {
+                let def = &p.steps[id];
+                out.push_str(&format!(
+                    "  \"{id}\" [label=\"{id}\\n{}\"];\n",
+                    def.body.kind
+                ));
+                for n in &def.needs {
+                    out.push_str(&format!("  \"{n}\" -> \"{id}\";\n"));
+                }
+            }
+            out.push_str("}\n");
+            out
+        }
+        GraphFormat::Text => {
+            let mut out = String::new();
+            // Level = longest path from a root, so parallel steps share a level.
+            let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+            for id in &p.order {
+                let l = p.steps[id]
+                    .needs
+                    .iter()
+                    .map(|n| level[n.as_str()] + 1)
+                    .max()
+                    .unwrap_or(0);
+                level.insert(id, l);
+            }
+            for id in &p.order {
+                let def = &p.steps[id];
+                let l = level[id.as_str()];
+                let needs = if def.needs.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "  ← {}",
+                        def.needs.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                out.push_str(&format!(
+                    "{:indent$}{id} [{}]{needs}\n",
+                    "",
+                    def.body.kind,
+                    indent = l * 2
+                ));
+            }
+            out
+        }
+    }
+}

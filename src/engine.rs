@@ -1,0 +1,1028 @@
+//! The executor: performs what [`crate::decide`] says, with tokio.
+//!
+//! One writer thread owns the journal and commits whatever is queued in one
+//! durable commit (group commit); the scheduler loop folds every committed
+//! event into its [`RunState`], asks `decide` what to do, and starts step
+//! attempts as tasks, within the concurrency limit and the plan's locks. A
+//! step transition is one commit: the end of one attempt is journaled
+//! together with the starts it makes possible.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use upshift_journal::{Actor, Decision, Envelope, Event, Journal, JournalError, Outcome, RunId};
+use upshift_steps::{Registry, Step, StepContext, StepError, StepOutcome};
+
+use crate::decide::{End, decide};
+use crate::plan::{Plan, SecretRef, expand_target};
+use crate::refs::{self, MapResolver};
+use crate::state::{RunState, StepStatus};
+
+/// Bytes of a step's output kept for the journal (the tail).
+pub const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
+/// Minimum interval between two journaled progress events of one step.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+/// Upper bound on parallel step attempts.
+pub const CONCURRENCY_MAX: usize = 64;
+/// Default cap on parallel step attempts.
+pub const CONCURRENCY_DEFAULT: usize = 8;
+
+/// How a session of the engine ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The run ended.
+    Finished(Outcome),
+    /// Waiting for an operator; the reason says what to do.
+    Paused(String),
+    /// Stopped by Ctrl-C/SIGTERM; resumable.
+    Interrupted,
+}
+
+/// Errors that stop the engine (the run stays resumable).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The journal failed (disk full, I/O, corruption).
+    #[error(transparent)]
+    Journal(#[from] Arc<JournalError>),
+    /// Anything else, in words.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<JournalError> for EngineError {
+    fn from(e: JournalError) -> Self {
+        EngineError::Journal(Arc::new(e))
+    }
+}
+
+/// Receives what happens, for a UI. Called from the scheduler loop.
+pub trait Observer: Send + Sync {
+    /// A committed event, with the state after it.
+    fn event(&self, _env: &Envelope, _state: &RunState) {}
+    /// Output of a step attempt.
+    fn output(&self, _step: &str, _text: &str) {}
+    /// Non-durable progress of a step.
+    fn progress(&self, _step: &str, _done: u64, _total: u64, _message: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Engine settings.
+pub struct Config {
+    /// Step kinds.
+    pub registry: Registry,
+    /// Cap on parallel attempts (None: number of ready steps, at most 8).
+    pub concurrency: Option<usize>,
+    /// Program used to guard child processes (the upshift binary).
+    pub guard_program: Option<PathBuf>,
+    /// Where steps keep files: `<dir>/<run>/<step>/`.
+    pub work_root: PathBuf,
+    /// Who runs the engine.
+    pub actor: Actor,
+    /// UI.
+    pub observer: Arc<dyn Observer>,
+    /// Folder polled for operator decisions while the run is live.
+    pub inbox: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------------------
+// The writer thread: group commit.
+
+struct WriteReq {
+    run: RunId,
+    events: Vec<Event>,
+    ack: Option<oneshot::Sender<Result<Vec<Envelope>, Arc<JournalError>>>>,
+}
+
+enum Msg {
+    Write(WriteReq),
+    /// Commit what is queued, close the journal, end the thread.
+    Close,
+}
+
+/// A handle to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: std::sync::mpsc::Sender<Msg>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// Replaces secret values in every text of an event.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    secrets: Arc<Vec<String>>,
+}
+
+impl Redactor {
+    /// Redacts these values (empty and very short values are ignored: they
+    /// would mangle ordinary text and carry no secret).
+    pub fn new(values: impl IntoIterator<Item = String>) -> Redactor {
+        let mut v: Vec<String> = values.into_iter().filter(|s| s.len() >= 3).collect();
+        // Longest first, so a secret containing another is replaced whole.
+        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Redactor {
+            secrets: Arc::new(v),
+        }
+    }
+
+    /// Redacts one string.
+    pub fn text(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for secret in self.secrets.iter() {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    fn event(&self, e: &mut Event) {
+        if !self.secrets.is_empty() {
+            e.for_each_text_mut(&mut |s| {
+                if self.secrets.iter().any(|x| s.contains(x.as_str())) {
+                    *s = self.text(s);
+                }
+            });
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread over `journal`. Every committed envelope is
+    /// also sent to `committed`.
+    pub fn start(
+        mut journal: Journal,
+        redactor: Redactor,
+        committed: mpsc::UnboundedSender<Envelope>,
+    ) -> Writer {
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let thread = std::thread::Builder::new()
+            .name("upshift-journal-writer".into())
+            .spawn(move || {
+                let crash_after = failpoint_crash_after();
+                let mut next: HashMap<RunId, u64> = HashMap::new();
+                let mut closing = false;
+                while !closing {
+                    let Ok(first) = rx.recv() else { break };
+                    let mut reqs = Vec::new();
+                    for m in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                    {
+                        match m {
+                            Msg::Write(r) => reqs.push(r),
+                            Msg::Close => closing = true,
+                        }
+                    }
+                    if reqs.is_empty() {
+                        continue;
+                    }
+                    let now = Utc::now();
+                    let mut batch = Vec::new();
+                    let mut spans = Vec::new();
+                    let mut seq_err = None;
+                    for r in &mut reqs {
+                        let n = match next.get(&r.run) {
+                            Some(n) => *n,
+                            None => match journal.next_seq(r.run) {
+                                Ok(n) => n,
+                                Err(e) => {
+                                    seq_err = Some(Arc::new(e));
+                                    break;
+                                }
+                            },
+                        };
+                        let start = batch.len();
+                        for (i, mut ev) in std::mem::take(&mut r.events).into_iter().enumerate() {
+                            redactor.event(&mut ev);
+                            batch.push(Envelope {
+                                run: r.run,
+                                seq: n + i as u64,
+                                time: now,
+                                event: ev,
+                            });
+                        }
+                        next.insert(r.run, n + (batch.len() - start) as u64);
+                        spans.push(start..batch.len());
+                    }
+                    let result = match seq_err {
+                        Some(e) => Err(e),
+                        None => commit(&mut journal, &batch, crash_after),
+                    };
+                    match result {
+                        Ok(()) => {
+                            for env in &batch {
+                                let _ = committed.send(env.clone());
+                            }
+                            for (r, span) in reqs.into_iter().zip(spans) {
+                                if let Some(ack) = r.ack {
+                                    let _ = ack.send(Ok(batch[span].to_vec()));
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            // Nothing of the batch was written: forget the
+                            // seqs handed out, and fail every request.
+                            next.clear();
+                            for r in reqs {
+                                if let Some(ack) = r.ack {
+                                    let _ = ack.send(Err(Arc::clone(&e)));
+                                }
+                            }
+                        }
+                    }
+                }
+                drop(journal);
+            })
+            .expect("spawn journal writer");
+        Writer {
+            tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        }
+    }
+
+    /// Commits what is queued, closes the journal cleanly and waits for the
+    /// writer thread to end.
+    pub fn close(&self) {
+        let _ = self.tx.send(Msg::Close);
+        if let Some(t) = self.thread.lock().expect("poisoned").take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Appends events of `run` durably, in one commit with whatever else is
+    /// queued; returns them as stored.
+    pub async fn write(
+        &self,
+        run: RunId,
+        events: Vec<Event>,
+    ) -> Result<Vec<Envelope>, EngineError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Write(WriteReq {
+                run,
+                events,
+                ack: Some(ack),
+            }))
+            .map_err(|_| EngineError::Other("journal writer stopped".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Other("journal writer stopped".into()))?
+            .map_err(EngineError::Journal)
+    }
+
+    /// Queues events without waiting for them (progress).
+    pub fn post(&self, run: RunId, events: Vec<Event>) {
+        let _ = self.tx.send(Msg::Write(WriteReq {
+            run,
+            events,
+            ack: None,
+        }));
+    }
+}
+
+#[cfg(feature = "failpoints")]
+fn failpoint_crash_after() -> Option<u64> {
+    std::env::var("UPSHIFT_FAILPOINT_CRASH_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint_crash_after() -> Option<u64> {
+    None
+}
+
+/// Commits a batch. With the `failpoints` feature and
+/// `UPSHIFT_FAILPOINT_CRASH_AFTER=k`, the process aborts right after the
+/// k-th event of the run (seq k-1) is durable.
+fn commit(
+    journal: &mut Journal,
+    batch: &[Envelope],
+    crash_after: Option<u64>,
+) -> Result<(), Arc<JournalError>> {
+    if let Some(k) = crash_after
+        && let Some(pos) = batch.iter().position(|e| e.seq + 1 >= k)
+    {
+        journal.append(&batch[..=pos]).map_err(Arc::new)?;
+        eprintln!(
+            "upshift: failpoint: aborting after event {k} (seq {})",
+            batch[pos].seq
+        );
+        std::process::abort();
+    }
+    journal.append(batch).map_err(Arc::new)
+}
+
+// ---------------------------------------------------------------------------
+// The step context.
+
+struct Tail {
+    text: String,
+}
+
+impl Tail {
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        if self.text.len() > 2 * OUTPUT_TAIL_BYTES {
+            self.trim();
+        }
+    }
+    fn trim(&mut self) {
+        if self.text.len() > OUTPUT_TAIL_BYTES {
+            let mut cut = self.text.len() - OUTPUT_TAIL_BYTES;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.text.drain(..cut);
+        }
+    }
+    fn take(&mut self) -> String {
+        self.trim();
+        std::mem::take(&mut self.text)
+    }
+}
+
+struct Ctx {
+    run: RunId,
+    run_text: String,
+    step: String,
+    attempt: u32,
+    resume: Option<Vec<u8>>,
+    approved: bool,
+    recorded: BTreeMap<String, String>,
+    work_dir: PathBuf,
+    guard: Option<PathBuf>,
+    writer: Writer,
+    observer: Arc<dyn Observer>,
+    tail: Mutex<Tail>,
+    last_progress: Mutex<Option<Instant>>,
+}
+
+#[async_trait::async_trait]
+impl StepContext for Ctx {
+    fn step_id(&self) -> &str {
+        &self.step
+    }
+    fn run_id(&self) -> &str {
+        &self.run_text
+    }
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    fn resume_from(&self) -> Option<Vec<u8>> {
+        self.resume.clone()
+    }
+    async fn checkpoint(&self, data: Vec<u8>, done: u64, total: u64) -> Result<(), StepError> {
+        self.writer
+            .write(
+                self.run,
+                vec![Event::StepCheckpoint {
+                    step: self.step.clone(),
+                    data,
+                    done,
+                    total,
+                }],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| StepError::fatal(format!("checkpoint not saved: {e}")))
+    }
+    fn progress(&self, done: u64, total: u64, message: &str) {
+        self.observer.progress(&self.step, done, total, message);
+        let mut last = self.last_progress.lock().expect("poisoned");
+        if last.is_some_and(|t| t.elapsed() < PROGRESS_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.writer.post(
+            self.run,
+            vec![Event::StepProgress {
+                step: self.step.clone(),
+                done,
+                total,
+                message: message.chars().take(200).collect(),
+            }],
+        );
+    }
+    fn output(&self, text: &str) {
+        self.observer.output(&self.step, text);
+        self.tail.lock().expect("poisoned").push(text);
+    }
+    fn approved(&self) -> bool {
+        self.approved
+    }
+    fn recorded_outputs(&self) -> BTreeMap<String, String> {
+        self.recorded.clone()
+    }
+    fn work_dir(&self) -> PathBuf {
+        let _ = std::fs::create_dir_all(&self.work_dir);
+        self.work_dir.clone()
+    }
+    fn guard_program(&self) -> Option<PathBuf> {
+        self.guard.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The scheduler loop.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    Run,
+    Compensate,
+}
+
+struct Done {
+    step: String,
+    work: Work,
+    attempt: u32,
+    result: Result<StepOutcome, StepError>,
+    tail: String,
+}
+
+/// Secret values resolved from their references.
+pub fn resolve_secrets(plan: &Plan) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (name, r) in &plan.secrets {
+        let v = match r {
+            SecretRef::Env(var) => std::env::var(var).map_err(|_| {
+                format!("secret `{name}`: environment variable {var} is not set (set it in this shell; it is never journaled)")
+            })?,
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("secret `{name}`: cannot read {}: {e}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        };
+        out.insert(name.clone(), v);
+    }
+    Ok(out)
+}
+
+/// Resolves a body's `with` table against the run's values.
+pub fn resolve_with(
+    plan: &Plan,
+    with: &toml::Table,
+    secrets: &BTreeMap<String, String>,
+    state: &RunState,
+) -> Result<toml::Table, String> {
+    let expanded = expand_target(with, &plan.targets)?;
+    let sec = |n: &str| secrets.get(n).cloned();
+    let out = |s: &str, n: &str| state.steps.get(s).and_then(|st| st.outputs.get(n).cloned());
+    let resolver = MapResolver {
+        vars: &plan.vars,
+        secrets: &sec,
+        outputs: &out,
+    };
+    let resolved = refs::substitute_table(&expanded, &resolver).map_err(|b| b.message)?;
+    // An output reference that did not resolve (its step was skipped, or
+    // never produced that output) is an error, not a literal.
+    let mut left = Vec::new();
+    refs::refs_in_value(&toml::Value::Table(resolved.clone()), &mut left);
+    for (_, r) in left {
+        if let Ok(refs::Ref::Output { step, name }) = r {
+            return Err(format!(
+                "`${{steps.{step}.outputs.{name}}}` has no value: step {step} did not produce output `{name}` (was it skipped?)"
+            ));
+        }
+    }
+    Ok(resolved)
+}
+
+/// Runs (or resumes) one run to its end, a pause or an interruption.
+pub struct Engine {
+    plan: Arc<Plan>,
+    cfg: Config,
+    run: RunId,
+    writer: Writer,
+    committed: mpsc::UnboundedReceiver<Envelope>,
+    state: RunState,
+    secrets: BTreeMap<String, String>,
+    compensable: BTreeSet<String>,
+}
+
+impl Engine {
+    /// Prepares an engine for `run`, whose events so far are `history`.
+    /// Starts the writer thread on `journal`.
+    pub fn new(
+        plan: Plan,
+        cfg: Config,
+        journal: Journal,
+        run: RunId,
+        history: &[Envelope],
+        secrets: BTreeMap<String, String>,
+    ) -> Engine {
+        let (ctx, crx) = mpsc::unbounded_channel();
+        let redactor = Redactor::new(secrets.values().cloned());
+        let writer = Writer::start(journal, redactor, ctx);
+        let state = RunState::from_events(history);
+        Engine {
+            plan: Arc::new(plan),
+            cfg,
+            run,
+            writer,
+            committed: crx,
+            state,
+            secrets,
+            compensable: BTreeSet::new(),
+        }
+    }
+
+    /// Closes the journal cleanly (also done on drop).
+    pub fn close(&self) {
+        self.writer.close();
+    }
+
+    /// The folded state.
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    /// Journals events and folds everything committed so far.
+    async fn journal(&mut self, events: Vec<Event>) -> Result<(), EngineError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.writer.write(self.run, events).await?;
+        self.drain_committed();
+        Ok(())
+    }
+
+    fn drain_committed(&mut self) {
+        while let Ok(env) = self.committed.try_recv() {
+            self.state.apply(&env);
+            self.cfg.observer.event(&env, &self.state);
+        }
+    }
+
+    fn build(&self, id: &str, work: Work) -> Result<Box<dyn Step>, String> {
+        let def = &self.plan.steps[id];
+        let body = match work {
+            Work::Compensate => def.compensate.as_ref().unwrap_or(&def.body),
+            Work::Run => &def.body,
+        };
+        let kind = self
+            .cfg
+            .registry
+            .get(body.kind.as_str())
+            .ok_or_else(|| format!("unknown step kind `{}`", body.kind))?;
+        let with = resolve_with(&self.plan, &body.with, &self.secrets, &self.state)?;
+        kind.build(&with).map_err(|e| e.message)
+    }
+
+    /// Which completed steps have a compensation (plan `compensate`, or the
+    /// kind's own).
+    fn compute_compensable(&mut self) {
+        let mut set = BTreeSet::new();
+        for id in &self.plan.order {
+            let def = &self.plan.steps[id];
+            if def.compensate.is_some() {
+                set.insert(id.clone());
+            } else if self.state.step(id).status == StepStatus::Succeeded
+                && self
+                    .build(id, Work::Run)
+                    .is_ok_and(|s| s.has_compensation())
+            {
+                set.insert(id.clone());
+            }
+        }
+        self.compensable = set;
+    }
+
+    fn ctx(&self, id: &str, work: Work, attempt: u32) -> Arc<Ctx> {
+        let st = self.state.step(id);
+        Arc::new(Ctx {
+            run: self.run,
+            run_text: self.run.to_string(),
+            step: id.to_string(),
+            attempt,
+            resume: if work == Work::Run {
+                st.checkpoint.clone()
+            } else {
+                None
+            },
+            approved: st.approved,
+            recorded: st.outputs.clone(),
+            work_dir: self.cfg.work_root.join(self.run.to_string()).join(id),
+            guard: self.cfg.guard_program.clone(),
+            writer: self.writer.clone(),
+            observer: Arc::clone(&self.cfg.observer),
+            tail: Mutex::new(Tail {
+                text: String::new(),
+            }),
+            last_progress: Mutex::new(None),
+        })
+    }
+
+    /// Starts a brand-new run: journals `RunStarted` and drives it.
+    pub async fn start(&mut self, cli_vars: BTreeMap<String, String>) -> Result<Exit, EngineError> {
+        let plan = Arc::clone(&self.plan);
+        self.journal(vec![Event::RunStarted {
+            plan_name: plan.name.clone(),
+            plan_path: plan.path.display().to_string(),
+            plan_text: plan.text.clone(),
+            plan_hash: plan.hash.clone(),
+            vars: cli_vars,
+            engine_version: env!("CARGO_PKG_VERSION").into(),
+            actor: self.cfg.actor.clone(),
+        }])
+        .await?;
+        self.drive().await
+    }
+
+    /// Takes an existing run up again: journals `RunResumed` (plus any
+    /// `extra` events, e.g. an accepted plan change) and drives it.
+    pub async fn resume(&mut self, extra: Vec<Event>) -> Result<Exit, EngineError> {
+        let mut events = vec![Event::RunResumed {
+            actor: self.cfg.actor.clone(),
+            engine_version: env!("CARGO_PKG_VERSION").into(),
+        }];
+        events.extend(extra);
+        self.journal(events).await?;
+        self.drive().await
+    }
+
+    /// Drives a rollback (the caller journaled the decision).
+    pub async fn rollback(&mut self, extra: Vec<Event>) -> Result<Exit, EngineError> {
+        self.resume(extra).await
+    }
+
+    async fn drive(&mut self) -> Result<Exit, EngineError> {
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut in_flight: BTreeMap<String, tokio::task::AbortHandle> = BTreeMap::new();
+        let mut held: BTreeMap<String, u32> = BTreeMap::new();
+        let mut pending_events: Vec<Event> = Vec::new();
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut inbox_tick = tokio::time::interval(Duration::from_millis(500));
+        inbox_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.drain_committed();
+            if self.state.rolling_back {
+                self.compute_compensable();
+            }
+            // Decide on the state plus the events about to be journaled, so
+            // that the end of one attempt and the starts it allows are one
+            // commit.
+            let view = if pending_events.is_empty() {
+                None
+            } else {
+                let mut v = self.state.clone();
+                let now = Utc::now();
+                for e in &pending_events {
+                    v.apply_event(e, now, 0);
+                }
+                Some(v)
+            };
+            let state = view.as_ref().unwrap_or(&self.state);
+            let now = Utc::now();
+            let next = decide(&self.plan, state, now, &self.compensable);
+            let limit = self
+                .cfg
+                .concurrency
+                .unwrap_or(CONCURRENCY_DEFAULT)
+                .clamp(1, CONCURRENCY_MAX);
+            let mut launches: Vec<(String, Work, u32)> = Vec::new();
+            for (id, reason) in &next.wait {
+                pending_events.push(Event::StepWaiting {
+                    step: id.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            let candidates: Vec<(String, Work)> = next
+                .start
+                .iter()
+                .map(|s| (s.clone(), Work::Run))
+                .chain(
+                    next.compensate
+                        .iter()
+                        .map(|s| (s.clone(), Work::Compensate)),
+                )
+                .collect();
+            for (id, work) in candidates {
+                if in_flight.len() + launches.len() >= limit || in_flight.contains_key(&id) {
+                    continue;
+                }
+                let def = &self.plan.steps[&id];
+                if work == Work::Run
+                    && def
+                        .locks
+                        .iter()
+                        .any(|l| held.get(l).copied().unwrap_or(0) >= self.plan.lock_limit(l))
+                {
+                    continue;
+                }
+                if work == Work::Run {
+                    for l in &def.locks {
+                        *held.entry(l.clone()).or_default() += 1;
+                    }
+                }
+                let attempt = state.step(&id).attempts + u32::from(work == Work::Run);
+                match work {
+                    Work::Run => pending_events.push(Event::StepStarted {
+                        step: id.clone(),
+                        attempt,
+                        resumed_from_checkpoint: state.step(&id).checkpoint.is_some(),
+                    }),
+                    Work::Compensate => {
+                        pending_events.push(Event::CompensationStarted { step: id.clone() })
+                    }
+                }
+                launches.push((id, work, attempt));
+            }
+            let end = if in_flight.is_empty() && launches.is_empty() {
+                next.end.clone()
+            } else {
+                None
+            };
+            match &end {
+                Some(End::Finish(o)) if state.outcome.is_none() => {
+                    pending_events.push(Event::RunFinished { outcome: *o })
+                }
+                Some(End::Pause(reason)) => pending_events.push(Event::RunPaused {
+                    reason: reason.clone(),
+                }),
+                Some(End::StartRollback(reason)) => pending_events.push(Event::RollbackStarted {
+                    reason: reason.clone(),
+                }),
+                _ => {}
+            }
+            let events = std::mem::take(&mut pending_events);
+            self.journal(events).await?;
+            for (id, work, attempt) in launches {
+                let ctx = self.ctx(&id, work, attempt);
+                let timeout = self.plan.steps[&id].timeout;
+                let built = self.build(&id, work);
+                let handle = tasks.spawn(async move {
+                    let result = match built {
+                        Err(message) => Err(StepError::fatal(message)),
+                        Ok(step) => {
+                            let fut = async {
+                                match work {
+                                    Work::Run => step.run(ctx.as_ref()).await,
+                                    Work::Compensate => step
+                                        .compensate(ctx.as_ref())
+                                        .await
+                                        .map(|_| StepOutcome::default()),
+                                }
+                            };
+                            match timeout {
+                                None => fut.await,
+                                Some(t) => match tokio::time::timeout(t, fut).await {
+                                    Ok(r) => r,
+                                    Err(_) => Err(StepError::transient(format!(
+                                        "timed out after {}; its processes were killed",
+                                        humantime_text(t)
+                                    ))),
+                                },
+                            }
+                        }
+                    };
+                    let tail = ctx.tail.lock().expect("poisoned").take();
+                    Done {
+                        step: ctx.step.clone(),
+                        work,
+                        attempt,
+                        result,
+                        tail,
+                    }
+                });
+                in_flight.insert(id, handle);
+            }
+            match end {
+                Some(End::Finish(o)) => return Ok(Exit::Finished(o)),
+                Some(End::Pause(r)) => return Ok(Exit::Paused(r)),
+                Some(End::StartRollback(_)) => continue,
+                None => {}
+            }
+            if in_flight.is_empty()
+                && next.wake_at.is_none()
+                && next.start.is_empty()
+                && next.compensate.is_empty()
+                && next.wait.is_empty()
+            {
+                // Nothing in flight, nothing to wait for: decide again (the
+                // state changed by what was just journaled).
+                continue;
+            }
+            let sleep_until = next.wake_at.map(|t| {
+                let d = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                tokio::time::Instant::now() + d
+            });
+            tokio::select! {
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    let done = match done {
+                        Ok(d) => d,
+                        Err(e) => return Err(EngineError::Other(format!("a step task panicked: {e}"))),
+                    };
+                    in_flight.remove(&done.step);
+                    if done.work == Work::Run {
+                        for l in &self.plan.steps[&done.step].locks {
+                            if let Some(c) = held.get_mut(l) {
+                                *c = c.saturating_sub(1);
+                            }
+                        }
+                    }
+                    pending_events.extend(self.result_events(done));
+                }
+                _ = async {
+                    match sleep_until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+                _ = inbox_tick.tick(), if self.cfg.inbox.is_some() => {
+                    pending_events.extend(self.read_inbox());
+                    if self.state.outcome.is_none()
+                        && pending_events.iter().any(|e| matches!(e, Event::RunFinished { .. }))
+                    {
+                        // Abort: stop everything in flight.
+                        tasks.abort_all();
+                        in_flight.clear();
+                    }
+                }
+                _ = &mut shutdown => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    let names: Vec<String> = in_flight.keys().cloned().collect();
+                    pending_events.push(Event::RunInterrupted {
+                        reason: if names.is_empty() {
+                            "interrupted by signal".into()
+                        } else {
+                            format!("interrupted by signal while running: {}", names.join(", "))
+                        },
+                    });
+                    let events = std::mem::take(&mut pending_events);
+                    self.journal(events).await?;
+                    return Ok(Exit::Interrupted);
+                }
+            }
+        }
+    }
+
+    fn result_events(&self, done: Done) -> Vec<Event> {
+        let Done {
+            step,
+            work,
+            attempt,
+            result,
+            tail,
+        } = done;
+        match (work, result) {
+            (Work::Run, Ok(outcome)) => {
+                let mut ev = vec![Event::StepSucceeded {
+                    step: step.clone(),
+                    attempt,
+                    outputs: outcome.outputs,
+                    output_tail: tail,
+                    reboot_required: outcome.reboot_required,
+                }];
+                if outcome.reboot_required {
+                    ev.push(Event::RebootRequested {
+                        step,
+                        action: "pause: reboot the machine, then `upshift resume`".into(),
+                    });
+                }
+                ev
+            }
+            (Work::Run, Err(StepError::WaitForOperator { reason })) => {
+                vec![Event::StepWaiting { step, reason }]
+            }
+            (Work::Run, Err(StepError::Failed { message, transient })) => {
+                let policy = &self.plan.steps[&step].retry;
+                let mut ev = vec![Event::StepFailed {
+                    step: step.clone(),
+                    attempt,
+                    error: message,
+                    output_tail: tail,
+                    transient,
+                }];
+                if attempt < policy.attempts && (transient || !policy.only_transient) {
+                    ev.push(Event::StepRetryScheduled {
+                        step,
+                        next_attempt: attempt + 1,
+                        delay_ms: policy.delay_before(attempt + 1).as_millis() as u64,
+                    });
+                }
+                ev
+            }
+            (Work::Compensate, Ok(_)) => vec![Event::CompensationSucceeded {
+                step,
+                output_tail: tail,
+            }],
+            (Work::Compensate, Err(e)) => vec![Event::CompensationFailed {
+                step,
+                error: e.to_string(),
+                output_tail: tail,
+            }],
+        }
+    }
+
+    fn read_inbox(&self) -> Vec<Event> {
+        let Some(dir) = &self.cfg.inbox else {
+            return Vec::new();
+        };
+        read_inbox_dir(&dir.join(self.run.to_string()))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.writer.close();
+    }
+}
+
+/// Reads and removes queued decisions from an inbox folder, oldest first.
+pub fn read_inbox_dir(dir: &std::path::Path) -> Vec<Event> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        if let Ok(text) = std::fs::read_to_string(&f)
+            && let Ok(req) = serde_json::from_str::<InboxDecision>(&text)
+        {
+            out.extend(decision_events(req.decision, req.actor, req.reason));
+        }
+        let _ = std::fs::remove_file(&f);
+    }
+    out
+}
+
+/// A decision queued for a live engine.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct InboxDecision {
+    /// The decision.
+    pub decision: Decision,
+    /// Who.
+    pub actor: Actor,
+    /// Why.
+    pub reason: String,
+}
+
+/// The events that record an operator decision.
+pub fn decision_events(decision: Decision, actor: Actor, reason: String) -> Vec<Event> {
+    let mut out = vec![Event::OperatorDecision {
+        decision: decision.clone(),
+        actor,
+        reason: reason.clone(),
+    }];
+    match decision {
+        Decision::Skip { step } => out.push(Event::StepSkipped { step, reason }),
+        Decision::Abort => out.push(Event::RunFinished {
+            outcome: Outcome::Aborted,
+        }),
+        Decision::Rollback => out.push(Event::RollbackStarted {
+            reason: if reason.is_empty() {
+                "operator asked for a rollback".into()
+            } else {
+                reason
+            },
+        }),
+        _ => {}
+    }
+    out
+}
+
+fn humantime_text(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

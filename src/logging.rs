@@ -1,0 +1,96 @@
+//! Diagnostics through `tracing`: stderr at the level of `-v`/`RUST_LOG`,
+//! and each run's own log file beside the journal (`logs/<run>.log`) at
+//! info level, which records every journaled event as a line.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use upshift_journal::RunId;
+
+static RUN_LOG: Mutex<Option<File>> = Mutex::new(None);
+
+struct RunLogWriter;
+
+impl Write for RunLogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match RUN_LOG.lock().ok().as_mut().and_then(|g| g.as_mut()) {
+            Some(f) => f.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match RUN_LOG.lock().ok().as_mut().and_then(|g| g.as_mut()) {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+struct MakeRunLog;
+
+impl<'a> MakeWriter<'a> for MakeRunLog {
+    type Writer = RunLogWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        RunLogWriter
+    }
+}
+
+/// Installs the global subscriber. `verbose`: 0 warn, 1 info, 2+ debug.
+pub fn init(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let stderr_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_filter(stderr_filter);
+    let file = tracing_subscriber::fmt::layer()
+        .with_writer(MakeRunLog)
+        .with_ansi(false)
+        .with_filter(EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init();
+}
+
+/// Opens the run's log file (appending); closed when the guard drops.
+pub fn run_log(dir: &Path, run: RunId) -> RunLogGuard {
+    let path = dir.join("logs").join(format!("{run}.log"));
+    let file = std::fs::create_dir_all(dir.join("logs"))
+        .and_then(|_| OpenOptions::new().create(true).append(true).open(&path));
+    match file {
+        Ok(f) => {
+            if let Ok(mut g) = RUN_LOG.lock() {
+                *g = Some(f);
+            }
+        }
+        Err(e) => tracing::warn!("cannot open the run log {}: {e}", path.display()),
+    }
+    RunLogGuard
+}
+
+/// Closes the run log when dropped.
+pub struct RunLogGuard;
+
+impl Drop for RunLogGuard {
+    fn drop(&mut self) {
+        if let Ok(mut g) = RUN_LOG.lock() {
+            if let Some(f) = g.as_mut() {
+                let _ = f.flush();
+            }
+            *g = None;
+        }
+    }
+}

@@ -1,0 +1,966 @@
+//! Plans: TOML in, a validated DAG of step definitions out.
+//!
+//! Everything that can be known before a run is checked here, and every
+//! problem is reported with the file, line and column, the offending text
+//! and a hint: TOML errors, unknown kinds, bad parameters, unknown `needs`,
+//! cycles (named), unresolvable references.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+use upshift_steps::Registry;
+
+use crate::refs::{self, MapResolver, Ref};
+
+/// What to do when a step fails for good (retries exhausted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Stop starting steps; wait for an operator (retry, skip, rollback, abort).
+    #[default]
+    Pause,
+    /// Compensate every completed step, in reverse dependency order.
+    Rollback,
+    /// End the run as failed.
+    Abort,
+}
+
+/// What to do with a step that was running when the engine died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumePolicy {
+    /// Run it again from its last checkpoint.
+    #[default]
+    Auto,
+    /// Pause and let an operator decide (`upshift approve` re-runs it).
+    Ask,
+}
+
+/// Retry policy: attempts in all, and the first backoff (doubling, capped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// Delay before the second attempt; doubles each time.
+    pub backoff: Duration,
+    /// Cap on the delay.
+    pub backoff_max: Duration,
+    /// Retry only failures the step calls transient.
+    pub only_transient: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 1,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            only_transient: false,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `next` (2, 3, ...).
+    pub fn delay_before(&self, next: u32) -> Duration {
+        let exp = next.saturating_sub(2).min(20);
+        self.backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.backoff_max)
+    }
+}
+
+/// A step body: a kind and its parameters (as written, references intact).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Body {
+    /// Kind name.
+    pub kind: String,
+    /// The `with` table.
+    pub with: toml::Table,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone)]
+pub struct StepDef {
+    /// Its id.
+    pub id: String,
+    /// What it runs.
+    pub body: Body,
+    /// Explicit `needs` plus steps whose outputs it references.
+    pub needs: BTreeSet<String>,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Time limit of one attempt.
+    pub timeout: Option<Duration>,
+    /// Named locks held while it runs.
+    pub locks: Vec<String>,
+    /// Failure policy.
+    pub on_failure: OnFailure,
+    /// Policy for an interrupted attempt.
+    pub resume: ResumePolicy,
+    /// Body run on rollback instead of the kind's own compensation.
+    pub compensate: Option<Body>,
+    /// Free text for operators.
+    pub description: Option<String>,
+    /// Host this step concerns (informational; checked by plan rules).
+    pub host: Option<String>,
+    /// Position in the file (for stable ordering).
+    pub decl: usize,
+}
+
+/// Where a secret comes from. The value itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// An environment variable.
+    Env(String),
+    /// A file (its content, trailing newline removed).
+    File(PathBuf),
+}
+
+/// A validated plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `name`.
+    pub name: String,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The exact text.
+    pub text: String,
+    /// SHA-256 of the text, hex.
+    pub hash: String,
+    /// Variables (plan values overridden by `--var`).
+    pub vars: BTreeMap<String, toml::Value>,
+    /// Secret references.
+    pub secrets: BTreeMap<String, SecretRef>,
+    /// Lock limits (default 1 for a lock not listed).
+    pub locks: BTreeMap<String, u32>,
+    /// Connection targets (`[targets.<name>]`), references intact.
+    pub targets: BTreeMap<String, toml::Table>,
+    /// Steps by id.
+    pub steps: BTreeMap<String, StepDef>,
+    /// Step ids in a topological order (ties broken by position in the file).
+    pub order: Vec<String>,
+}
+
+/// One problem in a plan, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError {
+    /// The plan file.
+    pub file: PathBuf,
+    /// 1-based line, 0 if unknown.
+    pub line: usize,
+    /// 1-based column, 0 if unknown.
+    pub col: usize,
+    /// The line's text.
+    pub snippet: String,
+    /// Width of the underline.
+    pub width: usize,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            writeln!(
+                f,
+                "{}:{}:{}: error: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )?;
+            let no = self.line.to_string();
+            writeln!(f, "{:w$} |", "", w = no.len())?;
+            writeln!(f, "{no} | {}", self.snippet)?;
+            write!(
+                f,
+                "{:w$} | {:c$}{}",
+                "",
+                "",
+                "^".repeat(self.width.max(1)),
+                w = no.len(),
+                c = self.col.saturating_sub(1)
+            )?;
+        } else {
+            write!(f, "{}: error: {}", self.file.display(), self.message)?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a plan (never empty).
+#[derive(Debug, Clone)]
+pub struct PlanErrors(pub Vec<PlanError>);
+
+impl fmt::Display for PlanErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        if self.0.len() > 1 {
+            write!(f, "\n\n{} problems in the plan", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PlanErrors {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    name: Spanned<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[serde(default)]
+    vars: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    secrets: BTreeMap<String, Spanned<RawSecret>>,
+    #[serde(default)]
+    locks: BTreeMap<String, Spanned<u32>>,
+    #[serde(default)]
+    targets: BTreeMap<String, Spanned<toml::Table>>,
+    #[serde(default)]
+    steps: BTreeMap<String, Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    env: Option<String>,
+    file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    kind: Spanned<String>,
+    #[serde(default)]
+    needs: Vec<Spanned<String>>,
+    #[serde(default)]
+    with: Option<Spanned<toml::Table>>,
+    retry: Option<Spanned<RawRetry>>,
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    locks: Vec<Spanned<String>>,
+    on_failure: Option<Spanned<String>>,
+    resume: Option<Spanned<String>>,
+    compensate: Option<Spanned<RawBody>>,
+    description: Option<String>,
+    host: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: u32,
+    backoff: Option<String>,
+    backoff_max: Option<String>,
+    #[serde(default)]
+    only_transient: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBody {
+    kind: Spanned<String>,
+    #[serde(default)]
+    with: Option<Spanned<toml::Table>>,
+}
+
+/// Locates byte offsets in the plan text.
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(
+        &self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> PlanError {
+        let start = span.start.min(self.text.len());
+        let line_start = self.text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line_end = self.text[start..]
+            .find('\n')
+            .map(|i| start + i)
+            .unwrap_or(self.text.len());
+        let line = self.text[..start].matches('\n').count() + 1;
+        let col = self.text[line_start..start].chars().count() + 1;
+        let end = span.end.min(line_end).max(start);
+        PlanError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            snippet: self.text[line_start..line_end]
+                .trim_end_matches('\r')
+                .to_string(),
+            width: self.text[start..end].chars().count(),
+            message: message.into(),
+            hint,
+        }
+    }
+
+    /// Narrows a table's span to where `needle` first appears in it.
+    fn find_in(&self, span: Range<usize>, needle: &str) -> Range<usize> {
+        let hay = &self.text[span.start.min(self.text.len())..span.end.min(self.text.len())];
+        match hay.find(needle) {
+            Some(i) => span.start + i..span.start + i + needle.len(),
+            None => span,
+        }
+    }
+
+    /// Narrows to a key `key =` inside a table span.
+    fn find_key(&self, span: Range<usize>, key: &str) -> Range<usize> {
+        let hay = &self.text[span.start.min(self.text.len())..span.end.min(self.text.len())];
+        let mut from = 0;
+        while let Some(i) = hay[from..].find(key) {
+            let at = from + i;
+            let before_ok = at == 0
+                || hay[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_whitespace() || c == '{' || c == ',' || c == '"');
+            let after = hay[at + key.len()..].trim_start_matches(['"', ' ', '\t']);
+            if before_ok && after.starts_with('=') {
+                return span.start + at..span.start + at + key.len();
+            }
+            from = at + key.len();
+        }
+        span
+    }
+}
+
+/// The closest of `candidates` to `word`, if close enough to suggest.
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim(word, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance.
+fn strsim(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Options that shape loading: `--var` overrides.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--var KEY=VALUE` (strings; they replace plan values).
+    pub vars: BTreeMap<String, String>,
+}
+
+/// Reads and validates a plan file.
+pub fn load(path: &Path, registry: &Registry, opts: &LoadOptions) -> Result<Plan, PlanErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PlanErrors(vec![PlanError {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            snippet: String::new(),
+            width: 0,
+            message: format!("cannot read the plan: {e}"),
+            hint: Some("give the path of a plan .toml file".into()),
+        }])
+    })?;
+    parse(path, &text, registry, opts)
+}
+
+/// Validates a plan given as text (`path` is used in messages).
+pub fn parse(
+    path: &Path,
+    text: &str,
+    registry: &Registry,
+    opts: &LoadOptions,
+) -> Result<Plan, PlanErrors> {
+    let loc = Locator { file: path, text };
+    let raw: RawPlan = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_string();
+        let hint = if message.contains("unknown field") {
+            Some("top-level keys are name, description, vars, secrets, locks, targets, steps; step keys are kind, needs, with, retry, timeout, locks, on_failure, resume, compensate, description, host".to_string())
+        } else if message.contains("missing field") {
+            Some("see the plan format in the README".to_string())
+        } else {
+            None
+        };
+        PlanErrors(vec![loc.at(span, message, hint)])
+    })?;
+
+    let mut errors = Vec::new();
+
+    // Vars: plan values, then --var overrides (which may also add new vars).
+    let mut vars = raw.vars.clone();
+    for (k, v) in &opts.vars {
+        vars.insert(k.clone(), toml::Value::String(v.clone()));
+    }
+
+    let mut secrets = BTreeMap::new();
+    for (name, s) in &raw.secrets {
+        let r = s.get_ref();
+        match (&r.env, &r.file) {
+            (Some(env), None) => {
+                secrets.insert(name.clone(), SecretRef::Env(env.clone()));
+            }
+            (None, Some(file)) => {
+                secrets.insert(name.clone(), SecretRef::File(file.clone()));
+            }
+            _ => errors.push(loc.at(
+                s.span(),
+                format!("secret `{name}` must name exactly one source"),
+                Some(format!(
+                    "write `{name} = {{ env = \"VAR\" }}` or `{name} = {{ file = \"path\" }}`; never the value itself"
+                )),
+            )),
+        }
+    }
+
+    let locks = raw
+        .locks
+        .iter()
+        .map(|(k, v)| (k.clone(), *v.get_ref()))
+        .collect::<BTreeMap<_, _>>();
+    for (k, v) in &raw.locks {
+        if *v.get_ref() == 0 {
+            errors.push(loc.at(
+                v.span(),
+                format!("lock `{k}` has a limit of 0: nothing holding it could ever run"),
+                Some("use 1 or more".into()),
+            ));
+        }
+    }
+
+    let targets: BTreeMap<String, toml::Table> = raw
+        .targets
+        .iter()
+        .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+        .collect();
+
+    let ids: BTreeSet<&str> = raw.steps.keys().map(String::as_str).collect();
+    let mut steps = BTreeMap::new();
+
+    // References and parameters are checked with placeholders for what is
+    // only known at run time.
+    let placeholder_secret = |n: &str| Some(format!("<secret {n}>"));
+    let placeholder_output = |s: &str, n: &str| Some(format!("<output {n} of step {s}>"));
+    let resolver = MapResolver {
+        vars: &vars,
+        secrets: &placeholder_secret,
+        outputs: &placeholder_output,
+    };
+
+    for (id, raw_step) in &raw.steps {
+        let span = raw_step.span();
+        let rs = raw_step.get_ref();
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            errors.push(loc.at(
+                loc.find_in(span.clone(), id),
+                format!("step id `{id}` has characters other than letters, digits, `_` and `-`"),
+                Some("ids appear in references (${steps.<id>.outputs.x}) and commands; rename it".into()),
+            ));
+        }
+        let mut needs = BTreeSet::new();
+        for n in &rs.needs {
+            if !ids.contains(n.get_ref().as_str()) {
+                let hint = suggest(n.get_ref(), ids.iter().copied())
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .or_else(|| {
+                        Some(format!(
+                            "known steps: {}",
+                            ids.iter().copied().collect::<Vec<_>>().join(", ")
+                        ))
+                    });
+                errors.push(loc.at(
+                    n.span(),
+                    format!(
+                        "step `{id}` needs `{}`, which is not a step of this plan",
+                        n.get_ref()
+                    ),
+                    hint,
+                ));
+            } else if n.get_ref() == id {
+                errors.push(loc.at(n.span(), format!("step `{id}` needs itself"), None));
+            } else {
+                needs.insert(n.get_ref().clone());
+            }
+        }
+
+        let check_body = |kind: &Spanned<String>,
+                          with: &Option<Spanned<toml::Table>>,
+                          what: &str,
+                          needs: &mut BTreeSet<String>,
+                          errors: &mut Vec<PlanError>|
+         -> Option<Body> {
+            let with_span = with.as_ref().map(|w| w.span()).unwrap_or(span.clone());
+            let with_table = with
+                .as_ref()
+                .map(|w| w.get_ref().clone())
+                .unwrap_or_default();
+            // References: syntax, existence, implicit dependencies.
+            let mut found = Vec::new();
+            refs::refs_in_value(&toml::Value::Table(with_table.clone()), &mut found);
+            let mut refs_ok = true;
+            for (s, r) in found {
+                let at = loc.find_in(with_span.clone(), &s);
+                match r {
+                    Err(bad) => {
+                        refs_ok = false;
+                        errors.push(loc.at(
+                            loc.find_in(at.clone(), &bad.text),
+                            format!(
+                                "bad reference `${{{}}}` in {what} of step `{id}`: {}",
+                                bad.text, bad.message
+                            ),
+                            None,
+                        ));
+                    }
+                    Ok(Ref::Var(v)) if !vars.contains_key(&v) => {
+                        refs_ok = false;
+                        let hint = suggest(&v, vars.keys().map(String::as_str))
+                            .map(|s| format!("did you mean `{s}`? Or give it with --var {v}=VALUE"))
+                            .unwrap_or_else(|| {
+                                format!("add `{v} = ...` under [vars], or give --var {v}=VALUE")
+                            });
+                        errors.push(loc.at(
+                            loc.find_in(at, &format!("vars.{v}")),
+                            format!("`${{vars.{v}}}` in step `{id}`: no variable `{v}`"),
+                            Some(hint),
+                        ));
+                    }
+                    Ok(Ref::Secret(n))
+                        if !secrets.contains_key(&n) && !raw.secrets.contains_key(&n) =>
+                    {
+                        refs_ok = false;
+                        errors.push(loc.at(
+                            loc.find_in(at, &format!("secrets.{n}")),
+                            format!("`${{secrets.{n}}}` in step `{id}`: no secret `{n}`"),
+                            Some(format!("declare it: [secrets] {n} = {{ env = \"VAR\" }}")),
+                        ));
+                    }
+                    Ok(Ref::Output { step, .. }) if !ids.contains(step.as_str()) => {
+                        refs_ok = false;
+                        let hint = suggest(&step, ids.iter().copied())
+                            .map(|s| format!("did you mean `{s}`?"));
+                        errors.push(loc.at(
+                            loc.find_in(at, &format!("steps.{step}")),
+                            format!("step `{id}` refers to outputs of `{step}`, which is not a step of this plan"),
+                            hint,
+                        ));
+                    }
+                    Ok(Ref::Output { step, .. }) if step == *id => {
+                        refs_ok = false;
+                        errors.push(loc.at(
+                            at,
+                            format!("step `{id}` refers to its own outputs"),
+                            None,
+                        ));
+                    }
+                    Ok(Ref::Output { step, .. }) => {
+                        needs.insert(step);
+                    }
+                    Ok(Ref::Item) if kind.get_ref() != "foreach" => {
+                        refs_ok = false;
+                        errors.push(loc.at(
+                            loc.find_in(at, "${item"),
+                            format!("`${{item}}` in step `{id}`, which is not a foreach"),
+                            Some("only a foreach body has items".into()),
+                        ));
+                    }
+                    Ok(_) => {}
+                }
+            }
+            let Some(k) = registry.get(kind.get_ref().as_str()) else {
+                let hint = suggest(kind.get_ref(), registry.keys().copied())
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "known kinds: {}",
+                            registry.keys().copied().collect::<Vec<_>>().join(", ")
+                        )
+                    });
+                errors.push(loc.at(
+                    kind.span(),
+                    format!(
+                        "unknown step kind `{}` in {what} of step `{id}`",
+                        kind.get_ref()
+                    ),
+                    Some(hint),
+                ));
+                return None;
+            };
+            if refs_ok {
+                match expand_target(&with_table, &targets)
+                    .map_err(|m| {
+                        loc.at(
+                            loc.find_key(with_span.clone(), "target"),
+                            m.clone(),
+                            Some(format!(
+                                "known targets: {}",
+                                targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                            )),
+                        )
+                    })
+                    .and_then(|t| {
+                        refs::substitute_table(&t, &resolver)
+                            .map_err(|b| loc.at(with_span.clone(), b.message, None))
+                    }) {
+                    Ok(resolved) => {
+                        if let Err(e) = k.build(&resolved) {
+                            let at = match &e.field {
+                                Some(f) => loc.find_key(with_span.clone(), f),
+                                None => with_span.clone(),
+                            };
+                            errors.push(loc.at(
+                                at,
+                                format!(
+                                    "{what} of step `{id}` ({}): {}",
+                                    kind.get_ref(),
+                                    e.message
+                                ),
+                                e.hint.clone(),
+                            ));
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            Some(Body {
+                kind: kind.get_ref().clone(),
+                with: with_table,
+            })
+        };
+
+        let body = check_body(&rs.kind, &rs.with, "`with`", &mut needs, &mut errors);
+        let compensate = rs.compensate.as_ref().and_then(|c| {
+            let c = c.get_ref();
+            check_body(&c.kind, &c.with, "`compensate`", &mut needs, &mut errors)
+        });
+
+        let retry = match &rs.retry {
+            None => RetryPolicy::default(),
+            Some(r) => {
+                let rr = r.get_ref();
+                let mut p = RetryPolicy {
+                    attempts: rr.attempts,
+                    only_transient: rr.only_transient,
+                    ..RetryPolicy::default()
+                };
+                if rr.attempts == 0 || rr.attempts > 100 {
+                    errors.push(loc.at(
+                        loc.find_key(r.span(), "attempts"),
+                        format!(
+                            "retry.attempts of step `{id}` must be 1..=100, not {}",
+                            rr.attempts
+                        ),
+                        Some("attempts counts the first try: 3 means up to 2 retries".into()),
+                    ));
+                }
+                for (field, val, slot) in [
+                    ("backoff", &rr.backoff, &mut p.backoff),
+                    ("backoff_max", &rr.backoff_max, &mut p.backoff_max),
+                ] {
+                    if let Some(v) = val {
+                        match upshift_steps::params::parse_duration(v) {
+                            Ok(d) => *slot = d,
+                            Err(m) => errors.push(loc.at(loc.find_key(r.span(), field), m, None)),
+                        }
+                    }
+                }
+                p
+            }
+        };
+        let timeout =
+            rs.timeout.as_ref().and_then(|t| {
+                match upshift_steps::params::parse_duration(t.get_ref()) {
+                    Ok(d) if d.is_zero() => {
+                        errors.push(loc.at(
+                            t.span(),
+                            "timeout of 0 would fail every attempt",
+                            Some("omit `timeout` for no limit".into()),
+                        ));
+                        None
+                    }
+                    Ok(d) => Some(d),
+                    Err(m) => {
+                        errors.push(loc.at(t.span(), m, None));
+                        None
+                    }
+                }
+            });
+        let on_failure = match rs
+            .on_failure
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("pause", _)) => OnFailure::Pause,
+            Some(("rollback", _)) => OnFailure::Rollback,
+            Some(("abort", _)) => OnFailure::Abort,
+            Some((other, sp)) => {
+                errors.push(loc.at(
+                    sp,
+                    format!("on_failure = \"{other}\" is not a policy"),
+                    Some("use \"pause\", \"rollback\" or \"abort\"".into()),
+                ));
+                OnFailure::Pause
+            }
+        };
+        let resume = match rs.resume.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+            None | Some(("auto", _)) => ResumePolicy::Auto,
+            Some(("ask", _)) => ResumePolicy::Ask,
+            Some((other, sp)) => {
+                errors.push(loc.at(
+                    sp,
+                    format!("resume = \"{other}\" is not a policy"),
+                    Some("use \"auto\" or \"ask\"".into()),
+                ));
+                ResumePolicy::Auto
+            }
+        };
+        if let Some(body) = body {
+            steps.insert(
+                id.clone(),
+                StepDef {
+                    id: id.clone(),
+                    body,
+                    needs,
+                    retry,
+                    timeout,
+                    locks: rs.locks.iter().map(|l| l.get_ref().clone()).collect(),
+                    on_failure,
+                    resume,
+                    compensate,
+                    description: rs.description.clone(),
+                    host: rs.host.clone(),
+                    decl: span.start,
+                },
+            );
+        }
+    }
+
+    if raw.steps.is_empty() {
+        errors.push(loc.at(
+            raw.name.span(),
+            "the plan has no steps",
+            Some("add [steps.<id>] tables".into()),
+        ));
+    }
+
+    let order = if errors.is_empty() {
+        match topo_order(&steps) {
+            Ok(o) => o,
+            Err(cycle) => {
+                let first = &cycle[0];
+                let span = raw.steps[first].span();
+                errors.push(loc.at(
+                    loc.find_in(span, "needs"),
+                    format!("the steps form a cycle: {}", cycle.iter().chain(std::iter::once(first)).map(String::as_str).collect::<Vec<_>>().join(" → ")),
+                    Some("a step runs after everything it needs (and every step whose outputs it references); break the cycle by removing one of these dependencies".into()),
+                ));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.line, e.col));
+        return Err(PlanErrors(errors));
+    }
+    Ok(Plan {
+        name: raw.name.into_inner(),
+        path: path.to_path_buf(),
+        text: text.to_string(),
+        hash: hash_text(text),
+        vars,
+        secrets,
+        locks,
+        targets,
+        steps,
+        order,
+    })
+}
+
+/// SHA-256 of a plan text, hex.
+pub fn hash_text(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Replaces `target = "name"` with `connection = <the target's table>`.
+pub fn expand_target(
+    with: &toml::Table,
+    targets: &BTreeMap<String, toml::Table>,
+) -> Result<toml::Table, String> {
+    let Some(t) = with.get("target") else {
+        return Ok(with.clone());
+    };
+    let Some(name) = t.as_str() else {
+        return Err("`target` must be the name of a [targets.<name>] table".into());
+    };
+    let Some(table) = targets.get(name) else {
+        return Err(format!("no target `{name}`: add a [targets.{name}] table"));
+    };
+    let mut out = with.clone();
+    out.remove("target");
+    out.insert("connection".into(), toml::Value::Table(table.clone()));
+    Ok(out)
+}
+
+/// A topological order, ties broken by position in the file; or a cycle.
+fn topo_order(steps: &BTreeMap<String, StepDef>) -> Result<Vec<String>, Vec<String>> {
+    use petgraph::graphmap::DiGraphMap;
+    let mut g: DiGraphMap<&str, ()> = DiGraphMap::new();
+    for (id, s) in steps {
+        g.add_node(id.as_str());
+        for n in &s.needs {
+            g.add_edge(n.as_str(), id.as_str(), ());
+        }
+    }
+    // Kahn's algorithm with a priority on declaration order, so `graph`
+    // and `--dry-run` list steps as the author wrote them where possible.
+    let mut indeg: BTreeMap<&str, usize> = steps.keys().map(|k| (k.as_str(), 0)).collect();
+    for (id, s) in steps {
+        *indeg.get_mut(id.as_str()).expect("node") = s.needs.len();
+    }
+    let mut ready: BTreeSet<(usize, &str)> = indeg
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(id, _)| (steps[*id].decl, *id))
+        .collect();
+    let mut order = Vec::new();
+    while let Some(first) = ready.iter().next().copied() {
+        ready.remove(&first);
+        order.push(first.1.to_string());
+        for next in g.neighbors_directed(first.1, petgraph::Direction::Outgoing) {
+            let d = indeg.get_mut(next).expect("node");
+            *d -= 1;
+            if *d == 0 {
+                ready.insert((steps[next].decl, next));
+            }
+        }
+    }
+    if order.len() == steps.len() {
+        return Ok(order);
+    }
+    // Name one cycle: among the steps left, walk `needs` until a repeat.
+    let left: BTreeSet<&str> = indeg
+        .iter()
+        .filter(|(_, d)| **d > 0)
+        .map(|(k, _)| *k)
+        .collect();
+    let start = *left.iter().next().expect("a cycle remains");
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let next = steps[cur]
+            .needs
+            .iter()
+            .map(String::as_str)
+            .find(|n| left.contains(n))
+            .expect("every remaining step needs another remaining step");
+        if let Some(pos) = path.iter().position(|p| *p == next) {
+            // path[pos..] is the cycle, listed against the `needs` direction.
+            let mut cycle: Vec<String> = path[pos..].iter().map(|s| s.to_string()).collect();
+            cycle.reverse();
+            return Err(cycle);
+        }
+        path.push(next);
+        cur = next;
+    }
+}
+
+impl Plan {
+    /// Steps that depend on `id` directly.
+    pub fn dependents(&self, id: &str) -> Vec<&str> {
+        self.order
+            .iter()
+            .filter(|s| self.steps[*s].needs.contains(id))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Steps that depend on `id`, directly or not.
+    pub fn transitive_dependents(&self, id: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![id.to_string()];
+        while let Some(cur) = todo.pop() {
+            for d in self.dependents(&cur) {
+                if out.insert(d.to_string()) {
+                    todo.push(d.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// Ids of steps that differ between two plans (added, removed, changed).
+    pub fn changed_steps(&self, other: &Plan) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for (id, s) in &self.steps {
+            match other.steps.get(id) {
+                None => {
+                    out.insert(id.clone());
+                }
+                Some(o) => {
+                    if s.body != o.body
+                        || s.needs != o.needs
+                        || s.compensate != o.compensate
+                        || s.retry != o.retry
+                        || s.timeout != o.timeout
+                        || s.locks != o.locks
+                        || s.on_failure != o.on_failure
+                        || s.resume != o.resume
+                    {
+                        out.insert(id.clone());
+                    }
+                }
+            }
+        }
+        for id in other.steps.keys() {
+            if !self.steps.contains_key(id) {
+                out.insert(id.clone());
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The limit of a named lock.
+    pub fn lock_limit(&self, name: &str) -> u32 {
+        self.locks.get(name).copied().unwrap_or(1)
+    }
+}

@@ -1,0 +1,320 @@
+//! Human- and machine-readable renderings of events and run state, shared
+//! by `log`, `status`, the run log file and support tools.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use upshift_journal::{Envelope, Event, Outcome};
+
+use crate::plan::Plan;
+use crate::state::{RunState, RunStatus, StepStatus};
+
+fn short(s: &str, n: usize) -> String {
+    let one = s.trim().replace('\n', " ⏎ ");
+    if one.chars().count() <= n {
+        one
+    } else {
+        format!("{}…", one.chars().take(n).collect::<String>())
+    }
+}
+
+/// One event as a line of text (no seq or time).
+pub fn event_line(e: &Event) -> String {
+    let name = e.name();
+    match e {
+        Event::RunStarted {
+            plan_name,
+            plan_hash,
+            actor,
+            engine_version,
+            ..
+        } => format!(
+            "{name} plan \"{plan_name}\" ({}) by {}@{} pid {} upshift {engine_version}",
+            &plan_hash[..plan_hash.len().min(12)],
+            actor.user,
+            actor.host,
+            actor.pid
+        ),
+        Event::RunResumed {
+            actor,
+            engine_version,
+        } => format!(
+            "{name} by {}@{} pid {} upshift {engine_version}",
+            actor.user, actor.host, actor.pid
+        ),
+        Event::RunInterrupted { reason } | Event::RunPaused { reason } => {
+            format!("{name} {}", short(reason, 300))
+        }
+        Event::RunFinished { outcome } => format!("{name} {}", outcome_word(*outcome)),
+        Event::StepStarted {
+            step,
+            attempt,
+            resumed_from_checkpoint,
+        } => format!(
+            "{name} {step} attempt {attempt}{}",
+            if *resumed_from_checkpoint {
+                " (from checkpoint)"
+            } else {
+                ""
+            }
+        ),
+        Event::StepCheckpoint {
+            step,
+            data,
+            done,
+            total,
+        } => format!(
+            "{name} {step} {done}/{total} ({} bytes{})",
+            data.len(),
+            std::str::from_utf8(data)
+                .ok()
+                .filter(|s| s.len() <= 80 && s.chars().all(|c| !c.is_control()))
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default()
+        ),
+        Event::StepProgress {
+            step,
+            done,
+            total,
+            message,
+        } => {
+            format!("{name} {step} {done}/{total} {}", short(message, 80))
+        }
+        Event::StepSucceeded {
+            step,
+            attempt,
+            outputs,
+            reboot_required,
+            ..
+        } => format!(
+            "{name} {step} attempt {attempt}{}{}",
+            if outputs.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " outputs: {}",
+                    outputs
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", short(v, 60)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            if *reboot_required {
+                " (reboot required)"
+            } else {
+                ""
+            }
+        ),
+        Event::StepFailed {
+            step,
+            attempt,
+            error,
+            transient,
+            ..
+        } => format!(
+            "{name} {step} attempt {attempt}{}: {}",
+            if *transient { " (transient)" } else { "" },
+            short(error, 300)
+        ),
+        Event::StepRetryScheduled {
+            step,
+            next_attempt,
+            delay_ms,
+        } => {
+            format!("{name} {step} attempt {next_attempt} after {delay_ms} ms")
+        }
+        Event::StepWaiting { step, reason } => format!("{name} {step}: {}", short(reason, 300)),
+        Event::StepSkipped { step, reason } => format!("{name} {step}: {}", short(reason, 300)),
+        Event::OperatorDecision {
+            decision,
+            actor,
+            reason,
+        } => format!(
+            "{name} {} by {}@{}{}",
+            crate::state::describe_decision(decision),
+            actor.user,
+            actor.host,
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", short(reason, 200))
+            }
+        ),
+        Event::RollbackStarted { reason } => format!("{name} {}", short(reason, 300)),
+        Event::CompensationStarted { step } => format!("{name} {step}"),
+        Event::CompensationSucceeded { step, .. } => format!("{name} {step}"),
+        Event::CompensationFailed { step, error, .. } => {
+            format!("{name} {step}: {}", short(error, 300))
+        }
+        Event::RebootRequested { step, action } => format!("{name} {step}: {action}"),
+        Event::Note { text } => format!("{name} {}", short(text, 300)),
+    }
+}
+
+/// An envelope as one `upshift log` line.
+pub fn log_line(env: &Envelope) -> String {
+    format!(
+        "{:>6} {} {}",
+        env.seq,
+        env.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        event_line(&env.event)
+    )
+}
+
+/// An outcome in one word.
+pub fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+        Outcome::RolledBack => "rolled_back",
+        Outcome::Aborted => "aborted",
+    }
+}
+
+/// A status word.
+pub fn status_word(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Running => "running",
+        RunStatus::Paused => "paused",
+        RunStatus::Interrupted => "interrupted",
+        RunStatus::Failed => "failed",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::RolledBack => "rolled_back",
+    }
+}
+
+/// A step status word.
+pub fn step_word(s: &StepStatus) -> &'static str {
+    match s {
+        StepStatus::Pending => "pending",
+        StepStatus::Running => "running",
+        StepStatus::Interrupted => "interrupted",
+        StepStatus::RetryWait => "retry_wait",
+        StepStatus::Waiting => "waiting",
+        StepStatus::Failed => "failed",
+        StepStatus::Succeeded => "succeeded",
+        StepStatus::Skipped => "skipped",
+    }
+}
+
+/// One step in `status --json`.
+#[derive(Serialize)]
+pub struct StepJson {
+    /// Status word.
+    pub state: &'static str,
+    /// Attempts started.
+    pub attempts: u32,
+    /// foreach and other counting steps: units done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done: Option<u64>,
+    /// Units in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// Last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Compensation state, during or after a rollback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<crate::state::CompStatus>,
+}
+
+/// `status --json`.
+#[derive(Serialize)]
+pub struct StatusJson {
+    /// Run id.
+    pub run: String,
+    /// Plan name.
+    pub plan: String,
+    /// Status word.
+    pub state: &'static str,
+    /// Why it is paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// Events journaled.
+    pub events: u64,
+    /// Steps by id.
+    pub steps: BTreeMap<String, StepJson>,
+}
+
+/// Builds the status document. `plan` lists steps not yet seen in events.
+pub fn status_json(state: &RunState, plan: Option<&Plan>, live: bool) -> StatusJson {
+    let mut ids: Vec<String> = plan.map(|p| p.order.clone()).unwrap_or_default();
+    for k in state.steps.keys() {
+        if !ids.contains(k) {
+            ids.push(k.clone());
+        }
+    }
+    let foreach: Vec<&str> = plan
+        .map(|p| {
+            p.steps
+                .values()
+                .filter(|s| s.body.kind == "foreach")
+                .map(|s| s.id.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let steps = ids
+        .into_iter()
+        .map(|id| {
+            let st = state.step(&id);
+            let counting = st.total > 0 || foreach.contains(&id.as_str());
+            let json = StepJson {
+                state: step_word(&st.status),
+                attempts: st.attempts,
+                done: counting.then_some(st.done),
+                total: counting.then_some(st.total),
+                error: st.error.clone(),
+                compensation: (st.compensation != crate::state::CompStatus::None)
+                    .then(|| st.compensation.clone()),
+            };
+            (id, json)
+        })
+        .collect();
+    StatusJson {
+        run: state.run.map(|r| r.to_string()).unwrap_or_default(),
+        plan: state.plan_name.clone(),
+        state: status_word(state.status(live)),
+        paused: state.paused.clone(),
+        events: state.events,
+        steps,
+    }
+}
+
+/// `status` for people.
+pub fn status_text(doc: &StatusJson) -> String {
+    let mut out = format!(
+        "run   {}\nplan  {}\nstate {}\n",
+        doc.run, doc.plan, doc.state
+    );
+    if let Some(p) = &doc.paused {
+        out.push_str(&format!("why   {p}\n"));
+    }
+    out.push('\n');
+    let w = doc.steps.keys().map(|k| k.len()).max().unwrap_or(4).max(4);
+    for (id, s) in &doc.steps {
+        let mut line = format!("  {id:w$}  {:<11}", s.state);
+        if s.attempts > 1 {
+            line.push_str(&format!(" attempts {}", s.attempts));
+        }
+        if let (Some(d), Some(t)) = (s.done, s.total) {
+            line.push_str(&format!(" {d}/{t}"));
+        }
+        if let Some(c) = &s.compensation {
+            line.push_str(&format!(
+                " compensation {}",
+                serde_json::to_string(c)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+            ));
+        }
+        if let Some(e) = &s.error
+            && s.state != "succeeded"
+        {
+            line.push_str(&format!(" — {}", short(e, 120)));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
