@@ -18,7 +18,7 @@ pub mod compare;
 // pub mod lync;
 // pub mod msi;
 // pub mod powershell;
-// pub mod service;
+pub mod service;
 pub mod xml;
 
 /// The component-phase kinds.
@@ -26,6 +26,7 @@ pub fn kinds() -> Vec<Arc<dyn Kind>> {
     vec![
         Arc::new(appsettings::KIND),
         Arc::new(compare::KIND),
+        Arc::new(service::KIND),
         // KINDS-MORE
     ]
 }
@@ -139,4 +140,76 @@ pub(crate) fn decode_lines(data: &[u8]) -> std::collections::BTreeMap<String, St
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A context that keeps a child's output to itself instead of adding it to
+/// the step's captured output (for polls such as `systemctl is-active`,
+/// which would otherwise fill the output with one line per poll).
+pub(crate) struct Quiet<'a> {
+    inner: &'a dyn crate::StepContext,
+    captured: std::sync::Mutex<String>,
+}
+
+impl<'a> Quiet<'a> {
+    pub(crate) fn new(inner: &'a dyn crate::StepContext) -> Quiet<'a> {
+        Quiet {
+            inner,
+            captured: std::sync::Mutex::new(String::new()),
+        }
+    }
+
+    /// Everything the children wrote (stdout and stderr).
+    pub(crate) fn take(&self) -> String {
+        std::mem::take(&mut *self.captured.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::StepContext for Quiet<'_> {
+    fn step_id(&self) -> &str {
+        self.inner.step_id()
+    }
+    fn run_id(&self) -> &str {
+        self.inner.run_id()
+    }
+    fn attempt(&self) -> u32 {
+        self.inner.attempt()
+    }
+    fn resume_from(&self) -> Option<Vec<u8>> {
+        self.inner.resume_from()
+    }
+    async fn checkpoint(&self, data: Vec<u8>, done: u64, total: u64) -> Result<(), StepError> {
+        self.inner.checkpoint(data, done, total).await
+    }
+    fn progress(&self, done: u64, total: u64, message: &str) {
+        self.inner.progress(done, total, message);
+    }
+    fn output(&self, text: &str) {
+        self.captured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(text);
+    }
+    fn approved(&self) -> bool {
+        self.inner.approved()
+    }
+    fn recorded_outputs(&self) -> crate::Outputs {
+        self.inner.recorded_outputs()
+    }
+    fn work_dir(&self) -> PathBuf {
+        self.inner.work_dir()
+    }
+    fn guard_program(&self) -> Option<PathBuf> {
+        self.inner.guard_program()
+    }
+}
+
+/// Runs a child quietly; returns (exit code, everything it wrote).
+pub(crate) async fn run_quiet(
+    ctx: &dyn crate::StepContext,
+    spec: &crate::child::ChildSpec,
+) -> Result<(i32, String), StepError> {
+    let quiet = Quiet::new(ctx);
+    let exit = crate::child::run(&quiet, spec).await?;
+    Ok((exit.code, quiet.take()))
 }
