@@ -16,8 +16,8 @@ pub mod compare;
 // pub mod http;
 // pub mod ich;
 // pub mod lync;
-// pub mod msi;
-// pub mod powershell;
+pub mod msi;
+pub mod powershell;
 pub mod service;
 pub mod xml;
 
@@ -27,6 +27,9 @@ pub fn kinds() -> Vec<Arc<dyn Kind>> {
         Arc::new(appsettings::KIND),
         Arc::new(compare::KIND),
         Arc::new(service::KIND),
+        Arc::new(msi::INSTALL),
+        Arc::new(msi::UNINSTALL),
+        Arc::new(powershell::KIND),
         // KINDS-MORE
     ]
 }
