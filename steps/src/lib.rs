@@ -22,6 +22,8 @@ pub mod child;
 pub mod kinds;
 pub mod params;
 pub mod testing;
+#[cfg(feature = "sql-standin")]
+pub mod sql_standin;
 
 pub use params::{ParamError, parse_params};
 

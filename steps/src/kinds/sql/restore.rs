@@ -1,0 +1,8 @@
+//! placeholder
+use crate::kinds::KindFn;
+/// k
+pub const KIND: KindFn = KindFn {
+    name: "x.restore",
+    summary: "",
+    build: |_| Err(crate::ParamError::field("x", "x")),
+};
