@@ -359,6 +359,7 @@ struct Ctx {
     guard: Option<PathBuf>,
     writer: Writer,
     observer: Arc<dyn Observer>,
+    redactor: Redactor,
     tail: Mutex<Tail>,
     last_progress: Mutex<Option<Instant>>,
 }
@@ -393,6 +394,7 @@ impl StepContext for Ctx {
             .map_err(|e| StepError::fatal(format!("checkpoint not saved: {e}")))
     }
     fn progress(&self, done: u64, total: u64, message: &str) {
+        let message = &self.redactor.text(message);
         self.observer.progress(&self.step, done, total, message);
         let mut last = self.last_progress.lock().expect("poisoned");
         if last.is_some_and(|t| t.elapsed() < PROGRESS_INTERVAL) {
@@ -410,6 +412,9 @@ impl StepContext for Ctx {
         );
     }
     fn output(&self, text: &str) {
+        // Redacted before anything sees it: the terminal (--show-output),
+        // the run log and the journal's tail.
+        let text = &self.redactor.text(text);
         self.observer.output(&self.step, text);
         self.tail.lock().expect("poisoned").push(text);
     }
@@ -502,6 +507,7 @@ pub struct Engine {
     committed: mpsc::UnboundedReceiver<Envelope>,
     state: RunState,
     secrets: BTreeMap<String, String>,
+    redactor: Redactor,
     compensable: BTreeSet<String>,
 }
 
@@ -518,7 +524,7 @@ impl Engine {
     ) -> Engine {
         let (ctx, crx) = mpsc::unbounded_channel();
         let redactor = Redactor::new(secrets.values().cloned());
-        let writer = Writer::start(journal, redactor, ctx);
+        let writer = Writer::start(journal, redactor.clone(), ctx);
         let state = RunState::from_events(history);
         Engine {
             plan: Arc::new(plan),
@@ -528,6 +534,7 @@ impl Engine {
             committed: crx,
             state,
             secrets,
+            redactor,
             compensable: BTreeSet::new(),
         }
     }
@@ -611,6 +618,7 @@ impl Engine {
             guard: self.cfg.guard_program.clone(),
             writer: self.writer.clone(),
             observer: Arc::clone(&self.cfg.observer),
+            redactor: self.redactor.clone(),
             tail: Mutex::new(Tail {
                 text: String::new(),
             }),
@@ -757,17 +765,21 @@ impl Engine {
                 let ctx = self.ctx(&id, work, attempt);
                 let timeout = self.plan.steps[&id].timeout;
                 let built = self.build(&id, work);
+                // A plan `compensate` body is a step of its own and is run;
+                // otherwise the kind's own compensation is called.
+                let own_compensation =
+                    work == Work::Compensate && self.plan.steps[&id].compensate.is_none();
                 let handle = tasks.spawn(async move {
                     let result = match built {
                         Err(message) => Err(StepError::fatal(message)),
                         Ok(step) => {
                             let fut = async {
-                                match work {
-                                    Work::Run => step.run(ctx.as_ref()).await,
-                                    Work::Compensate => step
-                                        .compensate(ctx.as_ref())
+                                if own_compensation {
+                                    step.compensate(ctx.as_ref())
                                         .await
-                                        .map(|_| StepOutcome::default()),
+                                        .map(|_| StepOutcome::default())
+                                } else {
+                                    step.run(ctx.as_ref()).await
                                 }
                             };
                             match timeout {
@@ -795,7 +807,7 @@ impl Engine {
             }
             match end {
                 Some(End::Finish(o)) => return Ok(Exit::Finished(o)),
-                Some(End::Pause(r)) => return Ok(Exit::Paused(r)),
+                Some(End::Pause(r)) => return Ok(Exit::Paused(self.redactor.text(&r))),
                 Some(End::StartRollback(_)) => continue,
                 None => {}
             }
@@ -827,7 +839,12 @@ impl Engine {
                             }
                         }
                     }
-                    pending_events.extend(self.result_events(done));
+                    // Redacted now, not only by the writer: decisions made
+                    // on these events (pause reasons) reach the terminal.
+                    pending_events.extend(self.result_events(done).into_iter().map(|mut e| {
+                        self.redactor.event(&mut e);
+                        e
+                    }));
                 }
                 _ = async {
                     match sleep_until {

@@ -897,6 +897,11 @@ fn topo_order(steps: &BTreeMap<String, StepDef>) -> Result<Vec<String>, Vec<Stri
             // path[pos..] is the cycle, listed against the `needs` direction.
             let mut cycle: Vec<String> = path[pos..].iter().map(|s| s.to_string()).collect();
             cycle.reverse();
+            // Start at the step declared first, so the message is stable.
+            let first = (0..cycle.len())
+                .min_by_key(|i| steps[&cycle[*i]].decl)
+                .unwrap_or(0);
+            cycle.rotate_left(first);
             return Err(cycle);
         }
         path.push(next);

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `upshift` binary, real processes, real files,
+//! real signals. One test binary; `support` holds the harness.
+
+mod support;
+
+mod check;
+mod crash;
+mod operator;
+mod processes;
+mod secrets;
