@@ -136,7 +136,7 @@ fn table(d: &Diff) -> String {
 }
 
 fn keys<T>(items: &[T], key: impl Fn(&T) -> &str) -> String {
-    items.iter().map(|i| key(i)).collect::<Vec<_>>().join(",")
+    items.iter().map(key).collect::<Vec<_>>().join(",")
 }
 
 #[async_trait::async_trait]

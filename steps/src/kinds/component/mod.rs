@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::{Kind, StepError};
 
 pub mod appsettings;
-// pub mod cert;
+pub mod cert;
 pub mod compare;
 // pub mod http;
 // pub mod ich;
@@ -30,6 +30,7 @@ pub fn kinds() -> Vec<Arc<dyn Kind>> {
         Arc::new(msi::INSTALL),
         Arc::new(msi::UNINSTALL),
         Arc::new(powershell::KIND),
+        Arc::new(cert::KIND),
         // KINDS-MORE
     ]
 }

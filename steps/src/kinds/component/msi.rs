@@ -169,7 +169,7 @@ pub fn argv(tokens: &[(String, Option<String>)]) -> Vec<String> {
 /// or UTF-8.
 pub fn decode_log(bytes: &[u8]) -> String {
     let utf16 = bytes.starts_with(&[0xFF, 0xFE])
-        || (bytes.len() >= 4 && bytes.len() % 2 == 0 && bytes[1] == 0 && bytes[3] == 0);
+        || (bytes.len() >= 4 && bytes.len().is_multiple_of(2) && bytes[1] == 0 && bytes[3] == 0);
     if utf16 {
         let body = bytes.strip_prefix(&[0xFF, 0xFE]).unwrap_or(bytes);
         let units: Vec<u16> = body

@@ -551,10 +551,8 @@ fn scan(
                     section_done = true;
                 }
             }
-            Event::Text(ref t) => {
-                if stack.is_empty() && !t.trim().is_empty() {
-                    return Err(err_at(before, "text outside the root element".into()));
-                }
+            Event::Text(ref t) if stack.is_empty() && !t.trim().is_empty() => {
+                return Err(err_at(before, "text outside the root element".into()));
             }
             Event::Eof => break,
             _ => {}
