@@ -12,8 +12,13 @@ use upshift_steps::{Probe, registry};
 const TP: &str = "1F2E3D4C5B6A79880716253443526170A9B8C7D6";
 
 fn build(with: &str) -> Result<Box<dyn upshift_steps::Step>, upshift_steps::ParamError> {
-    let with: toml::Table = toml::from_str(with).unwrap();
-    registry().get("cert.check").unwrap().build(&with)
+    let with: toml::Table = toml::from_str(with)
+        .map_err(|e| upshift_steps::ParamError::field("toml", e.to_string()))?;
+    let kinds = registry();
+    let kind = kinds
+        .get("cert.check")
+        .ok_or_else(|| upshift_steps::ParamError::field("kind", "not registered"))?;
+    kind.build(&with)
 }
 
 #[test]
