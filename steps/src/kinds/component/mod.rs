@@ -15,7 +15,7 @@ pub mod cert;
 pub mod compare;
 // pub mod http;
 // pub mod ich;
-// pub mod lync;
+pub mod lync;
 pub mod msi;
 pub mod powershell;
 pub mod service;
@@ -31,6 +31,7 @@ pub fn kinds() -> Vec<Arc<dyn Kind>> {
         Arc::new(msi::UNINSTALL),
         Arc::new(powershell::KIND),
         Arc::new(cert::KIND),
+        Arc::new(lync::KIND),
         // KINDS-MORE
     ]
 }
