@@ -807,7 +807,7 @@ fn step_decision(
                     "run {run} has no step `{step}`{hint}"
                 )));
             }
-            let st = state.step(&step);
+            let st = state.step(&step).clone();
             if st.status == StepStatus::Succeeded
                 && st.compensation != crate::state::CompStatus::Failed
             {

@@ -108,7 +108,7 @@ pub fn decide(
     let run = run_text(state);
     if let Some(first) = failed.first() {
         let def = &plan.steps[*first];
-        let err = state.step(first).error.unwrap_or_default();
+        let err = state.step(first).error.clone().unwrap_or_default();
         next.end = Some(match def.on_failure {
             OnFailure::Rollback => End::StartRollback(format!("step {first} failed: {err}")),
             OnFailure::Abort => End::Finish(Outcome::Failed),
@@ -138,7 +138,7 @@ pub fn decide(
         .map(|id| {
             format!(
                 "{id}: {} (`upshift approve {run} {id}`)",
-                state.step(id).waiting.unwrap_or_default()
+                state.step(id).waiting.clone().unwrap_or_default()
             )
         })
         .collect();
@@ -202,7 +202,11 @@ fn decide_rollback(
     }
     let run = run_text(state);
     if let Some(first) = failed.first() {
-        let err = state.step(first).compensation_error.unwrap_or_default();
+        let err = state
+            .step(first)
+            .compensation_error
+            .clone()
+            .unwrap_or_default();
         next.end = Some(End::Pause(format!(
             "rollback stopped: compensation of {first} failed: {err}\n  then: fix the cause and `upshift rollback {run}` (runs the remaining compensations), or `upshift abort {run}`"
         )));

@@ -509,6 +509,8 @@ pub struct Engine {
     secrets: BTreeMap<String, String>,
     redactor: Redactor,
     compensable: BTreeSet<String>,
+    /// Seqs of events the scheduler folded before they were durable.
+    folded: BTreeSet<u64>,
 }
 
 impl Engine {
@@ -536,6 +538,7 @@ impl Engine {
             secrets,
             redactor,
             compensable: BTreeSet::new(),
+            folded: BTreeSet::new(),
         }
     }
 
@@ -559,9 +562,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Journals events already folded into the state (see `drive`).
+    async fn journal_folded(&mut self, events: Vec<Event>) -> Result<(), EngineError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let stored = self.writer.write(self.run, events).await?;
+        self.folded.extend(stored.iter().map(|e| e.seq));
+        self.drain_committed();
+        Ok(())
+    }
+
     fn drain_committed(&mut self) {
         while let Ok(env) = self.committed.try_recv() {
-            self.state.apply(&env);
+            if self.folded.remove(&env.seq) {
+                self.state.note(&env);
+            } else {
+                self.state.apply(&env);
+            }
             self.cfg.observer.event(&env, &self.state);
         }
     }
@@ -673,30 +691,22 @@ impl Engine {
             if self.state.rolling_back {
                 self.compute_compensable();
             }
-            // Decide on the state plus the events about to be journaled, so
-            // that the end of one attempt and the starts it allows are one
-            // commit.
-            let view = if pending_events.is_empty() {
-                None
-            } else {
-                let mut v = self.state.clone();
-                let now = Utc::now();
-                for e in &pending_events {
-                    v.apply_event(e, now, 0);
-                }
-                Some(v)
-            };
-            let state = view.as_ref().unwrap_or(&self.state);
+            // Fold the events about to be journaled before deciding, so that
+            // the end of one attempt and the starts it allows are one commit.
+            for e in &pending_events {
+                self.state.apply_event(e, Utc::now(), 0);
+            }
             let now = Utc::now();
-            let next = decide(&self.plan, state, now, &self.compensable);
+            let next = decide(&self.plan, &self.state, now, &self.compensable);
             let limit = self
                 .cfg
                 .concurrency
                 .unwrap_or(CONCURRENCY_DEFAULT)
                 .clamp(1, CONCURRENCY_MAX);
             let mut launches: Vec<(String, Work, u32)> = Vec::new();
+            let mut staged: Vec<Event> = Vec::new();
             for (id, reason) in &next.wait {
-                pending_events.push(Event::StepWaiting {
+                staged.push(Event::StepWaiting {
                     step: id.clone(),
                     reason: reason.clone(),
                 });
@@ -729,15 +739,15 @@ impl Engine {
                         *held.entry(l.clone()).or_default() += 1;
                     }
                 }
-                let attempt = state.step(&id).attempts + u32::from(work == Work::Run);
+                let attempt = self.state.step(&id).attempts + u32::from(work == Work::Run);
                 match work {
-                    Work::Run => pending_events.push(Event::StepStarted {
+                    Work::Run => staged.push(Event::StepStarted {
                         step: id.clone(),
                         attempt,
-                        resumed_from_checkpoint: state.step(&id).checkpoint.is_some(),
+                        resumed_from_checkpoint: self.state.step(&id).checkpoint.is_some(),
                     }),
                     Work::Compensate => {
-                        pending_events.push(Event::CompensationStarted { step: id.clone() })
+                        staged.push(Event::CompensationStarted { step: id.clone() })
                     }
                 }
                 launches.push((id, work, attempt));
@@ -748,19 +758,23 @@ impl Engine {
                 None
             };
             match &end {
-                Some(End::Finish(o)) if state.outcome.is_none() => {
-                    pending_events.push(Event::RunFinished { outcome: *o })
+                Some(End::Finish(o)) if self.state.outcome.is_none() => {
+                    staged.push(Event::RunFinished { outcome: *o })
                 }
-                Some(End::Pause(reason)) => pending_events.push(Event::RunPaused {
+                Some(End::Pause(reason)) => staged.push(Event::RunPaused {
                     reason: reason.clone(),
                 }),
-                Some(End::StartRollback(reason)) => pending_events.push(Event::RollbackStarted {
+                Some(End::StartRollback(reason)) => staged.push(Event::RollbackStarted {
                     reason: reason.clone(),
                 }),
                 _ => {}
             }
-            let events = std::mem::take(&mut pending_events);
-            self.journal(events).await?;
+            for e in &staged {
+                self.state.apply_event(e, Utc::now(), 0);
+            }
+            let mut events = std::mem::take(&mut pending_events);
+            events.extend(staged);
+            self.journal_folded(events).await?;
             for (id, work, attempt) in launches {
                 let ctx = self.ctx(&id, work, attempt);
                 let timeout = self.plan.steps[&id].timeout;
@@ -874,7 +888,10 @@ impl Engine {
                         },
                     });
                     let events = std::mem::take(&mut pending_events);
-                    self.journal(events).await?;
+                    for e in &events {
+                        self.state.apply_event(e, Utc::now(), 0);
+                    }
+                    self.journal_folded(events).await?;
                     return Ok(Exit::Interrupted);
                 }
             }

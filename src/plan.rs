@@ -146,6 +146,8 @@ pub struct Plan {
     pub steps: BTreeMap<String, StepDef>,
     /// Step ids in a topological order (ties broken by position in the file).
     pub order: Vec<String>,
+    /// For each step, the steps that depend on it, directly or not.
+    pub dependents: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// One problem in a plan, located.
@@ -802,7 +804,9 @@ pub fn parse(
         errors.sort_by_key(|e| (e.line, e.col));
         return Err(PlanErrors(errors));
     }
+    let dependents = transitive_dependents(&steps, &order);
     Ok(Plan {
+        dependents,
         name: raw.name.into_inner(),
         path: path.to_path_buf(),
         text: text.to_string(),
@@ -839,6 +843,25 @@ pub fn expand_target(
     out.remove("target");
     out.insert("connection".into(), toml::Value::Table(table.clone()));
     Ok(out)
+}
+
+/// For each step, every step that depends on it (computed once, in reverse
+/// topological order, so each set is the union of its direct dependents'.)
+fn transitive_dependents(
+    steps: &BTreeMap<String, StepDef>,
+    order: &[String],
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> =
+        steps.keys().map(|k| (k.clone(), BTreeSet::new())).collect();
+    for id in order.iter().rev() {
+        let mine = out[id].clone();
+        for n in &steps[id].needs {
+            let set = out.get_mut(n).expect("needs are steps");
+            set.insert(id.clone());
+            set.extend(mine.iter().cloned());
+        }
+    }
+    out
 }
 
 /// A topological order, ties broken by position in the file; or a cycle.
@@ -920,17 +943,9 @@ impl Plan {
     }
 
     /// Steps that depend on `id`, directly or not.
-    pub fn transitive_dependents(&self, id: &str) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        let mut todo = vec![id.to_string()];
-        while let Some(cur) = todo.pop() {
-            for d in self.dependents(&cur) {
-                if out.insert(d.to_string()) {
-                    todo.push(d.to_string());
-                }
-            }
-        }
-        out
+    pub fn transitive_dependents(&self, id: &str) -> &BTreeSet<String> {
+        static NONE: BTreeSet<String> = BTreeSet::new();
+        self.dependents.get(id).unwrap_or(&NONE)
     }
 
     /// Ids of steps that differ between two plans (added, removed, changed).

@@ -83,6 +83,26 @@ pub struct StepState {
     pub compensation_error: Option<String>,
 }
 
+/// The state of a step no event has mentioned yet.
+static NEVER_SEEN: StepState = StepState {
+    status: StepStatus::Pending,
+    attempts: 0,
+    checkpoint: None,
+    done: 0,
+    total: 0,
+    outputs: BTreeMap::new(),
+    error: None,
+    output_tail: String::new(),
+    waiting: None,
+    approved: false,
+    retry_at: None,
+    started_at: None,
+    ended_at: None,
+    reboot_required: false,
+    compensation: CompStatus::None,
+    compensation_error: None,
+};
+
 /// The overall state of a run as a status word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,9 +188,20 @@ impl RunState {
         s
     }
 
-    /// A step's state (default if never seen).
-    pub fn step(&self, id: &str) -> StepState {
-        self.steps.get(id).cloned().unwrap_or_default()
+    /// A step's state (pending if never seen).
+    pub fn step(&self, id: &str) -> &StepState {
+        self.steps.get(id).unwrap_or(&NEVER_SEEN)
+    }
+
+    /// Counts an envelope whose event was already folded with
+    /// [`RunState::apply_event`] (the engine folds its own events before
+    /// they are durable, to decide what to commit with them).
+    pub fn note(&mut self, env: &Envelope) {
+        self.events += 1;
+        self.last_seq = Some(env.seq);
+        self.run = Some(env.run);
+        self.started_at.get_or_insert(env.time);
+        self.last_time = Some(env.time);
     }
 
     fn step_mut(&mut self, id: &str) -> &mut StepState {
@@ -179,11 +210,7 @@ impl RunState {
 
     /// Folds one event.
     pub fn apply(&mut self, env: &Envelope) {
-        self.events += 1;
-        self.last_seq = Some(env.seq);
-        self.run = Some(env.run);
-        self.started_at.get_or_insert(env.time);
-        self.last_time = Some(env.time);
+        self.note(env);
         self.apply_event(&env.event, env.time, env.seq);
     }
 
