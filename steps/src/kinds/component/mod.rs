@@ -13,7 +13,7 @@ use crate::{Kind, StepError};
 pub mod appsettings;
 pub mod cert;
 pub mod compare;
-// pub mod http;
+pub mod http;
 // pub mod ich;
 pub mod lync;
 pub mod msi;
@@ -32,6 +32,7 @@ pub fn kinds() -> Vec<Arc<dyn Kind>> {
         Arc::new(powershell::KIND),
         Arc::new(cert::KIND),
         Arc::new(lync::KIND),
+        Arc::new(http::KIND),
         // KINDS-MORE
     ]
 }
