@@ -436,19 +436,39 @@ impl Sql {
         }
     }
 
-    /// Like [`Sql::batch`], reporting `N percent processed.` messages
-    /// (`WITH STATS`) to `on_percent` as they arrive.
+    /// Like [`Sql::batch`], handing `N percent processed.` messages
+    /// (`WITH STATS`) to `on_percent` as they arrive, while the statement
+    /// runs.
     pub async fn batch_with_progress(
         &mut self,
         sql: &str,
         limit: Option<Duration>,
-        on_percent: Arc<dyn Fn(u64) + Send + Sync>,
+        on_percent: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<Vec<Row>>, StepError> {
         let what = short(sql);
         let client = &mut self.client;
-        let fut = async move { client.simple_query(sql).await?.into_results().await };
-        let fut = super::progress::with_percent_messages(fut, on_percent);
-        match bounded(fut, limit).await {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let run = async move { client.simple_query(sql).await?.into_results().await };
+        let tapped = super::progress::with_percent_messages(
+            run,
+            Arc::new(move |p| {
+                let _ = tx.send(p);
+            }),
+        );
+        let watched = async {
+            tokio::pin!(tapped);
+            let out = loop {
+                tokio::select! {
+                    out = &mut tapped => break out,
+                    Some(p) = rx.recv() => on_percent(p),
+                }
+            };
+            while let Ok(p) = rx.try_recv() {
+                on_percent(p);
+            }
+            out
+        };
+        match bounded(watched, limit).await {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(self.fail(&what, e)),
             None => Err(self
@@ -572,4 +592,22 @@ mod tests {
         assert_eq!(command_limit(Some(Duration::ZERO), d), None);
         assert_eq!(command_limit(None, d), Some(d));
     }
+}
+
+/// The same error with `prefix` in front of its message (keeps whether it
+/// is transient).
+pub fn within(e: StepError, prefix: &str) -> StepError {
+    match e {
+        StepError::Failed { message, transient } => StepError::Failed {
+            message: format!("{prefix}: {message}"),
+            transient,
+        },
+        other => other,
+    }
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
