@@ -14,7 +14,7 @@ pub mod appsettings;
 pub mod cert;
 pub mod compare;
 pub mod http;
-// pub mod ich;
+pub mod ich;
 pub mod lync;
 pub mod msi;
 pub mod powershell;
@@ -33,7 +33,7 @@ pub fn kinds() -> Vec<Arc<dyn Kind>> {
         Arc::new(cert::KIND),
         Arc::new(lync::KIND),
         Arc::new(http::KIND),
-        // KINDS-MORE
+        Arc::new(ich::KIND),
     ]
 }
 
