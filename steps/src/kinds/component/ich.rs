@@ -298,7 +298,10 @@ impl Cleanup {
         let total = self.total(p);
         let msg = if total > 0 {
             let left = total.saturating_sub(p.cleaned);
-            let eta = self.per_conference * u32::try_from(left).unwrap_or(u32::MAX);
+            let eta = self
+                .per_conference
+                .checked_mul(u32::try_from(left).unwrap_or(u32::MAX))
+                .unwrap_or(Duration::MAX);
             format!(
                 "cleaned {} of {total} conferences, about {} left",
                 p.cleaned,
