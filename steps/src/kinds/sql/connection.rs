@@ -272,9 +272,9 @@ impl ConnectionParams {
                 .await
                 .map_err(|e| classify(self, &label, "login", e))
         };
-        let client = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(c) => c?,
-            Err(_) => {
+        let client = match guarded(connect, Some(self.connect_timeout), self.password()).await {
+            Some(c) => c?,
+            None => {
                 return Err(StepError::transient(format!(
                     "{label}: no connection within the connect timeout of {}",
                     humantime::format_duration(self.connect_timeout)
@@ -361,13 +361,14 @@ impl Sql {
 
     /// Cancels the running request on the server and says how it went.
     async fn cancel_after_timeout(&mut self, what: &str, limit: Duration) -> StepError {
-        let outcome = match tokio::time::timeout(CANCEL_WAIT, self.client.cancel_query()).await {
-            Ok(Ok(())) => "it was cancelled on the server (attention acknowledged)".to_string(),
-            Ok(Err(e)) => format!(
+        let secret = self.params.password().to_string();
+        let outcome = match guarded(self.client.cancel_query(), Some(CANCEL_WAIT), &secret).await {
+            Some(Ok(())) => "it was cancelled on the server (attention acknowledged)".to_string(),
+            Some(Err(e)) => format!(
                 "the cancel failed ({}); the connection is closed, which ends the request on the server",
                 self.params.redact(&e.to_string())
             ),
-            Err(_) => "the server did not acknowledge the cancel; the connection is closed, which ends the request on the server".to_string(),
+            None => "the server did not acknowledge the cancel; the connection is closed, which ends the request on the server".to_string(),
         };
         StepError::fatal(self.params.redact(&format!(
             "{}: {what} did not finish within the command timeout of {}; {outcome}. Raise the step's `command_timeout` if it needs longer",
@@ -385,7 +386,8 @@ impl Sql {
         let what = short(sql);
         let client = &mut self.client;
         let fut = async move { client.simple_query(sql).await?.into_results().await };
-        match bounded(fut, limit).await {
+        let secret = self.params.password().to_string();
+        match guarded(fut, limit, &secret).await {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(self.fail(&what, e)),
             None => Err(self
@@ -405,7 +407,8 @@ impl Sql {
         let what = short(sql);
         let client = &mut self.client;
         let fut = async move { client.query(sql, params).await?.into_results().await };
-        match bounded(fut, limit).await {
+        let secret = self.params.password().to_string();
+        match guarded(fut, limit, &secret).await {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(self.fail(&what, e)),
             None => Err(self
@@ -427,7 +430,8 @@ impl Sql {
             let r = client.execute(sql, params).await?;
             Ok::<u64, tiberius::error::Error>(r.rows_affected().iter().sum())
         };
-        match bounded(fut, limit).await {
+        let secret = self.params.password().to_string();
+        match guarded(fut, limit, &secret).await {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(self.fail(&what, e)),
             None => Err(self
@@ -449,11 +453,12 @@ impl Sql {
         let client = &mut self.client;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let run = async move { client.simple_query(sql).await?.into_results().await };
-        let tapped = super::progress::with_percent_messages(
+        let tapped = super::progress::tapped(
             run,
-            Arc::new(move |p| {
+            Some(Arc::new(move |p| {
                 let _ = tx.send(p);
-            }),
+            })),
+            self.params.password(),
         );
         let watched = async {
             tokio::pin!(tapped);
@@ -484,6 +489,15 @@ async fn bounded<T>(fut: impl Future<Output = T>, limit: Option<Duration>) -> Op
         None => Some(fut.await),
         Some(l) => tokio::time::timeout(l, fut).await.ok(),
     }
+}
+
+/// [`bounded`], with tiberius' events that carry `secret` dropped.
+async fn guarded<T>(
+    fut: impl Future<Output = T>,
+    limit: Option<Duration>,
+    secret: &str,
+) -> Option<T> {
+    super::progress::tapped(bounded(fut, limit), None, secret).await
 }
 
 /// A `command_timeout` parameter: `"0s"` means no limit.

@@ -1,11 +1,15 @@
-//! `WITH STATS` progress from SQL Server's INFO messages.
+//! `WITH STATS` progress from SQL Server's INFO messages, and a guard that
+//! keeps the password out of tiberius' own tracing events.
 //!
 //! tiberius does not hand INFO tokens to its caller; it logs each one as a
 //! `tracing` DEBUG event (target `tiberius...`). While a backup or restore
 //! runs, its future is polled under a scoped subscriber that forwards every
 //! call to the subscriber that was in effect (the engine's), and in addition
-//! picks `N percent processed.` out of tiberius' events. Nothing is printed
-//! by this module itself.
+//! picks `N percent processed.` out of tiberius' events. Every statement
+//! runs under the same scoped subscriber with the connection's password:
+//! a tiberius event whose fields contain it (tiberius logs server error
+//! texts, which can echo a statement) is dropped instead of forwarded.
+//! Nothing is printed by this module itself.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +20,16 @@ use tracing::{Dispatch, Event, Level, Metadata, Subscriber, span};
 
 struct Tap {
     inner: Dispatch,
-    on_percent: Arc<dyn Fn(u64) + Send + Sync>,
+    on_percent: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    secret: String,
+}
+
+struct AllFields(String);
+
+impl tracing::field::Visit for AllFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={value:?} ", field.name()));
+    }
 }
 
 fn is_tiberius_debug(m: &Metadata<'_>) -> bool {
@@ -54,7 +67,7 @@ impl tracing::field::Visit for MessageText {
 
 impl Subscriber for Tap {
     fn register_callsite(&self, m: &'static Metadata<'static>) -> Interest {
-        if is_tiberius_debug(m) {
+        if is_tiberius_debug(m) || m.target().starts_with("tiberius") {
             Interest::always()
         } else {
             self.inner.register_callsite(m)
@@ -78,16 +91,26 @@ impl Subscriber for Tap {
         self.inner.record_follows_from(s, f)
     }
     fn event(&self, e: &Event<'_>) {
-        if is_tiberius_debug(e.metadata()) {
-            let mut text = MessageText(None);
-            e.record(&mut text);
-            if let Some(p) = text.0.as_deref().and_then(percent_of) {
-                (self.on_percent)(p);
+        if let Some(on_percent) = &self.on_percent {
+            if is_tiberius_debug(e.metadata()) {
+                let mut text = MessageText(None);
+                e.record(&mut text);
+                if let Some(p) = text.0.as_deref().and_then(percent_of) {
+                    on_percent(p);
+                }
             }
         }
-        if self.inner.enabled(e.metadata()) {
-            self.inner.event(e)
+        if !self.inner.enabled(e.metadata()) {
+            return;
         }
+        if !self.secret.is_empty() && e.metadata().target().starts_with("tiberius") {
+            let mut all = AllFields(String::new());
+            e.record(&mut all);
+            if all.0.contains(&self.secret) {
+                return;
+            }
+        }
+        self.inner.event(e)
     }
     fn enter(&self, s: &span::Id) {
         self.inner.enter(s)
@@ -106,13 +129,20 @@ impl Subscriber for Tap {
     // backup or restore.
 }
 
-/// Polls `fut` so that STATS messages arriving meanwhile reach `on_percent`.
-pub async fn with_percent_messages<F: Future>(
+/// Polls `fut` so that STATS messages arriving meanwhile reach
+/// `on_percent` (if given) and no tiberius event carrying `secret` reaches
+/// the subscriber in effect.
+pub async fn tapped<F: Future>(
     fut: F,
-    on_percent: Arc<dyn Fn(u64) + Send + Sync>,
+    on_percent: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    secret: &str,
 ) -> F::Output {
     let inner = tracing::dispatcher::get_default(|d| d.clone());
-    let tap = Dispatch::new(Tap { inner, on_percent });
+    let tap = Dispatch::new(Tap {
+        inner,
+        on_percent,
+        secret: secret.to_string(),
+    });
     fut.with_subscriber(tap).await
 }
 
