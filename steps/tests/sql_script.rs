@@ -12,11 +12,14 @@ use upshift_steps::sql_standin::{Action, Message, Request, RequestKind};
 
 const SCRIPT: &str = "-- header\nGO\nCREATE TABLE a (x int);\nGO\nINSERT a VALUES (1);\nGO 2\n\n/* GO */ SELECT 'GO\nGO';\nGO\n";
 
+/// Texts the stand-in received.
+type Seen = Arc<Mutex<Vec<String>>>;
+
 fn recording() -> (
-    Arc<Mutex<Vec<String>>>,
+    Seen,
     impl Fn(&Request) -> Vec<Action> + Send + Sync + 'static,
 ) {
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let s2 = seen.clone();
     (seen, move |r: &Request| {
         assert_eq!(r.kind, RequestKind::Batch, "scripts run as SQL batches");

@@ -105,10 +105,10 @@ async fn check_every_kind(server: &StandinServer, what: &str) -> usize {
         let traced = capture.0.lock().unwrap().clone();
         assert!(!traced.is_empty() || result.is_ok(), "the capture works");
         assert_no_password(&format!("{kind} tracing ({what})"), &traced);
-        if step.has_compensation() {
-            if let Err(e) = step.compensate(&cx).await {
-                assert_no_password(&format!("{kind} compensation error"), &e.to_string());
-            }
+        if step.has_compensation()
+            && let Err(e) = step.compensate(&cx).await
+        {
+            assert_no_password(&format!("{kind} compensation error"), &e.to_string());
         }
     }
     failures

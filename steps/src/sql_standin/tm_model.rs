@@ -501,8 +501,10 @@ fn answer(shared: &Arc<Mutex<TmState>>, s: &mut TmState, req: &Request) -> Vec<A
         rollback_doomed(s, req.session);
         return actions;
     }
-    if let Some(at) = l.find("insert into [dbo].[databaseversion]") {
-        if let Some(v) = literals(&text[at..]).into_iter().last() {
+    if let Some(at) = l.find("insert into [dbo].[databaseversion]")
+        && let Some(v) = literals(&text[at..]).into_iter().last()
+    {
+        {
             let st = shared.clone();
             actions.push(Action::Effect(Box::new(move || {
                 st.lock().expect("poisoned").db.version = v;
@@ -544,8 +546,11 @@ fn answer(shared: &Arc<Mutex<TmState>>, s: &mut TmState, req: &Request) -> Vec<A
         let db = param_text(req, "@P2");
         let desc = param_text(req, "@P3");
         let mut rs = ResultSet::new(&[("backup_set_id", ColType::Int)]);
-        if let Some(f) = s.backups.get(&path) {
-            if f.database.eq_ignore_ascii_case(&db) && f.description == desc {
+        if let Some(f) = s.backups.get(&path)
+            && f.database.eq_ignore_ascii_case(&db)
+            && f.description == desc
+        {
+            {
                 rs = rs.row(vec![SqlValue::Int(f.backup_set_id)]);
             }
         }

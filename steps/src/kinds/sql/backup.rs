@@ -184,8 +184,10 @@ impl Step for Backup {
 
         // A backup of this run and step already in the file: keep it if it
         // verifies.
-        if let Some(id) = self.backup_set(&mut sql, &path, &description).await? {
-            if self.verify(&mut sql, &path).await.is_ok() {
+        if let Some(id) = self.backup_set(&mut sql, &path, &description).await?
+            && self.verify(&mut sql, &path).await.is_ok()
+        {
+            {
                 ctx.output(&format!(
                     "backup set {id} of this run in {path} verifies; not backing up again\n"
                 ));

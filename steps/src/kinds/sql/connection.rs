@@ -549,6 +549,24 @@ pub fn cell_text(row: &Row, idx: usize) -> String {
     }
 }
 
+/// The same error with `prefix` in front of its message (keeps whether it
+/// is transient).
+pub fn within(e: StepError, prefix: &str) -> StepError {
+    match e {
+        StepError::Failed { message, transient } => StepError::Failed {
+            message: format!("{prefix}: {message}"),
+            transient,
+        },
+        other => other,
+    }
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,7 +575,7 @@ mod tests {
         let t: toml::Table = toml::from_str(&format!(
             "host = \"db1\"\ndatabase = \"TM\"\nuser = \"sa\"\npassword = \"S3cr3t!pw\"\n{extra}"
         ))
-        .unwrap();
+        .map_err(|e| ParamError::field("test", e.to_string()))?;
         crate::parse_params(&t)
     }
 
@@ -606,22 +624,4 @@ mod tests {
         assert_eq!(command_limit(Some(Duration::ZERO), d), None);
         assert_eq!(command_limit(None, d), Some(d));
     }
-}
-
-/// The same error with `prefix` in front of its message (keeps whether it
-/// is transient).
-pub fn within(e: StepError, prefix: &str) -> StepError {
-    match e {
-        StepError::Failed { message, transient } => StepError::Failed {
-            message: format!("{prefix}: {message}"),
-            transient,
-        },
-        other => other,
-    }
-}
-
-/// SHA-256 of `bytes`, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }

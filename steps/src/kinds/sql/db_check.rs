@@ -117,8 +117,10 @@ impl UpdatePath {
             .cloned()
             .collect();
         for v in &path {
-            if let Some(min) = self.incremental_from.get(v) {
-                if compare_versions(current, min) == Ordering::Less {
+            if let Some(min) = self.incremental_from.get(v)
+                && compare_versions(current, min) == Ordering::Less
+            {
+                {
                     return Err(format!(
                         "the database is at version {current}; version {v} can only be reached from {min} or newer: apply the smaller incremental update to {min} first, then run this plan again (manual: \"A smaller incremental update may be necessary first\")"
                     ));

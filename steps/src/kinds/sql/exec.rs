@@ -289,7 +289,7 @@ mod tests {
         let t: toml::Table = toml::from_str(&format!(
             "sql = \"SELECT @v\"\n{extra}\n[connection]\nhost = \"h\"\ndatabase = \"d\"\nuser = \"u\"\npassword = \"p\"\n"
         ))
-        .unwrap();
+        .map_err(|e| ParamError::field("test", e.to_string()))?;
         build(&t)
     }
 

@@ -91,8 +91,10 @@ impl Subscriber for Tap {
         self.inner.record_follows_from(s, f)
     }
     fn event(&self, e: &Event<'_>) {
-        if let Some(on_percent) = &self.on_percent {
-            if is_tiberius_debug(e.metadata()) {
+        if let Some(on_percent) = &self.on_percent
+            && is_tiberius_debug(e.metadata())
+        {
+            {
                 let mut text = MessageText(None);
                 e.record(&mut text);
                 if let Some(p) = text.0.as_deref().and_then(percent_of) {
