@@ -605,13 +605,13 @@ impl Engine {
         let mut set = BTreeSet::new();
         for id in &self.plan.order {
             let def = &self.plan.steps[id];
-            if def.compensate.is_some() {
-                set.insert(id.clone());
-            } else if self.state.step(id).status == StepStatus::Succeeded
-                && self
-                    .build(id, Work::Run)
-                    .is_ok_and(|s| s.has_compensation())
-            {
+            let own = || {
+                self.state.step(id).status == StepStatus::Succeeded
+                    && self
+                        .build(id, Work::Run)
+                        .is_ok_and(|s| s.has_compensation())
+            };
+            if def.compensate.is_some() || own() {
                 set.insert(id.clone());
             }
         }

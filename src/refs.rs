@@ -71,9 +71,9 @@ fn pieces(s: &str) -> Result<Vec<Piece>, BadRef> {
     while let Some(pos) = rest.find('$') {
         text.push_str(&rest[..pos]);
         let after = &rest[pos..];
-        if after.starts_with("$${") {
+        if let Some(tail) = after.strip_prefix("$${") {
             text.push_str("${");
-            rest = &after[3..];
+            rest = tail;
         } else if let Some(body) = after.strip_prefix("${") {
             let Some(end) = body.find('}') else {
                 return Err(BadRef {

@@ -319,12 +319,11 @@ impl Event {
             | Event::CompensationSucceeded { step, .. }
             | Event::CompensationFailed { step, .. }
             | Event::RebootRequested { step, .. } => Some(step),
-            Event::OperatorDecision { decision, .. } => match decision {
-                Decision::Retry { step } | Decision::Skip { step } | Decision::Approve { step } => {
-                    Some(step)
-                }
-                _ => None,
-            },
+            Event::OperatorDecision {
+                decision:
+                    Decision::Retry { step } | Decision::Skip { step } | Decision::Approve { step },
+                ..
+            } => Some(step),
             _ => None,
         }
     }

@@ -327,13 +327,14 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
         // The engine died before the death signal was armed.
         return 137;
     }
-    let mut child = match {
+    let spawned = {
         use std::os::unix::process::CommandExt;
         std::process::Command::new(&program)
             .args(it)
             .process_group(0)
             .spawn()
-    } {
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cannot start `{}`: {e}", program.to_string_lossy());

@@ -152,10 +152,11 @@ pub(crate) fn decode_at(key: &[u8], value: &[u8]) -> Result<Envelope, JournalErr
     })
 }
 
+/// A storage key and its encoded record.
+pub(crate) type Record = ([u8; crate::codec::KEY_LEN], Vec<u8>);
+
 /// Encodes a batch into `(key, record)` pairs.
-pub(crate) fn encode_batch(
-    batch: &[Envelope],
-) -> Result<Vec<([u8; crate::codec::KEY_LEN], Vec<u8>)>, JournalError> {
+pub(crate) fn encode_batch(batch: &[Envelope]) -> Result<Vec<Record>, JournalError> {
     batch
         .iter()
         .map(|e| {
