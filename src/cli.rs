@@ -229,6 +229,13 @@ pub enum Command {
         /// Machine-readable JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Keep watching a live run from a second terminal: per-step progress
+        /// bars (plain lines when not a terminal), refreshed from the journal
+        /// every 300 ms until the run finishes, pauses or is interrupted.
+        /// Exit code as the run's (0 succeeded, 1 failed, 3 paused, 130
+        /// interrupted). Needs the redb journal (sled locks its directory).
+        #[arg(long, conflicts_with = "json")]
+        follow: bool,
     },
     /// List the runs in the journal, oldest first.
     Runs {
@@ -243,6 +250,10 @@ pub enum Command {
         /// Journal location.
         #[command(flatten)]
         journal: JournalArg,
+        /// Keep printing events as the live engine journals them (like
+        /// `tail -f`), until the run finishes, pauses or is interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Run a failed or paused step again (or retry a failed compensation).
     Retry(DecisionArgs),
@@ -258,6 +269,108 @@ pub enum Command {
     Abort(RunDecisionArgs),
     /// Compensate every completed step, newest dependency first; resumable.
     Rollback(RunDecisionArgs),
+    /// Write one run to a portable file for vendor support.
+    ///
+    /// The file holds the run's pinned plan, every event (as journaled), the
+    /// engine version and a fingerprint (OS, hosts, upshift and step kinds'
+    /// versions), gzip-compressed with a SHA-256 over the content. Secrets were
+    /// never journaled; export checks again for the values of the plan's
+    /// secrets it can read here and refuses, naming the event, if one is found.
+    ///
+    /// Example: upshift export 0193a5 -o case-1234.export
+    Export {
+        /// The run (id or unique prefix).
+        run: String,
+        /// Output file [default: upshift-RUN.export in the current folder].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Journal location.
+        #[command(flatten)]
+        journal: JournalArg,
+    },
+    /// Load an export file into a journal (e.g. a support machine's), unchanged.
+    ///
+    /// The run keeps its id, seqs and times; `status`, `log`, `replay`, `report`
+    /// and `diff` then work on it. Do not `resume` an imported run: it would run
+    /// the customer's steps on this machine. Importing the same file twice is a
+    /// no-op.
+    ///
+    /// Example: upshift import case-1234.export --journal ./case-1234
+    Import {
+        /// The export file.
+        file: PathBuf,
+        /// Journal location.
+        #[command(flatten)]
+        journal: JournalArg,
+    },
+    /// Rebuild a run's state event by event, from an export file or a journal.
+    ///
+    /// Without options: every event, then the final state. --at SEQ: every step's
+    /// state, attempts, checkpoint and outputs right after event SEQ. --explain:
+    /// what `upshift resume` would do next (which steps re-run and from which
+    /// checkpoint, which are skipped, where it stops) and what `upshift
+    /// rollback` would compensate, without doing anything. Needs none of the
+    /// run's hosts.
+    ///
+    /// Examples:
+    ///   upshift replay case-1234.export --explain
+    ///   upshift replay case-1234.export --at 57
+    ///   upshift replay 0193a5 --at 57 --json
+    Replay {
+        /// An export file, or a run (id or unique prefix) in the journal.
+        source: String,
+        /// Show the state right after this event.
+        #[arg(long, value_name = "SEQ")]
+        at: Option<u64>,
+        /// Say what `upshift resume` (and `rollback`) would do next.
+        #[arg(long)]
+        explain: bool,
+        /// Machine-readable JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Journal location (when SOURCE is a run).
+        #[command(flatten)]
+        journal: JournalArg,
+    },
+    /// Write a single self-contained HTML report of a run.
+    ///
+    /// Header (plan, site, result, duration, who decided what), a Gantt timeline
+    /// of every attempt (retries, interruptions, reboots and operator waits show
+    /// as gaps), the DAG with step states, every failure with its error and
+    /// output tail, and the event list with filters. No network access: CSS, JS
+    /// and SVG are inline. Stays fast for runs of 100,000+ events (progress and
+    /// checkpoint events are summarised; the list is paged).
+    ///
+    /// Example: upshift report case-1234.export -o report.html
+    Report {
+        /// An export file, or a run (id or unique prefix) in the journal.
+        source: String,
+        /// The HTML file to write.
+        #[arg(short, long, value_name = "FILE", default_value = "report.html")]
+        output: PathBuf,
+        /// Journal location (when SOURCE is a run).
+        #[command(flatten)]
+        journal: JournalArg,
+    },
+    /// Compare two runs of the same plan, step by step.
+    ///
+    /// Shows, per step, each run's outcome, attempts and time spent, the
+    /// duration ratio (B/A), and marks the steps that differed. Either run may
+    /// be an export file.
+    ///
+    /// Example: upshift diff site-a.export site-b.export
+    Diff {
+        /// The first run (A): export file or run id.
+        a: String,
+        /// The second run (B): export file or run id.
+        b: String,
+        /// Machine-readable JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Journal location (for runs given by id).
+        #[command(flatten)]
+        journal: JournalArg,
+    },
     /// (internal) Supervise a step's child process so it dies with the engine.
     #[command(name = "__guard", hide = true)]
     Guard {
@@ -476,7 +589,15 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             report_exit(&exit, run, &dir);
             Ok(exit_code(&exit))
         }
-        Command::Status { run, journal, json } => {
+        Command::Status {
+            run,
+            journal,
+            json,
+            follow,
+        } => {
+            if follow {
+                return crate::support::follow::status_follow(run.as_deref(), &journal);
+            }
             let dir = journal.dir();
             let live = live_pid(&dir);
             let j = Journal::open_read_only(&dir)?;
@@ -526,7 +647,14 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             }
             Ok(code::OK)
         }
-        Command::Log { run, journal } => {
+        Command::Log {
+            run,
+            journal,
+            follow,
+        } => {
+            if follow {
+                return crate::support::follow::log_follow(run.as_deref(), &journal);
+            }
             let dir = journal.dir();
             let j = Journal::open_read_only(&dir)?;
             let run = pick_run(&j, run.as_deref(), false)?;
@@ -557,6 +685,30 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Approve(d) => step_decision(d, |step| Decision::Approve { step }, true),
         Command::Abort(d) => run_decision(d, Decision::Abort),
         Command::Rollback(d) => run_decision(d, Decision::Rollback),
+        Command::Export {
+            run,
+            output,
+            journal,
+        } => crate::support::export::export_cmd(&run, output, &journal),
+        Command::Import { file, journal } => crate::support::export::import_cmd(&file, &journal),
+        Command::Replay {
+            source,
+            at,
+            explain,
+            json,
+            journal,
+        } => crate::support::replay::replay_cmd(&source, at, explain, json, &journal),
+        Command::Report {
+            source,
+            output,
+            journal,
+        } => crate::support::report_html::report_cmd(&source, &output, &journal),
+        Command::Diff {
+            a,
+            b,
+            json,
+            journal,
+        } => crate::support::diff::diff_cmd(&a, &b, json, &journal),
     }
 }
 
@@ -604,7 +756,11 @@ pub fn live_pid(dir: &Path) -> Option<Option<u32>> {
     }
 }
 
-fn pick_run(j: &Journal, given: Option<&str>, unfinished: bool) -> Result<RunId, CliError> {
+pub(crate) fn pick_run(
+    j: &Journal,
+    given: Option<&str>,
+    unfinished: bool,
+) -> Result<RunId, CliError> {
     let runs = j.runs()?;
     if let Some(g) = given {
         // Accept a full id or a unique prefix.

@@ -6,6 +6,7 @@
 //! - [`decide`]: the scheduler's decisions, a pure function of plan + state.
 //! - [`engine`]: the tokio executor and the group-commit journal writer.
 //! - [`cli`], [`ui`], [`logging`], [`report`]: the command line and what it shows.
+//! - [`support`]: export/import, replay, HTML report, diff, `--follow`.
 //!
 //! ```
 //! use upshift::plan::{parse, LoadOptions};
@@ -31,4 +32,5 @@ pub mod plan;
 pub mod refs;
 pub mod report;
 pub mod state;
+pub mod support;
 pub mod ui;

@@ -1,0 +1,232 @@
+//! Support diagnosis: everything vendor support needs to see what happened
+//! in a customer's run without access to the customer's machines.
+//!
+//! - [`export`]: one portable, checksummed, compressed file per run
+//!   (`upshift export`), and [`export::import`] into another journal.
+//! - [`replay`]: the run's state as it was after any event, and what
+//!   `upshift resume` would do next (`upshift replay --at/--explain`).
+//! - [`report_html`]: a self-contained HTML report (`upshift report`).
+//! - [`diff`]: two runs of one plan side by side (`upshift diff`).
+//! - [`follow`]: `status --follow` and `log --follow` beside a live engine.
+//!
+//! Every tool reads a run from a journal (`RUN`, an id or unique prefix) or
+//! from an export file (`FILE`), through [`load`]; all of them fold events
+//! with [`crate::state::RunState`] and ask [`crate::decide::decide`], so
+//! what support sees is what the engine saw.
+//!
+//! ```
+//! use upshift::support::timeline::spans;
+//! use upshift_journal::{Envelope, Event, RunId};
+//! let run = RunId::new();
+//! let t = chrono::Utc::now();
+//! let ev = |seq, event| Envelope { run, seq, time: t, event };
+//! let events = vec![
+//!     ev(0, Event::StepStarted { step: "a".into(), attempt: 1, resumed_from_checkpoint: false }),
+//!     ev(1, Event::StepFailed { step: "a".into(), attempt: 1, error: "boom".into(),
+//!         output_tail: String::new(), transient: false }),
+//! ];
+//! assert_eq!(spans(&events).len(), 1);
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use upshift_journal::{Envelope, Journal, RunId};
+
+use crate::cli::{CliError, JournalArg, code};
+use crate::plan::{self, LoadOptions, Plan};
+use crate::state::RunState;
+
+pub mod diff;
+pub mod export;
+pub mod follow;
+pub mod replay;
+pub mod report_html;
+pub mod timeline;
+
+/// A usage error (exit 2).
+pub(crate) fn usage(m: impl Into<String>) -> CliError {
+    CliError {
+        code: code::USAGE,
+        message: m.into(),
+    }
+}
+
+/// A failure (exit 1).
+pub(crate) fn failed(m: impl Into<String>) -> CliError {
+    CliError {
+        code: code::FAILED,
+        message: m.into(),
+    }
+}
+
+/// Where a run was read from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A journal directory.
+    Journal(PathBuf),
+    /// An export file (with its manifest).
+    Export(PathBuf, Box<export::Manifest>),
+}
+
+impl Origin {
+    /// In words, for headers.
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Journal(d) => format!("journal {}", d.display()),
+            Origin::Export(f, _) => format!("export {}", f.display()),
+        }
+    }
+}
+
+/// A run's events, from a journal or an export file.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The run.
+    pub run: RunId,
+    /// Every event, in order from seq 0, without gaps.
+    pub events: Vec<Envelope>,
+    /// Where from.
+    pub origin: Origin,
+    /// If the journal was damaged: what, after the intact events.
+    pub damage: Option<String>,
+}
+
+impl Loaded {
+    /// The export manifest, if the run came from an export file.
+    pub fn manifest(&self) -> Option<&export::Manifest> {
+        match &self.origin {
+            Origin::Export(_, m) => Some(m),
+            Origin::Journal(_) => None,
+        }
+    }
+}
+
+/// Reads a run: `source` is an export file if such a file exists, else a
+/// run id (or unique prefix) in the journal. A damaged journal yields its
+/// intact events and says so on stderr (support wants what is readable).
+pub fn load(source: &str, journal: &JournalArg) -> Result<Loaded, CliError> {
+    let path = Path::new(source);
+    if path.is_file() {
+        let (manifest, events) = export::read_file(path)?;
+        let run = manifest
+            .run
+            .parse::<RunId>()
+            .map_err(|e| failed(format!("{}: bad run id in manifest: {e}", path.display())))?;
+        return Ok(Loaded {
+            run,
+            events,
+            damage: manifest.damaged.clone(),
+            origin: Origin::Export(path.to_path_buf(), Box::new(manifest)),
+        });
+    }
+    let dir = journal.dir();
+    let j = open_reader(&dir)?;
+    let run = crate::cli::pick_run(&j, Some(source), false).map_err(|e| {
+        if source.contains('.') || source.contains('/') || source.contains('\\') {
+            usage(format!("{source}: no such export file, and {}", e.message))
+        } else {
+            e
+        }
+    })?;
+    let (events, err) = j.read_run_salvage(run);
+    let damage = err.map(|e| e.to_string());
+    if let Some(d) = &damage {
+        eprintln!(
+            "warning: {d}\n  showing the {} intact events before the damage",
+            events.len()
+        );
+    }
+    Ok(Loaded {
+        run,
+        events,
+        origin: Origin::Journal(dir),
+        damage,
+    })
+}
+
+/// Opens a journal for reading beside a live engine; with sled, which
+/// locks its directory, explains why that cannot work while a run is live.
+pub fn open_reader(dir: &Path) -> Result<Journal, CliError> {
+    match Journal::open_read_only(dir) {
+        Ok(j) => Ok(j),
+        Err(e) => {
+            if upshift_journal::Backend::detect(dir) == upshift_journal::Backend::Sled
+                && crate::cli::live_pid(dir).is_some()
+            {
+                Err(failed(format!(
+                    "{e}\n  this journal uses the sled backend, which locks its directory while an engine writes: it cannot be read beside a live run. Wait for the run to stop, or use the default redb backend (it lets readers follow a live run)."
+                )))
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The plan the run pinned last (after any accepted plan change), parsed
+/// with this upshift's step kinds.
+pub fn pinned_plan(state: &RunState) -> Result<Plan, String> {
+    plan::parse(
+        Path::new(&state.plan_path),
+        &state.plan_text,
+        &upshift_steps::registry(),
+        &LoadOptions {
+            vars: state.cli_vars.clone(),
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Escapes text for HTML.
+pub(crate) fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A duration in words: `850 ms`, `12.3 s`, `4 min 05 s`, `2 h 03 min`.
+pub fn duration_text(d: chrono::Duration) -> String {
+    let ms = d.num_milliseconds().max(0);
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{} min {:02} s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{} h {:02} min", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration_text(chrono::Duration::milliseconds(850)), "850 ms");
+        assert_eq!(
+            duration_text(chrono::Duration::milliseconds(12_340)),
+            "12.3 s"
+        );
+        assert_eq!(duration_text(chrono::Duration::seconds(245)), "4 min 05 s");
+        assert_eq!(duration_text(chrono::Duration::seconds(7380)), "2 h 03 min");
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            html_escape("<script>\"a\" & 'b'"),
+            "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;"
+        );
+    }
+}
