@@ -375,7 +375,28 @@ fn raised(text: &str) -> Option<Message> {
     None
 }
 
+/// `EXEC sp_executesql @P1, @P2, @v = @P3, ...` (how `sql.exec` passes
+/// named parameters): the inner statement with its parameters by name.
+fn unnest(req: &Request) -> Option<Request> {
+    let lower = req.text.to_lowercase();
+    let rest = lower.strip_prefix("exec sp_executesql @p1, @p2")?;
+    let inner = req.param("@P1")?.as_str()?.to_string();
+    let mut params = Vec::new();
+    for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, from) = part.split_once('=')?;
+        let value = req.param(from.trim())?.clone();
+        params.push((name.trim().to_string(), value));
+    }
+    Some(Request {
+        text: inner,
+        params,
+        ..req.clone()
+    })
+}
+
 fn answer(shared: &Arc<Mutex<TmState>>, s: &mut TmState, req: &Request) -> Vec<Action> {
+    let nested = unnest(req);
+    let req = nested.as_ref().unwrap_or(req);
     let text = req.text.as_str();
     let l = text.to_lowercase();
     let l = l.trim();
@@ -502,7 +523,18 @@ fn answer(shared: &Arc<Mutex<TmState>>, s: &mut TmState, req: &Request) -> Vec<A
         return actions;
     }
     if let Some(at) = l.find("insert into [dbo].[databaseversion]")
-        && let Some(v) = literals(&text[at..]).into_iter().last()
+        && let Some(v) = literals(&text[at..]).into_iter().last().or_else(|| {
+            // VALUES (@v): a parameter of a nested sp_executesql.
+            let after = &l[at..];
+            let name_at = after.find("values")? + after[after.find("values")?..].find('@')?;
+            let name: String = after[name_at..]
+                .chars()
+                .take_while(|c| *c == '@' || c.is_alphanumeric() || *c == '_')
+                .collect();
+            req.param(&name)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
     {
         {
             let st = shared.clone();

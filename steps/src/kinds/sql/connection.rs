@@ -567,6 +567,123 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// `key=value` pairs of a connection string; a value in `{...}`, `'...'` or
+/// `"..."` may contain `;`.
+fn ado_pairs(ado: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = ado.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.trim().is_empty() {
+            break;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let close = match chars.peek() {
+            Some('{') => Some('}'),
+            Some('\'') => Some('\''),
+            Some('"') => Some('"'),
+            _ => None,
+        };
+        let value = match close {
+            Some(close) => {
+                chars.next();
+                let v: String = chars.by_ref().take_while(|c| *c != close).collect();
+                for c in chars.by_ref() {
+                    if c == ';' {
+                        break;
+                    }
+                }
+                v
+            }
+            None => chars.by_ref().take_while(|c| *c != ';').collect::<String>(),
+        };
+        out.push((
+            key.trim().trim_start_matches(';').trim().to_string(),
+            value.trim().to_string(),
+        ));
+    }
+    out
+}
+
+/// Turns an ADO.NET connection string (`Server=tcp:host,1433;Database=TM;
+/// User Id=sa;Password=...;Encrypt=true;TrustServerCertificate=true`) into
+/// a `connection` table. Used by the tests against a real server
+/// (`UPSHIFT_TEST_MSSQL`); an operator's tool could use it too.
+pub fn connection_table_from_ado(ado: &str) -> Result<toml::Table, String> {
+    let mut t = toml::Table::new();
+    for (k, v) in ado_pairs(ado) {
+        let key = k.to_ascii_lowercase().replace(' ', "");
+        let v = v.as_str();
+        let yes = matches!(
+            v.to_ascii_lowercase().as_str(),
+            "true" | "yes" | "sspi" | "mandatory" | "strict"
+        );
+        match key.as_str() {
+            "server" | "datasource" | "address" | "addr" | "networkaddress" => {
+                let v = v.strip_prefix("tcp:").unwrap_or(v);
+                let (host, port) = match v.rsplit_once(',') {
+                    Some((h, p)) => (
+                        h,
+                        Some(
+                            p.trim()
+                                .parse::<u16>()
+                                .map_err(|_| format!("bad port in `{v}`"))?,
+                        ),
+                    ),
+                    None => (v, None),
+                };
+                let (host, instance) = match host.split_once('\\') {
+                    Some((h, i)) => (h, Some(i)),
+                    None => (host, None),
+                };
+                let host = if host == "." || host.eq_ignore_ascii_case("(local)") {
+                    "localhost"
+                } else {
+                    host
+                };
+                t.insert("host".into(), host.trim().into());
+                if let Some(p) = port {
+                    t.insert("port".into(), i64::from(p).into());
+                }
+                if let Some(i) = instance {
+                    t.insert("instance".into(), i.trim().into());
+                }
+            }
+            "database" | "initialcatalog" => {
+                t.insert("database".into(), v.into());
+            }
+            "userid" | "uid" | "user" | "username" => {
+                t.insert("user".into(), v.into());
+            }
+            "password" | "pwd" => {
+                t.insert("password".into(), v.into());
+            }
+            "integratedsecurity" | "trusted_connection" if yes => {
+                t.insert("auth".into(), "integrated".into());
+            }
+            "encrypt" => {
+                t.insert("encrypt".into(), yes.into());
+            }
+            "trustservercertificate" => {
+                t.insert("trust_server_certificate".into(), yes.into());
+            }
+            "connecttimeout" | "connectiontimeout" | "timeout" => {
+                t.insert("connect_timeout".into(), format!("{v}s").into());
+            }
+            _ => {}
+        }
+    }
+    if !t.contains_key("host") {
+        return Err("the connection string names no Server".into());
+    }
+    if !t.contains_key("database") {
+        return Err("the connection string names no Database".into());
+    }
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,6 +733,25 @@ mod tests {
             p.check().unwrap_err().field.as_deref(),
             Some("connection.user")
         );
+    }
+
+    #[test]
+    fn ado_strings_become_connection_tables() {
+        let t = connection_table_from_ado(
+            "Server=tcp:db1\\TM,1434;Initial Catalog=TM;User ID=sa;Password={a;b};Encrypt=false;TrustServerCertificate=True;Connect Timeout=5",
+        );
+        let t = t.map_err(|e| ParamError::field("ado", e));
+        let p: ConnectionParams = t.and_then(|t| crate::parse_params(&t)).unwrap_or_else(|e| {
+            panic!("{e}");
+        });
+        assert_eq!(p.host, "db1");
+        assert_eq!(p.instance.as_deref(), Some("TM"));
+        assert_eq!(p.port, Some(1434));
+        assert_eq!(p.database, "TM");
+        assert_eq!(p.encrypt, Encrypt::LoginOnly);
+        assert!(p.trust_server_certificate);
+        assert_eq!(p.connect_timeout, Duration::from_secs(5));
+        assert!(connection_table_from_ado("Database=x").is_err());
     }
 
     #[test]
