@@ -160,6 +160,9 @@ pub enum Command {
     Check {
         /// The plan file.
         plan: PathBuf,
+        /// Site file with this customer's values (default: the plan's `site`).
+        #[arg(long, value_name = "FILE")]
+        site: Option<PathBuf>,
         /// Set a variable (KEY=VALUE), overriding the plan's [vars].
         #[arg(long = "var", value_name = "KEY=VALUE")]
         vars: Vec<String>,
@@ -168,6 +171,9 @@ pub enum Command {
     Graph {
         /// The plan file.
         plan: PathBuf,
+        /// Site file with this customer's values (default: the plan's `site`).
+        #[arg(long, value_name = "FILE")]
+        site: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: GraphFormat,
@@ -180,6 +186,9 @@ pub enum Command {
     Run {
         /// The plan file.
         plan: PathBuf,
+        /// Site file with this customer's values (default: the plan's `site`).
+        #[arg(long, value_name = "FILE")]
+        site: Option<PathBuf>,
         /// Journal location.
         #[command(flatten)]
         journal: JournalArg,
@@ -466,11 +475,21 @@ fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, CliError> {
         .collect()
 }
 
-fn load_plan(path: &Path, vars: &BTreeMap<String, String>) -> Result<Plan, CliError> {
+fn load_plan(
+    path: &Path,
+    vars: &BTreeMap<String, String>,
+    site: Option<&Path>,
+) -> Result<Plan, CliError> {
     Ok(plan::load(
         path,
         &upshift_steps::registry(),
-        &LoadOptions { vars: vars.clone() },
+        &LoadOptions {
+            vars: vars.clone(),
+            site: match site {
+                Some(p) => plan::SiteSource::File(p.to_path_buf()),
+                None => plan::SiteSource::FromPlan,
+            },
+        },
     )?)
 }
 
@@ -502,9 +521,9 @@ fn report_exit(exit: &Exit, run: RunId, dir: &Path) {
 pub fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Guard { args } => Ok(upshift_steps::child::guard_main(args).clamp(0, 255) as u8),
-        Command::Check { plan, vars } => {
+        Command::Check { plan, vars, site } => {
             let vars = parse_vars(&vars)?;
-            let p = load_plan(&plan, &vars)?;
+            let p = load_plan(&plan, &vars, site.as_deref())?;
             println!(
                 "{}: ok — plan \"{}\", {} steps, {} dependencies",
                 plan.display(),
@@ -514,13 +533,14 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             );
             Ok(code::OK)
         }
-        Command::Graph { plan, format } => {
-            let p = load_plan(&plan, &BTreeMap::new())?;
+        Command::Graph { plan, format, site } => {
+            let p = load_plan(&plan, &BTreeMap::new(), site.as_deref())?;
             print!("{}", graph(&p, format));
             Ok(code::OK)
         }
         Command::Run {
             plan,
+            site,
             journal,
             vars,
             concurrency,
@@ -528,7 +548,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             show_output,
         } => {
             let vars = parse_vars(&vars)?;
-            let p = load_plan(&plan, &vars)?;
+            let p = load_plan(&plan, &vars, site.as_deref())?;
             if dry_run {
                 print!("{}", dry_run_text(&p));
                 return Ok(code::OK);
@@ -608,9 +628,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
                 Path::new(&state.plan_path),
                 &state.plan_text,
                 &upshift_steps::registry(),
-                &LoadOptions {
-                    vars: state.cli_vars.clone(),
-                },
+                &pinned_options(&state),
             )
             .ok();
             let doc = report::status_json(
@@ -812,11 +830,24 @@ pub(crate) fn pick_run(
     }
 }
 
+/// How to load the plan a run pinned: its `--var` values and its pinned
+/// site file.
+pub fn pinned_options(state: &RunState) -> LoadOptions {
+    LoadOptions {
+        vars: state.cli_vars.clone(),
+        site: match &state.site {
+            Some((path, text, _)) => plan::SiteSource::Pinned {
+                path: PathBuf::from(path),
+                text: text.clone(),
+            },
+            None => plan::SiteSource::FromPlan,
+        },
+    }
+}
+
 fn plan_for_resume(state: &RunState, accept: bool) -> Result<(Plan, Vec<Event>), CliError> {
     let registry = upshift_steps::registry();
-    let opts = LoadOptions {
-        vars: state.cli_vars.clone(),
-    };
+    let opts = pinned_options(state);
     let path = PathBuf::from(&state.plan_path);
     let pinned = plan::parse(&path, &state.plan_text, &registry, &opts).map_err(|e| {
         CliError::failed(format!(
@@ -827,11 +858,31 @@ fn plan_for_resume(state: &RunState, accept: bool) -> Result<(Plan, Vec<Event>),
         // The file is gone: the pinned text is the plan.
         return Ok((pinned, Vec::new()));
     };
-    if plan::hash_text(&current_text) == state.plan_hash {
+    // The site file counts as part of the plan.
+    let site_now = state
+        .site
+        .as_ref()
+        .and_then(|(p, _, hash)| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|t| (p.clone(), t, hash.clone()))
+        })
+        .filter(|(_, t, hash)| plan::hash_text(t) != *hash);
+    if plan::hash_text(&current_text) == state.plan_hash && site_now.is_none() {
         return Ok((pinned, Vec::new()));
     }
-    let current = plan::parse(&path, &current_text, &registry, &opts)?;
-    let changed = pinned.changed_steps(&current);
+    let mut current_opts = opts.clone();
+    if let Some((p, t, _)) = &site_now {
+        current_opts.site = plan::SiteSource::Pinned {
+            path: PathBuf::from(p),
+            text: t.clone(),
+        };
+    }
+    let current = plan::parse(&path, &current_text, &registry, &current_opts)?;
+    let mut changed = pinned.changed_steps(&current);
+    if let Some((p, _, _)) = &site_now {
+        changed.push(format!("(site file {p})"));
+    }
     if !accept {
         return Err(CliError::usage(format!(
             "the plan file {} changed since this run started{}\n  resume refuses to mix two plans in one run; restore the file, or resume with --accept-plan-change (journaled with your name)",
@@ -843,7 +894,7 @@ fn plan_for_resume(state: &RunState, accept: bool) -> Result<(Plan, Vec<Event>),
             }
         )));
     }
-    let extra = engine::decision_events(
+    let mut extra = engine::decision_events(
         Decision::AcceptPlanChange {
             old_hash: state.plan_hash.clone(),
             new_hash: current.hash.clone(),
@@ -853,6 +904,13 @@ fn plan_for_resume(state: &RunState, accept: bool) -> Result<(Plan, Vec<Event>),
         actor(),
         "resume --accept-plan-change".into(),
     );
+    if let Some((p, t, _)) = site_now {
+        extra.push(Event::SitePinned {
+            path: p,
+            hash: plan::hash_text(&t),
+            text: t,
+        });
+    }
     Ok((current, extra))
 }
 
@@ -949,9 +1007,7 @@ fn step_decision(
                 Path::new(&state.plan_path),
                 &state.plan_text,
                 &upshift_steps::registry(),
-                &LoadOptions {
-                    vars: state.cli_vars.clone(),
-                },
+                &pinned_options(&state),
             )
             .map(|p| p.steps.keys().cloned().collect::<Vec<_>>())
             .unwrap_or_default();
@@ -1028,9 +1084,7 @@ fn run_decision(d: RunDecisionArgs, decision: Decision) -> Result<u8, CliError> 
         Path::new(&state.plan_path),
         &state.plan_text,
         &upshift_steps::registry(),
-        &LoadOptions {
-            vars: state.cli_vars.clone(),
-        },
+        &pinned_options(&state),
     )
     .map_err(|e| CliError::failed(format!("the pinned plan does not validate: {e}")))?;
     let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
@@ -1059,8 +1113,10 @@ pub fn dry_run_text(p: &Plan) -> String {
     );
     let placeholder_secret = |n: &str| Some(format!("<secret {n}>"));
     let placeholder_output = |s: &str, n: &str| Some(format!("<{n} of {s}>"));
+    static NO_SITE: BTreeMap<String, toml::Value> = BTreeMap::new();
     let resolver = crate::refs::MapResolver {
         vars: &p.vars,
+        site: p.site.as_ref().map(|s| &s.values).unwrap_or(&NO_SITE),
         secrets: &placeholder_secret,
         outputs: &placeholder_output,
     };

@@ -478,8 +478,10 @@ pub fn resolve_with(
     let expanded = expand_target(with, &plan.targets)?;
     let sec = |n: &str| secrets.get(n).cloned();
     let out = |s: &str, n: &str| state.steps.get(s).and_then(|st| st.outputs.get(n).cloned());
+    static NO_SITE: BTreeMap<String, toml::Value> = BTreeMap::new();
     let resolver = MapResolver {
         vars: &plan.vars,
+        site: plan.site.as_ref().map(|s| &s.values).unwrap_or(&NO_SITE),
         secrets: &sec,
         outputs: &out,
     };
@@ -647,7 +649,7 @@ impl Engine {
     /// Starts a brand-new run: journals `RunStarted` and drives it.
     pub async fn start(&mut self, cli_vars: BTreeMap<String, String>) -> Result<Exit, EngineError> {
         let plan = Arc::clone(&self.plan);
-        self.journal(vec![Event::RunStarted {
+        let mut events = vec![Event::RunStarted {
             plan_name: plan.name.clone(),
             plan_path: plan.path.display().to_string(),
             plan_text: plan.text.clone(),
@@ -655,8 +657,15 @@ impl Engine {
             vars: cli_vars,
             engine_version: env!("CARGO_PKG_VERSION").into(),
             actor: self.cfg.actor.clone(),
-        }])
-        .await?;
+        }];
+        if let Some(site) = &plan.site {
+            events.push(Event::SitePinned {
+                path: site.path.display().to_string(),
+                text: site.text.clone(),
+                hash: crate::plan::hash_text(&site.text),
+            });
+        }
+        self.journal(events).await?;
         self.drive().await
     }
 

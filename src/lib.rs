@@ -31,6 +31,7 @@ pub mod logging;
 pub mod plan;
 pub mod refs;
 pub mod report;
+pub mod site;
 pub mod state;
 pub mod support;
 pub mod ui;

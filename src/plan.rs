@@ -148,6 +148,10 @@ pub struct Plan {
     pub order: Vec<String>,
     /// For each step, the steps that depend on it, directly or not.
     pub dependents: BTreeMap<String, BTreeSet<String>>,
+    /// The site file, if the plan has one.
+    pub site: Option<Site>,
+    /// Reboot policy.
+    pub reboot: RebootPolicy,
 }
 
 /// One problem in a plan, located.
@@ -228,6 +232,13 @@ impl std::error::Error for PlanErrors {}
 #[serde(deny_unknown_fields)]
 struct RawPlan {
     name: Spanned<String>,
+    /// Site file with this customer's values (relative to the plan file).
+    site: Option<Spanned<String>>,
+    /// What to do when a step needs a reboot: "ask" (default) | "auto".
+    reboot: Option<Spanned<String>>,
+    /// Named validation rule sets for the site (e.g. "teammanager").
+    #[serde(default)]
+    rules: Vec<Spanned<String>>,
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
@@ -377,11 +388,54 @@ fn strsim(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// Options that shape loading: `--var` overrides.
+/// Options that shape loading: `--var` overrides and the site file.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// `--var KEY=VALUE` (strings; they replace plan values).
     pub vars: BTreeMap<String, String>,
+    /// Where the site file comes from.
+    pub site: SiteSource,
+}
+
+/// Where a plan's site file comes from.
+#[derive(Debug, Clone, Default)]
+pub enum SiteSource {
+    /// The plan's `site` key, relative to the plan file.
+    #[default]
+    FromPlan,
+    /// A file given on the command line (`--site`).
+    File(PathBuf),
+    /// The text a run pinned in its journal.
+    Pinned {
+        /// Where it was read from.
+        path: PathBuf,
+        /// The exact text.
+        text: String,
+    },
+}
+
+/// A plan's site file, as loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The exact text (pinned by a run).
+    pub text: String,
+    /// Every value by dotted path.
+    pub values: BTreeMap<String, toml::Value>,
+    /// The whole document.
+    pub doc: toml::Value,
+}
+
+/// What to do when a step reports that the machine must reboot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RebootPolicy {
+    /// Register the resume-at-boot task and pause for the operator.
+    #[default]
+    Ask,
+    /// Register the resume-at-boot task and reboot now.
+    Auto,
 }
 
 /// Reads and validates a plan file.
@@ -470,6 +524,28 @@ pub fn parse(
         .map(|(k, v)| (k.clone(), v.get_ref().clone()))
         .collect();
 
+    let site = match load_site(path, &raw, &opts.site, &loc) {
+        Ok(site) => site,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    static NO_SITE: BTreeMap<String, toml::Value> = BTreeMap::new();
+    let site_values = site.as_ref().map(|s| &s.values).unwrap_or(&NO_SITE);
+    let reboot = match raw
+        .reboot
+        .as_ref()
+        .map(|r| (r.get_ref().as_str(), r.span()))
+    {
+        None | Some(("ask", _)) => RebootPolicy::Ask,
+        Some(("auto", _)) => RebootPolicy::Auto,
+        Some((other, sp)) => {
+            errors.push(loc.at(sp, format!("reboot = \"{other}\" is not a policy"), Some("use \"ask\" (pause for the operator) or \"auto\" (reboot and resume at boot)".into())));
+            RebootPolicy::Ask
+        }
+    };
+
     let ids: BTreeSet<&str> = raw.steps.keys().map(String::as_str).collect();
     let mut steps = BTreeMap::new();
 
@@ -479,6 +555,7 @@ pub fn parse(
     let placeholder_output = |s: &str, n: &str| Some(format!("<output {n} of step {s}>"));
     let resolver = MapResolver {
         vars: &vars,
+        site: site_values,
         secrets: &placeholder_secret,
         outputs: &placeholder_output,
     };
@@ -573,6 +650,22 @@ pub fn parse(
                             format!("`${{secrets.{n}}}` in step `{id}`: no secret `{n}`"),
                             Some(format!("declare it: [secrets] {n} = {{ env = \"VAR\" }}")),
                         ));
+                    }
+                    Ok(Ref::Site(p)) if !site_values.contains_key(&p) => {
+                        refs_ok = false;
+                        let (msg, hint) = match &site {
+                            None => (
+                                format!("`${{site.{p}}}` in step `{id}`, but the plan has no site file"),
+                                "add `site = \"sites/<customer>.toml\"` at the top of the plan, or give --site FILE".to_string(),
+                            ),
+                            Some(s) => (
+                                format!("`${{site.{p}}}` in step `{id}`: {} has no `{p}`", s.path.display()),
+                                suggest(&p, site_values.keys().map(String::as_str))
+                                    .map(|c| format!("did you mean `{c}`?"))
+                                    .unwrap_or_else(|| "add it to the site file".into()),
+                            ),
+                        };
+                        errors.push(loc.at(loc.find_in(at, &format!("site.{p}")), msg, Some(hint)));
                     }
                     Ok(Ref::Output { step, .. }) if !ids.contains(step.as_str()) => {
                         refs_ok = false;
@@ -774,6 +867,41 @@ pub fn parse(
         }
     }
 
+    // The manual: the ICH conference cleanup runs on one server only.
+    let cleanups: Vec<&String> = raw
+        .steps
+        .iter()
+        .filter(|(_, s)| s.get_ref().kind.get_ref() == "ich.cleanup_conferences")
+        .map(|(id, _)| id)
+        .collect();
+    if cleanups.len() > 1 {
+        let second = &raw.steps[cleanups[1]];
+        errors.push(loc.at(
+            second.get_ref().kind.span(),
+            format!(
+                "{} steps run the ICH conference cleanup ({}); the manual allows it on one server only",
+                cleanups.len(),
+                cleanups.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            Some("keep one ich.cleanup_conferences step, for the host named in the site file".into()),
+        ));
+    }
+    for r in &raw.rules {
+        match (r.get_ref().as_str(), &site) {
+            ("teammanager", Some(site)) => errors.extend(crate::site::check_teammanager(site)),
+            ("teammanager", None) => errors.push(loc.at(
+                r.span(),
+                "rules = [\"teammanager\"] checks a site file, but the plan has none",
+                Some("add `site = \"sites/<customer>.toml\"`".into()),
+            )),
+            (other, _) => errors.push(loc.at(
+                r.span(),
+                format!("unknown rule set `{other}`"),
+                Some("known rule sets: teammanager".into()),
+            )),
+        }
+    }
+
     if raw.steps.is_empty() {
         errors.push(loc.at(
             raw.name.span(),
@@ -807,6 +935,8 @@ pub fn parse(
     let dependents = transitive_dependents(&steps, &order);
     Ok(Plan {
         dependents,
+        site,
+        reboot,
         name: raw.name.into_inner(),
         path: path.to_path_buf(),
         text: text.to_string(),
@@ -818,6 +948,116 @@ pub fn parse(
         steps,
         order,
     })
+}
+
+fn load_site(
+    plan_path: &Path,
+    raw: &RawPlan,
+    source: &SiteSource,
+    loc: &Locator<'_>,
+) -> Result<Option<Site>, PlanError> {
+    let (path, text) = match source {
+        SiteSource::Pinned { path, text } => (path.clone(), text.clone()),
+        SiteSource::File(p) => (p.clone(), read_site(p, None, loc)?),
+        SiteSource::FromPlan => {
+            let Some(rel) = &raw.site else {
+                return Ok(None);
+            };
+            let base = plan_path.parent().unwrap_or(Path::new("."));
+            let p = base.join(rel.get_ref());
+            let text = read_site(&p, Some(rel.span()), loc)?;
+            (p, text)
+        }
+    };
+    let doc: toml::Value = toml::from_str::<toml::Table>(&text)
+        .map(toml::Value::Table)
+        .map_err(|e| {
+            let site_loc = Locator {
+                file: &path,
+                text: &text,
+            };
+            site_loc.at(
+                e.span().unwrap_or(0..0),
+                e.message().trim().to_string(),
+                None,
+            )
+        })?;
+    let mut values = BTreeMap::new();
+    refs::flatten("", &doc, &mut values);
+    Ok(Some(Site {
+        path,
+        text,
+        values,
+        doc,
+    }))
+}
+
+fn read_site(p: &Path, span: Option<Range<usize>>, loc: &Locator<'_>) -> Result<String, PlanError> {
+    std::fs::read_to_string(p).map_err(|e| {
+        let message = format!("cannot read the site file {}: {e}", p.display());
+        let hint = Some(
+            "the path is relative to the plan file; give another with --site FILE".to_string(),
+        );
+        match span {
+            Some(sp) => loc.at(sp, message, hint),
+            None => PlanError {
+                file: p.to_path_buf(),
+                line: 0,
+                col: 0,
+                snippet: String::new(),
+                width: 0,
+                message,
+                hint,
+            },
+        }
+    })
+}
+
+/// Finds where a dotted key of a TOML file is written, as a located error:
+/// the line of `key =` under the `[table]` header, else the header, else the
+/// file. Used by site rules to name the site file's line.
+pub fn locate_key(
+    file: &Path,
+    text: &str,
+    table: &[&str],
+    key: Option<&str>,
+    message: String,
+    hint: Option<String>,
+) -> PlanError {
+    let loc = Locator { file, text };
+    let header = format!("[{}]", table.join("."));
+    let mut offset = 0;
+    let mut in_table = table.is_empty();
+    let mut header_span = None;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_table = t == header;
+            if in_table {
+                header_span = Some(offset..offset + line.trim_end().len());
+            }
+        } else if in_table
+            && let Some(k) = key
+            && let Some(rest) = t.strip_prefix(k)
+            && rest.trim_start().starts_with('=')
+        {
+            let start = offset + (line.len() - line.trim_start().len());
+            return loc.at(start..start + line.trim().len(), message, hint);
+        }
+        offset += line.len();
+    }
+    match header_span {
+        Some(sp) => loc.at(sp, message, hint),
+        None => PlanError {
+            file: file.to_path_buf(),
+            line: 0,
+            col: 0,
+            snippet: String::new(),
+            width: 0,
+            message,
+            hint,
+        },
+    }
 }
 
 /// SHA-256 of a plan text, hex.

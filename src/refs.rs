@@ -22,6 +22,8 @@ pub enum Ref {
     },
     /// `${item}` or `${item_index}` (foreach bodies).
     Item,
+    /// `${site.a.b.c}`: a value of the plan's site file, by its dotted path.
+    Site(String),
 }
 
 /// A `${...}` that does not parse.
@@ -55,6 +57,9 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
             step: id.to_string(),
             name: n.to_string(),
         }),
+        ["site", rest @ ..] if !rest.is_empty() && rest.iter().all(|p| ok_name(p)) => {
+            Ok(Ref::Site(rest.join(".")))
+        }
         ["steps", ..] => Err("a step output is written ${steps.<id>.outputs.<name>}".into()),
         ["vars" | "secrets", ..] => Err(format!("write ${{{}.<name>}} with one name", parts[0])),
         _ => Err(
@@ -103,6 +108,24 @@ fn pieces(s: &str) -> Result<Vec<Piece>, BadRef> {
     Ok(out)
 }
 
+/// Flattens a TOML table into dotted paths: every table, array and scalar
+/// gets an entry (`components.FE.port`, `components.FE`, `lync.sip_connectors`).
+pub fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+    if !prefix.is_empty() {
+        out.insert(prefix.to_string(), v.clone());
+    }
+    if let toml::Value::Table(t) = v {
+        for (k, v) in t {
+            let p = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            flatten(&p, v, out);
+        }
+    }
+}
+
 /// Every reference in `s`.
 pub fn refs_in(s: &str) -> Result<Vec<Ref>, BadRef> {
     Ok(pieces(s)?
@@ -133,10 +156,13 @@ pub trait Resolver {
     fn resolve(&self, r: &Ref) -> Option<toml::Value>;
 }
 
-/// Values from maps: vars, secrets, outputs. Items are always left in place.
+/// Values from maps: vars, site, secrets, outputs. Items are always left in
+/// place.
 pub struct MapResolver<'a> {
     /// Variables.
     pub vars: &'a BTreeMap<String, toml::Value>,
+    /// Site values by dotted path (`components.FE.port`).
+    pub site: &'a BTreeMap<String, toml::Value>,
     /// Secret values (or placeholders for dry runs and checks).
     pub secrets: &'a dyn Fn(&str) -> Option<String>,
     /// Step outputs.
@@ -147,6 +173,7 @@ impl Resolver for MapResolver<'_> {
     fn resolve(&self, r: &Ref) -> Option<toml::Value> {
         match r {
             Ref::Var(n) => self.vars.get(n).cloned(),
+            Ref::Site(path) => self.site.get(path).cloned(),
             Ref::Secret(n) => (self.secrets)(n).map(toml::Value::String),
             Ref::Output { step, name } => (self.outputs)(step, name).map(toml::Value::String),
             Ref::Item => None,
@@ -218,9 +245,12 @@ pub fn substitute_table(t: &toml::Table, r: &dyn Resolver) -> Result<toml::Table
 mod tests {
     use super::*;
 
+    static EMPTY: BTreeMap<String, toml::Value> = BTreeMap::new();
+
     fn resolver<'a>(vars: &'a BTreeMap<String, toml::Value>) -> MapResolver<'a> {
         MapResolver {
             vars,
+            site: &EMPTY,
             secrets: &|n| (n == "pw").then(|| "s3cret".to_string()),
             outputs: &|s, n| (s == "backup" && n == "path").then(|| "/b/tm.bak".to_string()),
         }

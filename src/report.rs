@@ -149,6 +149,9 @@ pub fn event_line(e: &Event) -> String {
         }
         Event::RebootRequested { step, action } => format!("{name} {step}: {action}"),
         Event::Note { text } => format!("{name} {}", short(text, 300)),
+        Event::SitePinned { path, hash, .. } => {
+            format!("{name} {path} ({})", &hash[..hash.len().min(12)])
+        }
     }
 }
 

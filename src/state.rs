@@ -152,6 +152,9 @@ pub struct RunState {
     pub plan_hash: String,
     /// `--var` values of the run.
     pub cli_vars: BTreeMap<String, String>,
+    /// Pinned site file: path, text, hash.
+    #[serde(skip)]
+    pub site: Option<(String, String, String)>,
     /// Steps seen in events.
     pub steps: BTreeMap<String, StepState>,
     /// Set when the run ended.
@@ -419,6 +422,9 @@ impl RunState {
                 self.reboot_pending = Some(step.clone());
             }
             Event::Note { .. } => {}
+            Event::SitePinned { path, text, hash } => {
+                self.site = Some((path.clone(), text.clone(), hash.clone()));
+            }
         }
     }
 

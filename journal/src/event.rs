@@ -301,6 +301,15 @@ pub enum Event {
         /// The text.
         text: String,
     },
+    /// The run pins its site file (the customer's values), like the plan.
+    SitePinned {
+        /// Where it was read from.
+        path: String,
+        /// The exact text.
+        text: String,
+        /// SHA-256 of `text`, hex.
+        hash: String,
+    },
 }
 
 impl Event {
@@ -366,7 +375,8 @@ impl Event {
             | Event::StepStarted { .. }
             | Event::StepCheckpoint { .. }
             | Event::StepRetryScheduled { .. }
-            | Event::CompensationStarted { .. } => {}
+            | Event::CompensationStarted { .. }
+            | Event::SitePinned { .. } => {}
         }
     }
 
@@ -393,6 +403,7 @@ impl Event {
             Event::CompensationFailed { .. } => "compensation.failed",
             Event::RebootRequested { .. } => "reboot.requested",
             Event::Note { .. } => "note",
+            Event::SitePinned { .. } => "run.site_pinned",
         }
     }
 }

@@ -35,11 +35,10 @@ fn builder() -> redb::Builder {
 impl RedbStore {
     /// Opens (creating if needed) the file for writing.
     pub fn open(path: &Path) -> Result<RedbStore, JournalError> {
-        let db = builder().create(path).map_err(|e| map_err(path, e))?;
-        // Create the table up front so readers never see "no such table".
-        let txn = db.begin_write().map_err(|e| map_err(path, e))?;
-        txn.open_table(EVENTS).map_err(|e| map_err(path, e))?;
-        txn.commit().map_err(|e| map_err(path, e))?;
+        if !path.exists() {
+            create_atomically(path)?;
+        }
+        let db = builder().open(path).map_err(|e| map_err(path, e))?;
         Ok(RedbStore {
             db: Handle::Writer(db),
             path: path.to_path_buf(),
@@ -73,6 +72,45 @@ impl RedbStore {
         let table = txn.open_table(EVENTS).map_err(|e| map_err(&self.path, e))?;
         f(&table)
     }
+}
+
+/// Creates a new journal file under a temporary name and renames it into
+/// place, so that a process killed while creating it never leaves a file
+/// with a half-written header (which redb would refuse to open: "not a redb
+/// database").
+fn create_atomically(path: &Path) -> Result<(), JournalError> {
+    let tmp = path.with_extension(format!("redb.creating-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let db = builder().create(&tmp).map_err(|e| map_err(&tmp, e))?;
+        // The table exists from the start, so readers never see "no such table".
+        let txn = db.begin_write().map_err(|e| map_err(&tmp, e))?;
+        txn.open_table(EVENTS).map_err(|e| map_err(&tmp, e))?;
+        txn.commit().map_err(|e| map_err(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| JournalError::io(path, e))?;
+    // Make the rename itself durable (Unix: fsync the folder).
+    #[cfg(unix)]
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    // Leftovers of creations killed before their rename.
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name())
+        && let Ok(rd) = std::fs::read_dir(dir)
+    {
+        let prefix = format!(
+            "{}.creating-",
+            name.to_string_lossy().trim_end_matches(".redb")
+        );
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Maps any redb error, recognising a full disk and a damaged file.
