@@ -340,3 +340,31 @@ async fn check_stops_too_old_and_names_the_intermediate() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_lost_at_commit_is_transient_and_the_retry_reads_the_truth() {
+    let model = TmDatabaseModel::new("7.0");
+    model.fault("COMMIT TRANSACTION", 1, || vec![Action::DropConnection]);
+    let server = standin(model.clone()).await;
+    let w = update_with(&server, &demo_scripts(), "7.1");
+    let dir = tempfile::tempdir().unwrap();
+    let err = build("db.update", &w)
+        .unwrap()
+        .run(&ctx(&dir))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StepError::Failed { transient: true, message } if message.contains("COMMIT did not complete")),
+        "{err:?}"
+    );
+    // The server rolled the open transaction back with the session.
+    assert_eq!(model.version(), "7.0");
+    let out = build("db.update", &w)
+        .unwrap()
+        .run(&ctx(&dir))
+        .await
+        .unwrap()
+        .outputs;
+    assert_eq!(out["applied"], "7.0_to_7.1.sql");
+    assert_eq!(model.state().db.history.len(), 1);
+}

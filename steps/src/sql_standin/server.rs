@@ -41,9 +41,8 @@ pub(crate) async fn accept_loop(
         tasks.spawn(async move {
             let _ = stream.set_nodelay(true);
             let (rd, wr) = stream.into_split();
-            let session = Session::new(spid, wr, h.clone(), o, j);
+            let session = Session::new(spid, wr, h, o, j);
             session.run(rd).await;
-            h.disconnected(spid);
         });
         // Reap finished connections so the set does not grow without bound.
         while tasks.try_join_next().is_some() {}
@@ -115,6 +114,8 @@ struct Session {
     packet_id: u8,
     user: String,
     database: String,
+    /// Whether the handler was told the session ended.
+    ended: bool,
 }
 
 /// How a reply ended.
@@ -143,6 +144,17 @@ impl Session {
             packet_id: 1,
             user: String::new(),
             database: "master".into(),
+            ended: false,
+        }
+    }
+
+    /// Tells the handler the session ended, once. Called before the socket
+    /// closes on a dropped connection, so the client cannot reconnect before
+    /// the model released the session's locks and transactions.
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.handler.disconnected(self.spid);
         }
     }
 
@@ -174,6 +186,7 @@ impl Session {
             self.journal.clone(),
         ));
         let _ = self.serve(&mut rx).await;
+        self.end();
         reader.abort();
     }
 
@@ -406,6 +419,7 @@ impl Session {
                 }
                 Action::Effect(f) => f(),
                 Action::DropConnection => {
+                    self.end();
                     let _ = self.wr.shutdown().await;
                     return Ok(Ended::Dropped);
                 }

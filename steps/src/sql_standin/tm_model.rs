@@ -153,6 +153,24 @@ impl TmDatabaseModel {
         }
     }
 
+    /// The demo database: TM 7.0 (the demo scripts in `plans/sql/` take it
+    /// to 8.0), one obsolete cleanup job calling
+    /// `[mgt].[usp_CleanupReporting_DboSchema]`, one unrelated job, and
+    /// slower STATS messages (100 ms apart) so progress is visible.
+    pub fn demo() -> TmDatabaseModel {
+        let m = TmDatabaseModel::new("7.0")
+            .with_agent_job(
+                "TM - Cleanup reporting (dbo schema)",
+                "EXEC [mgt].[usp_CleanupReporting_DboSchema]",
+            )
+            .with_agent_job(
+                "TM - Nightly index maintenance",
+                "EXEC [dbo].[usp_IndexMaintenance]",
+            );
+        m.state().stats_delay = Duration::from_millis(100);
+        m
+    }
+
     /// Adds a SQL Agent job with one step running `command`.
     pub fn with_agent_job(self, name: &str, command: &str) -> TmDatabaseModel {
         {

@@ -16,8 +16,9 @@
 //! - The step refuses to run when a recorded script's checksum (SHA-256 of
 //!   the file) differs from the file now, or when a script it is about to
 //!   run is already recorded as applied.
-//! - `sp_getapplock` (`@LockOwner = 'Session'`) keeps two runs from updating
-//!   one database at once; the server releases it if the session dies.
+//! - `sp_getapplock` (`@LockOwner = 'Session'`, waiting up to 5 s) keeps two
+//!   runs from updating one database at once; the step releases it when it
+//!   ends, and the server releases it if the session dies.
 //! - On resume it reads the database's version and history, not its memory.
 //!
 //! Parameters: `connection`, `scripts_dir`, `target_version`,
@@ -69,7 +70,7 @@ const HISTORY_SELECT: &str = "SELECT [version], [script], [checksum], [applied_b
 
 const HISTORY_INSERT: &str = "INSERT INTO [upshift].[schema_history] ([version], [script], [checksum], [run_id], [execution_ms], [success], [applied_by], [applied_at]) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, SUSER_SNAME(), SYSUTCDATETIME())";
 
-const LOCK: &str = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = N'upshift.db.update', @LockMode = N'Exclusive', @LockOwner = N'Session', @LockTimeout = 0; SELECT @r AS result;";
+const LOCK: &str = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = N'upshift.db.update', @LockMode = N'Exclusive', @LockOwner = N'Session', @LockTimeout = 5000; SELECT @r AS result;";
 
 const UNLOCK: &str =
     "EXEC sp_releaseapplock @Resource = N'upshift.db.update', @LockOwner = N'Session';";
@@ -254,6 +255,7 @@ impl DbUpdate {
             .lines()
             .any(|l| l.trim().eq_ignore_ascii_case(NO_TRANSACTION));
         let started = Instant::now();
+        let mut committing = false;
         let result: Result<(), StepError> = async {
             if transactional {
                 sql.batch("SET XACT_ABORT ON; BEGIN TRANSACTION;", self.limit)
@@ -277,12 +279,24 @@ impl DbUpdate {
             let ms = started.elapsed().as_millis() as i64;
             self.record(sql, ctx, s, &checksum, ms, true).await?;
             if transactional {
+                committing = true;
                 sql.batch("COMMIT TRANSACTION;", self.limit).await?;
             }
             Ok(())
         }
         .await;
         if let Err(e) = result {
+            if committing {
+                // The commit may or may not have happened on the server; the
+                // next attempt reads the version and the history and knows.
+                return Err(within(
+                    e,
+                    &format!(
+                        "update script {}: the COMMIT did not complete; whether it took effect is unknown until the next attempt reads upshift.schema_history",
+                        s.name
+                    ),
+                ));
+            }
             // Best effort: the connection may be gone (then the server has
             // rolled back already).
             if transactional {
@@ -385,7 +399,6 @@ impl DbUpdate {
             )
             .await?;
         }
-        let _ = sql.batch(UNLOCK, self.limit).await;
         let mut outputs = Outputs::new();
         outputs.insert("from_version".into(), current);
         outputs.insert(
@@ -433,8 +446,11 @@ impl Step for DbUpdate {
 
     async fn run(&self, ctx: &dyn StepContext) -> Result<StepOutcome, StepError> {
         let mut sql = self.connection.connect(None).await?;
-        let outputs = self.update(&mut sql, ctx).await?;
-        Ok(StepOutcome::with_outputs(outputs))
+        let result = self.update(&mut sql, ctx).await;
+        // Release the lock on every path (the server would release it with
+        // the session too, but only once it noticed the session ended).
+        let _ = sql.batch(UNLOCK, self.limit).await;
+        Ok(StepOutcome::with_outputs(result?))
     }
 
     async fn probe(&self, _ctx: &dyn StepContext) -> Result<Probe, StepError> {
