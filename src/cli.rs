@@ -221,6 +221,10 @@ pub enum Command {
         /// Continue with the edited plan file (the decision is journaled).
         #[arg(long)]
         accept_plan_change: bool,
+        /// Continue although completed steps no longer match the machine
+        /// (see `upshift drift`; the decision is journaled).
+        #[arg(long)]
+        ignore_drift: bool,
         /// Steps running at once.
         #[arg(long, value_name = "N")]
         concurrency: Option<usize>,
@@ -248,6 +252,19 @@ pub enum Command {
     },
     /// List the runs in the journal, oldest first.
     Runs {
+        /// Journal location.
+        #[command(flatten)]
+        journal: JournalArg,
+    },
+    /// Check that what completed steps did is still in place.
+    ///
+    /// Runs the probe of every step the journal records as done (a config value
+    /// changed back by hand, a service stopped, another package version
+    /// installed) and reports, per step, where the machine no longer matches.
+    /// `upshift resume` runs this first. Exit 0 if nothing drifted, 1 if something did.
+    Drift {
+        /// The run (default: the most recent run).
+        run: Option<String>,
         /// Journal location.
         #[command(flatten)]
         journal: JournalArg,
@@ -498,7 +515,7 @@ fn exit_code(exit: &Exit) -> u8 {
         Exit::Finished(Outcome::Succeeded) => code::OK,
         Exit::Finished(_) => code::FAILED,
         Exit::Paused(_) => code::PAUSED,
-        Exit::Interrupted => code::INTERRUPTED,
+        Exit::Interrupted | Exit::Rebooting(_) => code::INTERRUPTED,
     }
 }
 
@@ -514,6 +531,7 @@ fn report_exit(exit: &Exit, run: RunId, dir: &Path) {
         Exit::Interrupted => {
             eprintln!("run {run} interrupted; continue with: upshift resume {run}{j}")
         }
+        Exit::Rebooting(message) => eprintln!("run {run}: {message}"),
     }
 }
 
@@ -575,6 +593,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             run,
             journal,
             accept_plan_change,
+            ignore_drift,
             concurrency,
             show_output,
         } => {
@@ -594,9 +613,19 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
                     code::FAILED
                 });
             }
-            let (plan, extra) = plan_for_resume(&state, accept_plan_change)?;
+            let (plan, mut extra) = plan_for_resume(&state, accept_plan_change)?;
             let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
             let _log = crate::logging::run_log(&dir, run);
+            // Back from a reboot this run asked for: the boot task is done.
+            match crate::reboot::unregister(run) {
+                Ok(Some(what)) => extra.push(Event::Note {
+                    text: format!("resumed after the reboot: {what}"),
+                }),
+                Ok(None) => {}
+                Err(e) => extra.push(Event::Note {
+                    text: format!("could not remove the resume-at-boot task: {e}"),
+                }),
+            }
             let mut eng = Engine::new(
                 plan,
                 config(&dir, concurrency, show_output),
@@ -605,7 +634,30 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
                 &history,
                 secrets,
             );
-            let exit = block_on(eng.resume(extra))?;
+            let exit = block_on(async {
+                let drift = eng.drift().await;
+                if !drift.is_empty() {
+                    let report = drift_text(&drift);
+                    let steps: Vec<String> = drift.iter().map(|(s, _)| s.clone()).collect();
+                    if !ignore_drift {
+                        return eng
+                            .stop_paused(
+                                vec![Event::Note { text: report.clone() }],
+                                format!(
+                                    "{report}\n  the machine no longer matches what these steps did; put it back, or resume with --ignore-drift (journaled with your name)"
+                                ),
+                            )
+                            .await;
+                    }
+                    extra.push(Event::Note { text: report });
+                    extra.extend(engine::decision_events(
+                        Decision::IgnoreDrift { steps },
+                        actor(),
+                        "resume --ignore-drift".into(),
+                    ));
+                }
+                eng.resume(extra).await
+            })?;
             report_exit(&exit, run, &dir);
             Ok(exit_code(&exit))
         }
@@ -691,6 +743,36 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             })?;
             Ok(code::OK)
         }
+        Command::Drift { run, journal } => {
+            let dir = journal.dir();
+            let j = Journal::open(&dir)?;
+            let run = pick_run(&j, run.as_deref(), false)?;
+            let history = read_history(&j, run)?;
+            let state = RunState::from_events(&history);
+            let plan = plan::parse(
+                Path::new(&state.plan_path),
+                &state.plan_text,
+                &upshift_steps::registry(),
+                &pinned_options(&state),
+            )
+            .map_err(|e| CliError::failed(format!("the pinned plan does not validate: {e}")))?;
+            let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
+            let eng = Engine::new(plan, config(&dir, None, false), j, run, &history, secrets);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
+            let drift = rt.block_on(eng.drift());
+            if drift.is_empty() {
+                println!(
+                    "run {run}: no drift — every completed step that can be probed is still in place"
+                );
+                Ok(code::OK)
+            } else {
+                println!("{}", drift_text(&drift));
+                Ok(code::FAILED)
+            }
+        }
         Command::Retry(d) => step_decision(d, |step| Decision::Retry { step }, false),
         Command::Skip { d } => {
             if d.reason.trim().is_empty() {
@@ -739,6 +821,7 @@ fn config(dir: &Path, concurrency: Option<usize>, show_output: bool) -> Config {
         actor: actor(),
         observer: Arc::new(crate::ui::Ui::new(show_output)),
         inbox: Some(dir.join("inbox")),
+        journal_dir: Some(dir.to_path_buf()),
     }
 }
 
@@ -1100,6 +1183,14 @@ fn run_decision(d: RunDecisionArgs, decision: Decision) -> Result<u8, CliError> 
     let exit = block_on(eng.rollback(Vec::new()))?;
     report_exit(&exit, run, &dir);
     Ok(exit_code(&exit))
+}
+
+fn drift_text(drift: &[(String, String)]) -> String {
+    let mut out = format!("drift found in {} completed step(s):", drift.len());
+    for (step, what) in drift {
+        out.push_str(&format!("\n  {step}: {what}"));
+    }
+    out
 }
 
 /// `--dry-run`: each step's description, in dependency order. Secrets show

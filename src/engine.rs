@@ -41,6 +41,9 @@ pub enum Exit {
     Paused(String),
     /// Stopped by Ctrl-C/SIGTERM; resumable.
     Interrupted,
+    /// A step needed a reboot and the plan says `reboot = "auto"`: the
+    /// machine is rebooting and the run resumes at boot.
+    Rebooting(String),
 }
 
 /// Errors that stop the engine (the run stays resumable).
@@ -90,6 +93,8 @@ pub struct Config {
     pub observer: Arc<dyn Observer>,
     /// Folder polled for operator decisions while the run is live.
     pub inbox: Option<PathBuf>,
+    /// The journal folder (for the resume-at-boot task).
+    pub journal_dir: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------
@@ -681,6 +686,20 @@ impl Engine {
         self.drive().await
     }
 
+    /// Journals `events` and a pause, without resuming (e.g. drift found).
+    pub async fn stop_paused(
+        &mut self,
+        mut events: Vec<Event>,
+        reason: String,
+    ) -> Result<Exit, EngineError> {
+        let reason = self.redactor.text(&reason);
+        events.push(Event::RunPaused {
+            reason: reason.clone(),
+        });
+        self.journal(events).await?;
+        Ok(Exit::Paused(reason))
+    }
+
     /// Drives a rollback (the caller journaled the decision).
     pub async fn rollback(&mut self, extra: Vec<Event>) -> Result<Exit, EngineError> {
         self.resume(extra).await
@@ -761,11 +780,28 @@ impl Engine {
                 }
                 launches.push((id, work, attempt));
             }
-            let end = if in_flight.is_empty() && launches.is_empty() {
+            let mut end = if in_flight.is_empty() && launches.is_empty() {
                 next.end.clone()
             } else {
                 None
             };
+            let mut rebooting = None;
+            if let Some(End::Pause(_)) = &end
+                && let Some(step) = self.state.reboot_pending.clone()
+            {
+                let (notes, outcome) = self.handle_reboot(&step);
+                staged.extend(notes);
+                match outcome {
+                    Ok(message) => {
+                        staged.push(Event::RunInterrupted {
+                            reason: message.clone(),
+                        });
+                        rebooting = Some(message);
+                        end = None;
+                    }
+                    Err(reason) => end = Some(End::Pause(reason)),
+                }
+            }
             match &end {
                 Some(End::Finish(o)) if self.state.outcome.is_none() => {
                     staged.push(Event::RunFinished { outcome: *o })
@@ -827,6 +863,9 @@ impl Engine {
                     }
                 });
                 in_flight.insert(id, handle);
+            }
+            if let Some(message) = rebooting {
+                return Ok(Exit::Rebooting(message));
             }
             match end {
                 Some(End::Finish(o)) => return Ok(Exit::Finished(o)),
@@ -905,6 +944,88 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A step asked for a reboot and nothing else can run: register the
+    /// resume-at-boot task, then reboot (`reboot = "auto"`) or pause.
+    /// Returns notes to journal, and Ok(message) when rebooting or
+    /// Err(pause reason).
+    fn handle_reboot(&self, step: &str) -> (Vec<Event>, Result<String, String>) {
+        let run = self.run;
+        let mut notes = Vec::new();
+        let registered = match (&self.cfg.journal_dir, &self.cfg.guard_program) {
+            (Some(dir), Some(exe)) => crate::reboot::register(run, dir, exe),
+            _ => Err("no journal folder or program path to register".into()),
+        };
+        match &registered {
+            Ok(what) => notes.push(Event::Note {
+                text: format!("reboot required by {step}: {what}"),
+            }),
+            Err(e) => notes.push(Event::Note {
+                text: format!(
+                    "reboot required by {step}: could not register the resume at boot: {e}"
+                ),
+            }),
+        }
+        if self.plan.reboot == crate::plan::RebootPolicy::Auto && registered.is_ok() {
+            match crate::reboot::reboot_now(step) {
+                Ok(cmd) => {
+                    return (
+                        notes,
+                        Ok(format!(
+                            "rebooting for step {step} ({cmd}); upshift resumes run {run} at boot"
+                        )),
+                    );
+                }
+                Err(e) => notes.push(Event::Note {
+                    text: format!("could not reboot: {e}"),
+                }),
+            }
+        }
+        let then = if registered.is_ok() {
+            format!(
+                "upshift resumes run {run} at boot (or run `upshift resume {run}` after the reboot)"
+            )
+        } else {
+            format!("after the reboot, run `upshift resume {run}`")
+        };
+        (
+            notes,
+            Err(format!(
+                "step {step} requires a reboot: reboot the machine; {then}"
+            )),
+        )
+    }
+
+    /// Probes every step the journal records as succeeded: does the machine
+    /// still match? Returns (step, what differs) for each drifted step and
+    /// (step, error) for probes that failed.
+    pub async fn drift(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for id in &self.plan.order {
+            if self.state.step(id).status != StepStatus::Succeeded {
+                continue;
+            }
+            let step = match self.build(id, Work::Run) {
+                Ok(s) => s,
+                Err(e) => {
+                    out.push((id.clone(), format!("cannot probe: {e}")));
+                    continue;
+                }
+            };
+            let ctx = self.ctx(id, Work::Run, self.state.step(id).attempts);
+            match step.probe(ctx.as_ref()).await {
+                Ok(upshift_steps::Probe::Differs(what)) => {
+                    out.push((id.clone(), self.redactor.text(&what)))
+                }
+                Ok(_) => {}
+                Err(e) => out.push((
+                    id.clone(),
+                    format!("probe failed: {}", self.redactor.text(&e.to_string())),
+                )),
+            }
+        }
+        out
     }
 
     fn result_events(&self, done: Done) -> Vec<Event> {

@@ -29,6 +29,7 @@ pub mod decide;
 pub mod engine;
 pub mod logging;
 pub mod plan;
+pub mod reboot;
 pub mod refs;
 pub mod report;
 pub mod site;

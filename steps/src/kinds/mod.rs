@@ -8,6 +8,7 @@ pub mod component;
 pub mod foreach;
 pub mod manual;
 pub mod process;
+pub mod reboot;
 pub mod sleep;
 pub mod sql;
 
@@ -40,6 +41,7 @@ pub fn all() -> Vec<Arc<dyn Kind>> {
         Arc::new(foreach::KIND),
         Arc::new(manual::KIND),
         Arc::new(sleep::KIND),
+        Arc::new(reboot::KIND),
     ];
     kinds.extend(sql::kinds());
     kinds.extend(component::kinds());
