@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::{Kind, ParamError, Step};
 
 pub mod component;
+pub mod file_backup;
 pub mod foreach;
 pub mod manual;
 pub mod process;
@@ -42,6 +43,8 @@ pub fn all() -> Vec<Arc<dyn Kind>> {
         Arc::new(manual::KIND),
         Arc::new(sleep::KIND),
         Arc::new(reboot::KIND),
+        Arc::new(file_backup::BACKUP),
+        Arc::new(file_backup::RESTORE),
     ];
     kinds.extend(sql::kinds());
     kinds.extend(component::kinds());
