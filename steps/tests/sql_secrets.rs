@@ -149,3 +149,33 @@ async fn a_refused_login_does_not_show_the_password_tried() {
     assert_eq!(failures, 8);
     assert!(server.logins().iter().all(|l| !l.accepted));
 }
+
+#[tokio::test]
+async fn a_password_spliced_into_a_statement_is_redacted_too() {
+    // A plan that puts the secret into the SQL text itself (it should use a
+    // parameter): describe, output and result columns still hide it.
+    let server = standin(|_r: &Request| {
+        vec![Action::Rows(
+            upshift_steps::sql_standin::ResultSet::new(&[(
+                "pw",
+                upshift_steps::sql_standin::ColType::NVarChar,
+            )])
+            .row(vec![upshift_steps::sql_standin::SqlValue::NVarChar(
+                PASSWORD.into(),
+            )]),
+        )]
+    })
+    .await;
+    let sql = format!("SELECT N'{PASSWORD}' AS pw");
+    let mut w = with(&server, "first_row = true");
+    w.insert("sql".into(), sql.into());
+    let step = build("sql.exec", &w).unwrap();
+    let lines = step.describe().join("\n");
+    assert_no_password("describe", &lines);
+    assert!(lines.contains("<redacted>"), "{lines}");
+    let dir = tempfile::tempdir().unwrap();
+    let cx = ctx(&dir);
+    let out = step.run(&cx).await.unwrap().outputs;
+    assert_eq!(out["col.pw"], "<redacted>");
+    assert_no_password("output", &cx.output_text());
+}

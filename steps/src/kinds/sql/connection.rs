@@ -736,14 +736,13 @@ mod tests {
     }
 
     #[test]
-    fn ado_strings_become_connection_tables() {
+    fn ado_strings_become_connection_tables() -> Result<(), ParamError> {
         let t = connection_table_from_ado(
             "Server=tcp:db1\\TM,1434;Initial Catalog=TM;User ID=sa;Password={a;b};Encrypt=false;TrustServerCertificate=True;Connect Timeout=5",
         );
-        let t = t.map_err(|e| ParamError::field("ado", e));
-        let p: ConnectionParams = t.and_then(|t| crate::parse_params(&t)).unwrap_or_else(|e| {
-            panic!("{e}");
-        });
+        let t = t.map_err(|e| ParamError::field("ado", e))?;
+        assert_eq!(t["password"].as_str(), Some("a;b"));
+        let p: ConnectionParams = crate::parse_params(&t)?;
         assert_eq!(p.host, "db1");
         assert_eq!(p.instance.as_deref(), Some("TM"));
         assert_eq!(p.port, Some(1434));
@@ -752,6 +751,7 @@ mod tests {
         assert!(p.trust_server_certificate);
         assert_eq!(p.connect_timeout, Duration::from_secs(5));
         assert!(connection_table_from_ado("Database=x").is_err());
+        Ok(())
     }
 
     #[test]

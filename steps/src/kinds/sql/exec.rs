@@ -243,7 +243,8 @@ impl Step for Exec {
         if self.first_row {
             lines.push("  outputs the first row's columns as col.<name>".into());
         }
-        lines
+        // A plan may put a secret into the statement itself.
+        lines.iter().map(|l| self.connection.redact(l)).collect()
     }
 
     async fn run(&self, ctx: &dyn StepContext) -> Result<StepOutcome, StepError> {
@@ -272,11 +273,14 @@ impl Step for Exec {
             let n = sql.execute(text, &params, self.limit).await?;
             outputs.insert("rows_affected".into(), n.to_string());
         }
-        ctx.output(&format!(
+        ctx.output(&self.connection.redact(&format!(
             "{}: {} done\n",
             sql.label(),
             connection::short(&self.sql)
-        ));
+        )));
+        for v in outputs.values_mut() {
+            *v = self.connection.redact(v);
+        }
         Ok(StepOutcome::with_outputs(outputs))
     }
 }
