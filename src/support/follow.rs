@@ -27,6 +27,8 @@ use crate::state::{RunState, RunStatus};
 
 /// How often a follower re-reads the journal.
 pub const POLL_MS: u64 = 300;
+/// How long a follower waits for a run that a live engine is starting.
+pub const START_WAIT_S: u64 = 10;
 
 /// A reader that follows one run.
 pub struct Follower {
@@ -45,8 +47,24 @@ impl Follower {
     /// Opens the journal read-only and picks the run (default: the latest).
     pub fn open(run: Option<&str>, journal: &JournalArg) -> Result<Follower, CliError> {
         let dir = journal.dir();
-        let j = super::open_reader(&dir)?;
-        let run = crate::cli::pick_run(&j, run, false)?;
+        // `upshift run` prints the run id just before it journals
+        // run.started: a follower started on that id at once waits for it
+        // (bounded) while an engine is live.
+        let deadline = std::time::Instant::now() + Duration::from_secs(START_WAIT_S);
+        let (j, run) = loop {
+            let attempt = super::open_reader(&dir)
+                .and_then(|j| crate::cli::pick_run(&j, run, false).map(|r| (j, r)));
+            match attempt {
+                Ok(found) => break found,
+                Err(e) => {
+                    if std::time::Instant::now() >= deadline || crate::cli::live_pid(&dir).is_none()
+                    {
+                        return Err(e);
+                    }
+                    std::thread::sleep(Duration::from_millis(POLL_MS));
+                }
+            }
+        };
         Ok(Follower {
             dir,
             journal: j,

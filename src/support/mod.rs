@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use upshift_journal::{Envelope, Journal, RunId};
 
 use crate::cli::{CliError, JournalArg, code};
-use crate::plan::{self, LoadOptions, Plan};
+use crate::plan::{self, Plan};
 use crate::state::RunState;
 
 pub mod diff;
@@ -170,9 +170,7 @@ pub fn pinned_plan(state: &RunState) -> Result<Plan, String> {
         Path::new(&state.plan_path),
         &state.plan_text,
         &upshift_steps::registry(),
-        &LoadOptions {
-            vars: state.cli_vars.clone(),
-        },
+        &crate::cli::pinned_options(state),
     )
     .map_err(|e| e.to_string())
 }
