@@ -357,8 +357,10 @@ async fn a_connection_lost_at_commit_is_transient_and_the_retry_reads_the_truth(
         matches!(&err, StepError::Failed { transient: true, message } if message.contains("COMMIT did not complete")),
         "{err:?}"
     );
-    // The server rolled the open transaction back with the session.
+    // The server rolled the open transaction back with the session, and the
+    // dead session's application lock is gone with it.
     assert_eq!(model.version(), "7.0");
+    assert_eq!(model.state().app_lock, None);
     let out = build("db.update", &w)
         .unwrap()
         .run(&ctx(&dir))
@@ -367,4 +369,57 @@ async fn a_connection_lost_at_commit_is_transient_and_the_retry_reads_the_truth(
         .outputs;
     assert_eq!(out["applied"], "7.0_to_7.1.sql");
     assert_eq!(model.state().db.history.len(), 1);
+}
+
+#[tokio::test]
+async fn a_script_that_commits_by_itself_is_refused() {
+    let scripts = tempfile::tempdir().unwrap();
+    std::fs::write(
+        scripts.path().join("7.0_to_7.1.sql"),
+        "INSERT INTO [dbo].[DatabaseVersion] ([Version]) VALUES (N'7.1');\nGO\nCOMMIT;\nGO\n",
+    )
+    .unwrap();
+    let model = TmDatabaseModel::new("7.0");
+    let server = standin(model.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = build("db.update", &update_with(&server, scripts.path(), "7.1"))
+        .unwrap()
+        .run(&ctx(&dir))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("-- upshift: no-transaction"),
+        "{err}"
+    );
+    assert!(model.state().db.history.iter().all(|h| !h.success));
+}
+
+#[tokio::test]
+async fn two_runs_at_once_apply_each_script_once() {
+    let model = TmDatabaseModel::new("7.0");
+    let server = standin(model.clone()).await;
+    let w = update_with(&server, &demo_scripts(), "8.0");
+    let (a, b) = (
+        build("db.update", &w).unwrap(),
+        build("db.update", &w).unwrap(),
+    );
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ca, cb) = (ctx(&da), ctx(&db));
+    let (ra, rb) = tokio::join!(a.run(&ca), b.run(&cb));
+    for r in [&ra, &rb] {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, StepError::Failed { transient: true, message } if message.contains("application lock")),
+                "{e:?}"
+            );
+        }
+    }
+    assert!(ra.is_ok() || rb.is_ok());
+    let s = model.state();
+    assert_eq!(s.db.version, "8.0");
+    assert_eq!(
+        s.count_executed("CREATE TABLE [dbo].[AgentSkillHistory]"),
+        1
+    );
+    assert_eq!(s.db.history.len(), 3);
 }

@@ -233,3 +233,52 @@ async fn unreachable_server_is_transient() {
     );
     assert_no_password("connect error", &err.to_string());
 }
+
+#[tokio::test]
+async fn requests_and_results_larger_than_a_packet() {
+    let long = format!("SELECT 1 /* {} */", "x".repeat(30_000));
+    let expected = long.clone();
+    let server = standin(move |r: &Request| {
+        assert_eq!(r.text, expected, "a 60 KB request arrives whole");
+        let mut rs = ResultSet::new(&[("n", ColType::Int), ("s", ColType::NVarChar)]);
+        for i in 0..2000 {
+            rs = rs.row(vec![
+                SqlValue::Int(i),
+                SqlValue::NVarChar(format!("row {i:04} {}", "y".repeat(80))),
+            ]);
+        }
+        vec![Action::Rows(rs)]
+    })
+    .await;
+    let mut w = with(&server, "first_row = true");
+    w.insert("sql".into(), long.into());
+    let dir = tempfile::tempdir().unwrap();
+    let out = build("sql.exec", &w)
+        .unwrap()
+        .run(&ctx(&dir))
+        .await
+        .unwrap()
+        .outputs;
+    assert_eq!(out["rows"], "2000");
+    assert_eq!(out["col.n"], "0");
+    assert!(out["col.s"].starts_with("row 0000 yyy"));
+}
+
+#[tokio::test]
+async fn a_connection_dropped_after_part_of_the_reply_is_transient() {
+    let server = standin(|_r: &Request| {
+        vec![
+            Action::Info(Message::info(3211, "10 percent processed.")),
+            Action::Delay(Duration::from_millis(20)),
+            Action::DropConnection,
+        ]
+    })
+    .await;
+    let step = build("sql.exec", &with(&server, "sql = \"EXEC long_thing\"")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = step.run(&ctx(&dir)).await.unwrap_err();
+    assert!(
+        matches!(&err, StepError::Failed { transient: true, message } if message.contains("connection lost")),
+        "{err:?}"
+    );
+}

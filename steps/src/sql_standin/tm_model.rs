@@ -694,6 +694,10 @@ fn answer(shared: &Arc<Mutex<TmState>>, s: &mut TmState, req: &Request) -> Vec<A
         return actions;
     }
 
+    if l.starts_with("select @@trancount") {
+        let n = i32::from(s.tx.contains_key(&req.session));
+        return vec![one_int("n", n)];
+    }
     if l.contains("@@spid") {
         return vec![one_int("spid", req.session as i32)];
     }

@@ -269,6 +269,23 @@ impl DbUpdate {
                         .map_err(|e| within(e, &at))?;
                 }
             }
+            if transactional {
+                // A script with its own COMMIT/ROLLBACK would have ended the
+                // transaction the history row is meant to share.
+                let n = sql
+                    .batch("SELECT @@TRANCOUNT AS n;", self.limit)
+                    .await?
+                    .first()
+                    .and_then(|rs| rs.first())
+                    .and_then(|r| r.get::<i32, _>(0))
+                    .unwrap_or(-1);
+                if n != 1 {
+                    return Err(StepError::fatal(format!(
+                        "{} ended the transaction it runs in (@@TRANCOUNT is {n} after its last batch, expected 1): it has its own COMMIT or ROLLBACK; mark it with the line `{NO_TRANSACTION}`",
+                        s.name
+                    )));
+                }
+            }
             let now = read_version(sql, &self.query, self.limit).await?;
             if compare_versions(&now, &s.to) != Ordering::Equal {
                 return Err(StepError::fatal(format!(
