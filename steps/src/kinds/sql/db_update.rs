@@ -11,7 +11,9 @@
 //! - A script runs in one transaction together with its history row
 //!   (`SET XACT_ABORT ON`), unless it contains the line
 //!   `-- upshift: no-transaction` (for statements SQL Server refuses inside a
-//!   transaction); then its history row is written after it succeeded.
+//!   transaction); then its history row is written after it succeeded. A
+//!   transactional script that ends the transaction itself (`@@TRANCOUNT`
+//!   is not 1 after its last batch) is refused.
 //! - A failed script is rolled back and recorded with `success = 0`.
 //! - The step refuses to run when a recorded script's checksum (SHA-256 of
 //!   the file) differs from the file now, or when a script it is about to
