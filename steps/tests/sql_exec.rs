@@ -282,3 +282,53 @@ async fn a_connection_dropped_after_part_of_the_reply_is_transient() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn every_parameter_type_reaches_the_server_typed() {
+    let seen: Arc<Mutex<Vec<Request>>> = Arc::default();
+    let s2 = seen.clone();
+    let server = standin(move |r: &Request| {
+        s2.lock().unwrap().push(r.clone());
+        vec![Action::Done { rows_affected: 0 }]
+    })
+    .await;
+    let w = with(
+        &server,
+        r#"
+sql = "EXEC dbo.p @i, @b, @s, @f, @d, @x, @n"
+params = [
+  { name = "@i", type = "int", value = "-7" },
+  { name = "@b", type = "bigint", value = 9000000000 },
+  { name = "@s", type = "nvarchar", value = "Zürich ✓" },
+  { name = "@f", type = "bit", value = true },
+  { name = "@d", type = "datetime2", value = "2026-11-24T02:25:13.5" },
+  { name = "@x", type = "varbinary", value = "0xCAFE" },
+  { name = "@n", type = "nvarchar" },
+]
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    build("sql.exec", &w)
+        .unwrap()
+        .run(&ctx(&dir))
+        .await
+        .unwrap();
+    let r = seen.lock().unwrap().last().cloned().unwrap();
+    let dt = chrono::NaiveDate::from_ymd_opt(2026, 11, 24)
+        .unwrap()
+        .and_hms_milli_opt(2, 25, 13, 500)
+        .unwrap();
+    assert_eq!(r.param("@P3"), Some(&SqlValue::Int(-7)));
+    assert_eq!(r.param("@P4"), Some(&SqlValue::BigInt(9_000_000_000)));
+    assert_eq!(r.param("@P5"), Some(&SqlValue::NVarChar("Zürich ✓".into())));
+    assert_eq!(r.param("@P6"), Some(&SqlValue::Bit(true)));
+    assert_eq!(r.param("@P7"), Some(&SqlValue::DateTime2(dt)));
+    assert_eq!(r.param("@P8"), Some(&SqlValue::VarBinary(vec![0xca, 0xfe])));
+    assert_eq!(r.param("@P9"), Some(&SqlValue::Null));
+    assert_eq!(
+        r.param("@P2"),
+        Some(&SqlValue::NVarChar(
+            "@i int, @b bigint, @s nvarchar(max), @f bit, @d datetime2(7), @x varbinary(max), @n nvarchar(max)".into()
+        ))
+    );
+}
