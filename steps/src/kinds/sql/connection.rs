@@ -5,7 +5,8 @@
 //!
 //! The password never leaves this module in text: [`Secret`] prints as
 //! `<redacted>`, [`ConnectionParams::display`] leaves it out, and every error
-//! message passes through [`Sql::redact`] before it becomes a `StepError`.
+//! message passes through [`ConnectionParams::redact`] before it becomes a
+//! `StepError`.
 
 use std::fmt;
 use std::future::Future;
