@@ -282,6 +282,7 @@ impl ConnectionParams {
                 )));
             }
         };
+        tracing::debug!(target: "upshift::sql", "connected to {label}");
         Ok(Sql {
             client,
             params: self.clone(),
@@ -362,6 +363,12 @@ impl Sql {
 
     /// Cancels the running request on the server and says how it went.
     async fn cancel_after_timeout(&mut self, what: &str, limit: Duration) -> StepError {
+        tracing::warn!(
+            target: "upshift::sql",
+            "{}: {} over its command timeout; sending an attention",
+            self.label,
+            self.params.redact(what)
+        );
         let secret = self.params.password().to_string();
         let outcome = match guarded(self.client.cancel_query(), Some(CANCEL_WAIT), &secret).await {
             Some(Ok(())) => "it was cancelled on the server (attention acknowledged)".to_string(),
@@ -384,7 +391,8 @@ impl Sql {
         sql: &str,
         limit: Option<Duration>,
     ) -> Result<Vec<Vec<Row>>, StepError> {
-        let what = short(sql);
+        let what = self.params.redact(&short(sql));
+        tracing::debug!(target: "upshift::sql", "{}: running {what}", self.label);
         let client = &mut self.client;
         let fut = async move { client.simple_query(sql).await?.into_results().await };
         let secret = self.params.password().to_string();
@@ -405,7 +413,8 @@ impl Sql {
         params: &[&dyn ToSql],
         limit: Option<Duration>,
     ) -> Result<Vec<Vec<Row>>, StepError> {
-        let what = short(sql);
+        let what = self.params.redact(&short(sql));
+        tracing::debug!(target: "upshift::sql", "{}: running {what}", self.label);
         let client = &mut self.client;
         let fut = async move { client.query(sql, params).await?.into_results().await };
         let secret = self.params.password().to_string();
@@ -425,7 +434,8 @@ impl Sql {
         params: &[&dyn ToSql],
         limit: Option<Duration>,
     ) -> Result<u64, StepError> {
-        let what = short(sql);
+        let what = self.params.redact(&short(sql));
+        tracing::debug!(target: "upshift::sql", "{}: running {what}", self.label);
         let client = &mut self.client;
         let fut = async move {
             let r = client.execute(sql, params).await?;
@@ -450,7 +460,8 @@ impl Sql {
         limit: Option<Duration>,
         on_percent: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<Vec<Row>>, StepError> {
-        let what = short(sql);
+        let what = self.params.redact(&short(sql));
+        tracing::debug!(target: "upshift::sql", "{}: running {what}", self.label);
         let client = &mut self.client;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let run = async move { client.simple_query(sql).await?.into_results().await };
