@@ -196,17 +196,26 @@ pub fn diff_text(d: &Diff) -> String {
         .max()
         .unwrap_or(4)
         .max(4);
-    out.push_str(&format!(
-        "\n  {:w$}  {:<22} {:<22} {:>8}\n",
-        "step", "A: state ×attempts time", "B: state ×attempts time", "B/A"
-    ));
     let cell = |s: &Option<Side>| match s {
         Some(s) => format!("{} ×{} {}", s.state, s.attempts, ms_text(s.ms)),
         None => "(not in plan)".into(),
     };
+    let (ha, hb) = ("A: state ×attempts time", "B: state ×attempts time");
+    let cw = d
+        .steps
+        .iter()
+        .flat_map(|s| [cell(&s.a), cell(&s.b)])
+        .chain([ha.to_string()])
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(0);
+    out.push_str(&format!(
+        "\n  {:w$}  {ha:<cw$}  {hb:<cw$}  {:>8}\n",
+        "step", "B/A"
+    ));
     for s in &d.steps {
         out.push_str(&format!(
-            "{} {:w$}  {:<22} {:<22} {:>8}\n",
+            "{} {:w$}  {:<cw$}  {:<cw$}  {:>8}\n",
             if s.differs { "*" } else { " " },
             s.step,
             cell(&s.a),

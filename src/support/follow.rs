@@ -203,7 +203,7 @@ pub fn status_follow(run: Option<&str>, journal: &JournalArg) -> Result<u8, CliE
     let header = multi.add(ProgressBar::new_spinner());
     header.set_style(ProgressStyle::with_template("{spinner} {wide_msg}").expect("template"));
     let bar_style =
-        ProgressStyle::with_template("  {prefix:<24!} [{bar:30}] {pos:>5}/{len:<5} {wide_msg}")
+        ProgressStyle::with_template("{prefix:<18!} [{bar:20}] {pos:>4}/{len:<4} {wide_msg}")
             .expect("template")
             .progress_chars("=> ");
     let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
@@ -224,7 +224,23 @@ pub fn status_follow(run: Option<&str>, journal: &JournalArg) -> Result<u8, CliE
             header.set_message(head);
             header.tick();
         }
-        for (id, s) in &doc.steps {
+        // Plan order, then any step only the events know.
+        let mut ids: Vec<&String> = plan
+            .as_ref()
+            .map(|p| {
+                p.order
+                    .iter()
+                    .filter(|id| doc.steps.contains_key(*id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in doc.steps.keys() {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        for id in ids {
+            let s = &doc.steps[id];
             let sig: StepSig = (
                 s.state,
                 s.attempts,

@@ -486,7 +486,7 @@ fn dag(plan: Option<&Plan>, order: &[String], state: &RunState) -> String {
         let _ = write!(
             s,
             r#"<g class="node {}" data-step="{}"><rect x="{x:.1}" y="{y:.1}" width="{nw}" height="{nh}" rx="6"/><text x="{:.1}" y="{:.1}" class="nid">{}</text><text x="{:.1}" y="{:.1}" class="nkind">{} · {}</text><title>{} [{}]: {}, {} attempt(s)</title></g>"#,
-            state_class(&st),
+            state_class(st),
             html_escape(id),
             x + 8.0,
             y + 18.0,
@@ -734,7 +734,7 @@ pub fn render(loaded: &Loaded) -> Result<String, CliError> {
         let _ = write!(
             html,
             r#"<tr class="step-row {}" data-step="{}"><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="small">{}</td></tr>"#,
-            state_class(&st),
+            state_class(st),
             html_escape(id),
             html_escape(id),
             html_escape(&kind),
