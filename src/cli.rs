@@ -195,6 +195,11 @@ pub enum Command {
         /// Set a variable (KEY=VALUE), overriding the plan's [vars].
         #[arg(long = "var", value_name = "KEY=VALUE")]
         vars: Vec<String>,
+        /// Take a secret from elsewhere than the plan says: NAME=env:VARIABLE
+        /// or NAME=file:PATH. The run pins the source (never the value), so
+        /// `upshift resume` reads it from the same place.
+        #[arg(long = "secret", value_name = "NAME=SOURCE")]
+        secrets: Vec<String>,
         /// Steps running at once (default: the ready steps, at most 8).
         #[arg(long, value_name = "N")]
         concurrency: Option<usize>,
@@ -342,6 +347,7 @@ pub enum Command {
     ///   upshift replay case-1234.export --explain
     ///   upshift replay case-1234.export --at 57
     ///   upshift replay 0193a5 --at 57 --json
+    #[command(verbatim_doc_comment)]
     Replay {
         /// An export file, or a run (id or unique prefix) in the journal.
         source: String,
@@ -396,6 +402,37 @@ pub enum Command {
         /// Journal location (for runs given by id).
         #[command(flatten)]
         journal: JournalArg,
+    },
+    /// Run the TeamManager upgrade end to end against a simulated site.
+    ///
+    /// Builds a simulated TM site in a folder (config files shaped like the
+    /// manual's, stand-ins for msiexec, PowerShell, systemctl, SQL Server and
+    /// IIS — each says it is one) and runs the real plans/teammanager.toml
+    /// against it, with progress bars: database phase, 13 components, an
+    /// installer asking for a reboot, the FE HTTPS binding approved by a
+    /// stand-in operator, the ICH conference cleanup (0.2 s per conference
+    /// instead of 20 s). Then prints where the journal is and how to look at it.
+    ///
+    ///   upshift demo                 # the whole upgrade
+    ///   upshift demo --crash-at 40   # dies after event 40; then `upshift resume`
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Folder for the simulated site (default: a new folder in the temp dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Kill the demo right after event N is journaled, to show `upshift resume`.
+        #[arg(long, value_name = "N")]
+        crash_at: Option<u64>,
+        /// Echo every step's output on stderr.
+        #[arg(long)]
+        show_output: bool,
+    },
+    /// (internal) The demo's SQL Server and IIS stand-ins.
+    #[cfg(feature = "demo")]
+    #[command(name = "__demo-standins", hide = true)]
+    DemoStandins {
+        /// The demo folder.
+        dir: PathBuf,
     },
     /// (internal) Supervise a step's child process so it dies with the engine.
     #[command(name = "__guard", hide = true)]
@@ -561,31 +598,27 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             site,
             journal,
             vars,
+            secrets,
             concurrency,
             dry_run,
             show_output,
         } => {
-            let vars = parse_vars(&vars)?;
+            let mut vars = parse_vars(&vars)?;
+            for (name, source) in parse_vars(&secrets)? {
+                vars.insert(format!("secret:{name}"), source);
+            }
             let p = load_plan(&plan, &vars, site.as_deref())?;
             if dry_run {
                 print!("{}", dry_run_text(&p));
                 return Ok(code::OK);
             }
-            let secrets = engine::resolve_secrets(&p).map_err(CliError::usage)?;
             let dir = journal.dir();
-            let j = Journal::open(&dir)?;
-            let run = RunId::new();
-            println!("{run}");
-            let _log = crate::logging::run_log(&dir, run);
-            let mut eng = Engine::new(
-                p,
-                config(&dir, concurrency, show_output),
-                j,
-                run,
-                &[],
-                secrets,
-            );
-            let exit = block_on(eng.start(vars))?;
+            let session = Session {
+                concurrency,
+                show_output,
+                ..Session::default()
+            };
+            let (run, exit) = start_run(p, vars, &dir, &session)?;
             report_exit(&exit, run, &dir);
             Ok(exit_code(&exit))
         }
@@ -598,66 +631,18 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             show_output,
         } => {
             let dir = journal.dir();
-            let j = Journal::open(&dir)?;
-            let run = pick_run(&j, run.as_deref(), true)?;
-            let history = read_history(&j, run)?;
-            let state = RunState::from_events(&history);
-            if let Some(o) = state.outcome {
-                eprintln!(
-                    "run {run} already ended: {} — nothing to resume",
-                    report::outcome_word(o)
-                );
-                return Ok(if o == Outcome::Succeeded {
-                    code::OK
-                } else {
-                    code::FAILED
-                });
-            }
-            let (plan, mut extra) = plan_for_resume(&state, accept_plan_change)?;
-            let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
-            let _log = crate::logging::run_log(&dir, run);
-            // Back from a reboot this run asked for: the boot task is done.
-            match crate::reboot::unregister(run) {
-                Ok(Some(what)) => extra.push(Event::Note {
-                    text: format!("resumed after the reboot: {what}"),
-                }),
-                Ok(None) => {}
-                Err(e) => extra.push(Event::Note {
-                    text: format!("could not remove the resume-at-boot task: {e}"),
-                }),
-            }
-            let mut eng = Engine::new(
-                plan,
-                config(&dir, concurrency, show_output),
-                j,
-                run,
-                &history,
-                secrets,
-            );
-            let exit = block_on(async {
-                let drift = eng.drift().await;
-                if !drift.is_empty() {
-                    let report = drift_text(&drift);
-                    let steps: Vec<String> = drift.iter().map(|(s, _)| s.clone()).collect();
-                    if !ignore_drift {
-                        return eng
-                            .stop_paused(
-                                vec![Event::Note { text: report.clone() }],
-                                format!(
-                                    "{report}\n  the machine no longer matches what these steps did; put it back, or resume with --ignore-drift (journaled with your name)"
-                                ),
-                            )
-                            .await;
-                    }
-                    extra.push(Event::Note { text: report });
-                    extra.extend(engine::decision_events(
-                        Decision::IgnoreDrift { steps },
-                        actor(),
-                        "resume --ignore-drift".into(),
-                    ));
-                }
-                eng.resume(extra).await
-            })?;
+            let session = Session {
+                concurrency,
+                show_output,
+                ..Session::default()
+            };
+            let (run, exit) = resume_run(
+                &dir,
+                run.as_deref(),
+                accept_plan_change,
+                ignore_drift,
+                &session,
+            )?;
             report_exit(&exit, run, &dir);
             Ok(exit_code(&exit))
         }
@@ -757,7 +742,14 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             )
             .map_err(|e| CliError::failed(format!("the pinned plan does not validate: {e}")))?;
             let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
-            let eng = Engine::new(plan, config(&dir, None, false), j, run, &history, secrets);
+            let eng = Engine::new(
+                plan,
+                config(&dir, &Session::default()),
+                j,
+                run,
+                &history,
+                secrets,
+            );
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -773,6 +765,18 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
                 Ok(code::FAILED)
             }
         }
+        #[cfg(feature = "demo")]
+        Command::Demo {
+            dir,
+            crash_at,
+            show_output,
+        } => crate::demo::demo(crate::demo::DemoArgs {
+            dir,
+            crash_at,
+            show_output,
+        }),
+        #[cfg(feature = "demo")]
+        Command::DemoStandins { dir } => crate::demo::standins_main(&dir),
         Command::Retry(d) => step_decision(d, |step| Decision::Retry { step }, false),
         Command::Skip { d } => {
             if d.reason.trim().is_empty() {
@@ -812,16 +816,20 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
     }
 }
 
-fn config(dir: &Path, concurrency: Option<usize>, show_output: bool) -> Config {
+fn config(dir: &Path, session: &Session) -> Config {
     Config {
         registry: upshift_steps::registry(),
-        concurrency,
+        concurrency: session.concurrency,
         guard_program: std::env::current_exe().ok(),
         work_root: dir.join("work"),
         actor: actor(),
-        observer: Arc::new(crate::ui::Ui::new(show_output)),
+        observer: session
+            .observer
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::ui::Ui::new(session.show_output))),
         inbox: Some(dir.join("inbox")),
         journal_dir: Some(dir.to_path_buf()),
+        boot: session.boot.clone(),
     }
 }
 
@@ -995,6 +1003,113 @@ fn plan_for_resume(state: &RunState, accept: bool) -> Result<(Plan, Vec<Event>),
         });
     }
     Ok((current, extra))
+}
+
+/// How an engine session shows itself and reaches the OS.
+#[derive(Default)]
+pub struct Session {
+    /// Cap on parallel steps.
+    pub concurrency: Option<usize>,
+    /// Echo step output.
+    pub show_output: bool,
+    /// Replaces the terminal UI (the demo wraps it).
+    pub observer: Option<Arc<dyn engine::Observer>>,
+    /// Where the resume-at-boot task goes.
+    pub boot: crate::reboot::BootOverrides,
+}
+
+/// Starts a new run of a validated plan. Prints the run id first.
+pub fn start_run(
+    p: Plan,
+    vars: BTreeMap<String, String>,
+    dir: &Path,
+    session: &Session,
+) -> Result<(RunId, Exit), CliError> {
+    let secrets = engine::resolve_secrets(&p).map_err(CliError::usage)?;
+    let j = Journal::open(dir)?;
+    let run = RunId::new();
+    println!("{run}");
+    let _log = crate::logging::run_log(dir, run);
+    let mut eng = Engine::new(p, config(dir, session), j, run, &[], secrets);
+    let exit = block_on(eng.start(vars))?;
+    Ok((run, exit))
+}
+
+/// Resumes a run (the only unfinished one if `run` is None).
+pub fn resume_run(
+    dir: &Path,
+    run: Option<&str>,
+    accept_plan_change: bool,
+    ignore_drift: bool,
+    session: &Session,
+) -> Result<(RunId, Exit), CliError> {
+    let j = Journal::open(&dir)?;
+    let run = pick_run(&j, run, true)?;
+    let history = read_history(&j, run)?;
+    let state = RunState::from_events(&history);
+    if let Some(o) = state.outcome {
+        eprintln!(
+            "run {run} already ended: {} — nothing to resume",
+            report::outcome_word(o)
+        );
+        return Ok((run, Exit::Finished(o)));
+    }
+    let (plan, mut extra) = plan_for_resume(&state, accept_plan_change)?;
+    let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
+    let _log = crate::logging::run_log(dir, run);
+    // Back from a reboot this run asked for: the boot task is done.
+    match crate::reboot::unregister(run, &session.boot) {
+        Ok(Some(what)) => extra.push(Event::Note {
+            text: format!("resumed after the reboot: {what}"),
+        }),
+        Ok(None) => {}
+        Err(e) => extra.push(Event::Note {
+            text: format!("could not remove the resume-at-boot task: {e}"),
+        }),
+    }
+    let mut eng = Engine::new(plan, config(dir, session), j, run, &history, secrets);
+    let exit = block_on(async {
+        let drift = eng.drift().await;
+        if !drift.is_empty() {
+            let report = drift_text(&drift);
+            let steps: Vec<String> = drift.iter().map(|(s, _)| s.clone()).collect();
+            if !ignore_drift {
+                return eng
+                        .stop_paused(
+                            vec![Event::Note { text: report.clone() }],
+                            format!(
+                                "{report}\n  the machine no longer matches what these steps did; put it back, or resume with --ignore-drift (journaled with your name)"
+                            ),
+                        )
+                        .await;
+            }
+            extra.push(Event::Note { text: report });
+            extra.extend(engine::decision_events(
+                Decision::IgnoreDrift { steps },
+                actor(),
+                "resume --ignore-drift".into(),
+            ));
+        }
+        eng.resume(extra).await
+    })?;
+    Ok((run, exit))
+}
+
+/// Approves a waiting step (as `upshift approve` does).
+pub fn approve(dir: &Path, run: RunId, step: &str, reason: &str) -> Result<(), CliError> {
+    step_decision(
+        DecisionArgs {
+            run: run.to_string(),
+            step: step.to_string(),
+            reason: reason.to_string(),
+            journal: JournalArg {
+                journal: Some(dir.to_path_buf()),
+            },
+        },
+        |step| Decision::Approve { step },
+        true,
+    )
+    .map(|_| ())
 }
 
 /// Journals a decision directly, or queues it for the live engine.
@@ -1174,7 +1289,13 @@ fn run_decision(d: RunDecisionArgs, decision: Decision) -> Result<u8, CliError> 
     let _log = crate::logging::run_log(&dir, run);
     let mut eng = Engine::new(
         plan,
-        config(&dir, d.concurrency, false),
+        config(
+            &dir,
+            &Session {
+                concurrency: d.concurrency,
+                ..Session::default()
+            },
+        ),
         j,
         run,
         &history,

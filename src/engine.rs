@@ -95,6 +95,8 @@ pub struct Config {
     pub inbox: Option<PathBuf>,
     /// The journal folder (for the resume-at-boot task).
     pub journal_dir: Option<PathBuf>,
+    /// Where the resume-at-boot task goes (tests, demo).
+    pub boot: crate::reboot::BootOverrides,
 }
 
 // ---------------------------------------------------------------------------
@@ -954,7 +956,7 @@ impl Engine {
         let run = self.run;
         let mut notes = Vec::new();
         let registered = match (&self.cfg.journal_dir, &self.cfg.guard_program) {
-            (Some(dir), Some(exe)) => crate::reboot::register(run, dir, exe),
+            (Some(dir), Some(exe)) => crate::reboot::register(run, dir, exe, &self.cfg.boot),
             _ => Err("no journal folder or program path to register".into()),
         };
         match &registered {
@@ -968,7 +970,7 @@ impl Engine {
             }),
         }
         if self.plan.reboot == crate::plan::RebootPolicy::Auto && registered.is_ok() {
-            match crate::reboot::reboot_now(step) {
+            match crate::reboot::reboot_now(step, &self.cfg.boot) {
                 Ok(cmd) => {
                     return (
                         notes,

@@ -26,6 +26,8 @@
 
 pub mod cli;
 pub mod decide;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod engine;
 pub mod logging;
 pub mod plan;

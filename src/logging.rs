@@ -44,9 +44,11 @@ impl<'a> MakeWriter<'a> for MakeRunLog {
 
 /// Installs the global subscriber. `verbose`: 0 warn, 1 info, 2+ debug.
 pub fn init(verbose: u8) {
+    // tiberius warns about every unencrypted connection; the step's own
+    // parameters (encrypt) already say so, so only its errors are shown.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,tiberius=error",
+        1 => "info,tiberius=warn",
         _ => "debug",
     };
     let stderr_filter =

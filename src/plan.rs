@@ -479,8 +479,15 @@ pub fn parse(
 
     // Vars: plan values, then --var overrides (which may also add new vars).
     let mut vars = raw.vars.clone();
+    let mut secret_sources = BTreeMap::new();
     for (k, v) in &opts.vars {
-        vars.insert(k.clone(), toml::Value::String(v.clone()));
+        // `--secret NAME=env:VAR|file:PATH` travels with the vars (so a run
+        // pins where its secrets come from, never their values).
+        if let Some(name) = k.strip_prefix("secret:") {
+            secret_sources.insert(name.to_string(), v.clone());
+        } else {
+            vars.insert(k.clone(), toml::Value::String(v.clone()));
+        }
     }
 
     let mut secrets = BTreeMap::new();
@@ -500,6 +507,40 @@ pub fn parse(
                     "write `{name} = {{ env = \"VAR\" }}` or `{name} = {{ file = \"path\" }}`; never the value itself"
                 )),
             )),
+        }
+    }
+
+    for (name, source) in &secret_sources {
+        let parsed = match source.split_once(':') {
+            Some(("env", var)) if !var.is_empty() => Some(SecretRef::Env(var.to_string())),
+            Some(("file", path)) if !path.is_empty() => Some(SecretRef::File(PathBuf::from(path))),
+            _ => None,
+        };
+        match parsed {
+            Some(r) if secrets.contains_key(name) => {
+                secrets.insert(name.clone(), r);
+            }
+            Some(_) => errors.push(PlanError {
+                file: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                snippet: String::new(),
+                width: 0,
+                message: format!("--secret {name}=...: the plan declares no secret `{name}`"),
+                hint: Some(format!(
+                    "declared secrets: {}",
+                    secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+            }),
+            None => errors.push(PlanError {
+                file: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                snippet: String::new(),
+                width: 0,
+                message: format!("--secret {name}={source}: write env:VARIABLE or file:PATH"),
+                hint: None,
+            }),
         }
     }
 

@@ -14,6 +14,17 @@ use std::process::Command;
 
 use upshift_journal::RunId;
 
+/// Where the boot task goes, when not where the OS keeps them (tests and
+/// the demo point these at a stand-in). Unset fields fall back to the
+/// environment (`UPSHIFT_SYSTEMCTL`, `UPSHIFT_SYSTEMD_DIR`), then the OS.
+#[derive(Debug, Clone, Default)]
+pub struct BootOverrides {
+    /// The systemctl program.
+    pub systemctl: Option<String>,
+    /// The folder for the unit file.
+    pub unit_dir: Option<PathBuf>,
+}
+
 /// The name of the boot task of a run.
 pub fn task_name(run: RunId) -> String {
     format!("upshift-resume-{run}")
@@ -37,23 +48,34 @@ fn run_cmd(program: &str, args: &[&str]) -> Result<String, String> {
 }
 
 #[cfg(not(windows))]
-fn systemctl() -> String {
-    std::env::var("UPSHIFT_SYSTEMCTL").unwrap_or_else(|_| "systemctl".into())
+fn systemctl(o: &BootOverrides) -> String {
+    o.systemctl
+        .clone()
+        .or_else(|| std::env::var("UPSHIFT_SYSTEMCTL").ok())
+        .unwrap_or_else(|| "systemctl".into())
 }
 
 #[cfg(not(windows))]
-fn unit_path(run: RunId) -> PathBuf {
-    let dir = std::env::var_os("UPSHIFT_SYSTEMD_DIR")
-        .map(PathBuf::from)
+fn unit_path(run: RunId, o: &BootOverrides) -> PathBuf {
+    let dir = o
+        .unit_dir
+        .clone()
+        .or_else(|| std::env::var_os("UPSHIFT_SYSTEMD_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("/etc/systemd/system"));
     dir.join(format!("{}.service", task_name(run)))
 }
 
 /// Registers `exe resume RUN --journal DIR` to run at the next boot.
 /// Returns what was done, in words.
-pub fn register(run: RunId, journal_dir: &Path, exe: &Path) -> Result<String, String> {
+pub fn register(
+    run: RunId,
+    journal_dir: &Path,
+    exe: &Path,
+    o: &BootOverrides,
+) -> Result<String, String> {
     #[cfg(windows)]
     {
+        let _ = o;
         let name = task_name(run);
         let tr = format!(
             "\"{}\" resume {run} --journal \"{}\"",
@@ -73,7 +95,7 @@ pub fn register(run: RunId, journal_dir: &Path, exe: &Path) -> Result<String, St
     }
     #[cfg(not(windows))]
     {
-        let path = unit_path(run);
+        let path = unit_path(run, o);
         let unit = format!(
             "# Written by upshift: resumes run {run} after the reboot it asked for.\n\
              # upshift removes it when the run resumes.\n\
@@ -94,8 +116,8 @@ pub fn register(run: RunId, journal_dir: &Path, exe: &Path) -> Result<String, St
         }
         std::fs::write(&path, unit).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = format!("{}.service", task_name(run));
-        run_cmd(&systemctl(), &["daemon-reload"])?;
-        run_cmd(&systemctl(), &["enable", &name])?;
+        run_cmd(&systemctl(o), &["daemon-reload"])?;
+        run_cmd(&systemctl(o), &["enable", &name])?;
         Ok(format!(
             "systemd unit {} resumes the run at boot",
             path.display()
@@ -104,9 +126,10 @@ pub fn register(run: RunId, journal_dir: &Path, exe: &Path) -> Result<String, St
 }
 
 /// Removes the boot task of a run, if there is one. Returns what was done.
-pub fn unregister(run: RunId) -> Result<Option<String>, String> {
+pub fn unregister(run: RunId, o: &BootOverrides) -> Result<Option<String>, String> {
     #[cfg(windows)]
     {
+        let _ = o;
         let name = task_name(run);
         if run_cmd("schtasks", &["/Query", "/TN", &name]).is_err() {
             return Ok(None);
@@ -116,24 +139,25 @@ pub fn unregister(run: RunId) -> Result<Option<String>, String> {
     }
     #[cfg(not(windows))]
     {
-        let path = unit_path(run);
+        let path = unit_path(run, o);
         if !path.exists() {
             return Ok(None);
         }
         let name = format!("{}.service", task_name(run));
         // Disable first; a failure here must not keep the unit behind.
-        let disabled = run_cmd(&systemctl(), &["disable", &name]);
+        let disabled = run_cmd(&systemctl(o), &["disable", &name]);
         std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let _ = run_cmd(&systemctl(), &["daemon-reload"]);
+        let _ = run_cmd(&systemctl(o), &["daemon-reload"]);
         disabled?;
         Ok(Some(format!("removed systemd unit {}", path.display())))
     }
 }
 
 /// Asks the OS to reboot now (Windows: in 30 s, with a message).
-pub fn reboot_now(step: &str) -> Result<String, String> {
+pub fn reboot_now(step: &str, o: &BootOverrides) -> Result<String, String> {
     #[cfg(windows)]
     {
+        let _ = o;
         let comment = format!("upshift: step {step} requires a reboot; the run resumes at startup");
         run_cmd("shutdown", &["/r", "/t", "30", "/c", &comment])?;
         Ok("shutdown /r /t 30".into())
@@ -141,7 +165,7 @@ pub fn reboot_now(step: &str) -> Result<String, String> {
     #[cfg(not(windows))]
     {
         let _ = step;
-        run_cmd(&systemctl(), &["reboot"])?;
-        Ok(format!("{} reboot", systemctl()))
+        run_cmd(&systemctl(o), &["reboot"])?;
+        Ok(format!("{} reboot", systemctl(o)))
     }
 }
