@@ -332,7 +332,8 @@ pub struct StandinServer {
 
 impl StandinServer {
     /// Starts a stand-in on 127.0.0.1 with an ephemeral port, answering
-    /// with `handler`, accepting any SQL login.
+    /// with `handler`, accepting any SQL login. Must be called inside a tokio
+    /// runtime, which then serves the connections.
     pub async fn start(handler: impl StandinHandler) -> std::io::Result<StandinServer> {
         StandinServer::start_with(Arc::new(handler), StandinOptions::default()).await
     }

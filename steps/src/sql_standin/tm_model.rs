@@ -3,6 +3,12 @@
 //! and the demo update scripts (`plans/sql/*.sql`) by their shape, not by
 //! parsing T-SQL: anything it does not recognise succeeds and is only
 //! recorded in [`TmState::executed`].
+//!
+//! Simplifications: one database; a transaction is a snapshot of
+//! [`DbContent`] restored on rollback, on an error inside it (XACT_ABORT) or
+//! when its session ends; `sp_getapplock` never waits (a held lock answers
+//! -1 at once); backups hold a copy of the content, not pages; `RAISERROR`
+//! and `THROW` in a batch fail the whole batch.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
