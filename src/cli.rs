@@ -1043,7 +1043,7 @@ pub fn resume_run(
     ignore_drift: bool,
     session: &Session,
 ) -> Result<(RunId, Exit), CliError> {
-    let j = Journal::open(&dir)?;
+    let j = Journal::open(dir)?;
     let run = pick_run(&j, run, true)?;
     let history = read_history(&j, run)?;
     let state = RunState::from_events(&history);
@@ -1205,7 +1205,7 @@ fn step_decision(
                 Path::new(&state.plan_path),
                 &state.plan_text,
                 &upshift_steps::registry(),
-                &pinned_options(&state),
+                &pinned_options(state),
             )
             .map(|p| p.steps.keys().cloned().collect::<Vec<_>>())
             .unwrap_or_default();
