@@ -113,7 +113,13 @@ fn event_data(events: &[Envelope], t0: DateTime<Utc>) -> EventData {
                 continue;
             }
         }
-        rows.push((e.seq, ms, ti, si, event_line(&e.event)));
+        // The type has a column of its own: drop it from the text.
+        let line = event_line(&e.event);
+        let text = line
+            .strip_prefix(name)
+            .map(|t| t.trim_start().to_string())
+            .unwrap_or(line);
+        rows.push((e.seq, ms, ti, si, text));
     }
     for ((step, name), (row, from, to)) in marker {
         let n = omitted[&step][name];
@@ -570,6 +576,14 @@ fn site_of(plan: Option<&Plan>, state: &RunState, hosts: &BTreeSet<String>) -> S
     if let Some(toml::Value::String(v)) = plan.and_then(|p| p.vars.get("site")) {
         return v.clone();
     }
+    // The site file the run pinned, by its name.
+    if let Some((path, _, hash)) = &state.site {
+        let name = Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| path.clone());
+        return format!("{name} (site file {})", &hash[..hash.len().min(12)]);
+    }
     hosts.iter().cloned().collect::<Vec<_>>().join(", ")
 }
 
@@ -835,6 +849,7 @@ tr.step-row.s-failed td:first-child{color:#c0392b;font-weight:600}
 .failure{border-left:4px solid #d9534f;padding:2px 12px;margin:10px 0;background:#fff}
 .controls{margin:8px 0}.controls label{margin-right:10px}.controls select,.controls input{font:inherit}
 #events td:nth-child(1),#events td:nth-child(3){text-align:right;color:#6b7080;font-variant-numeric:tabular-nums}
+#events td:nth-child(-n+5){white-space:nowrap}
 #events td:nth-child(6){font-family:ui-monospace,Consolas,monospace;font-size:12px;white-space:pre-wrap;word-break:break-word}
 tr.summary td{color:#7a5b00;background:#fff8e6}
 footer{margin-top:30px}
