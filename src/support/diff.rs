@@ -178,7 +178,7 @@ pub fn diff_text(d: &Diff) -> String {
             r.run,
             r.state,
             r.plan,
-            &r.plan_hash[..r.plan_hash.len().min(12)],
+            super::short(&r.plan_hash, 12),
             r.events,
             r.sessions,
             r.decisions,

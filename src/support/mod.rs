@@ -175,6 +175,11 @@ pub fn pinned_plan(state: &RunState) -> Result<Plan, String> {
     .map_err(|e| e.to_string())
 }
 
+/// The first `n` characters of a hash (or any text), for display.
+pub(crate) fn short(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
 /// Escapes text for HTML.
 pub(crate) fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -218,6 +223,13 @@ mod tests {
         );
         assert_eq!(duration_text(chrono::Duration::seconds(245)), "4 min 05 s");
         assert_eq!(duration_text(chrono::Duration::seconds(7380)), "2 h 03 min");
+    }
+
+    #[test]
+    fn short_cuts_on_characters() {
+        assert_eq!(short("abcdef", 3), "abc");
+        assert_eq!(short("ab", 3), "ab");
+        assert_eq!(short("äöüß", 2), "äö");
     }
 
     #[test]

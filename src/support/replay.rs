@@ -100,7 +100,7 @@ pub fn view_text(v: &StateView, plan_order: &[String]) -> String {
         "run    {}\nplan   {} ({})\nafter  {}\nstate  {}{}\n",
         s.run.map(|r| r.to_string()).unwrap_or_default(),
         s.plan_name,
-        &s.plan_hash[..s.plan_hash.len().min(12)],
+        super::short(&s.plan_hash, 12),
         v.event.trim_start(),
         v.status,
         if s.rolling_back {

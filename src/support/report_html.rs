@@ -582,7 +582,7 @@ fn site_of(plan: Option<&Plan>, state: &RunState, hosts: &BTreeSet<String>) -> S
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| path.clone());
-        return format!("{name} (site file {})", &hash[..hash.len().min(12)]);
+        return format!("{name} (site file {})", super::short(hash, 12));
     }
     hosts.iter().cloned().collect::<Vec<_>>().join(", ")
 }
@@ -629,7 +629,7 @@ pub fn render(loaded: &Loaded) -> Result<String, CliError> {
         r#"<header><h1>{plan} <span class="result r-{status}">{status}</span></h1><table class="facts"><tr><th>run</th><td><code>{run}</code></td><th>plan hash</th><td><code>{hash}</code></td></tr><tr><th>site</th><td>{site}</td><th>hosts</th><td>{hosts}</td></tr><tr><th>started</th><td>{start}</td><th>last event</th><td>{end}</td></tr><tr><th>duration</th><td>{dur} wall, {active} with an engine running</td><th>events</th><td>{n} (from {origin})</td></tr></table>"#,
         plan = html_escape(&state.plan_name),
         run = loaded.run,
-        hash = html_escape(&state.plan_hash[..state.plan_hash.len().min(16)]),
+        hash = html_escape(super::short(&state.plan_hash, 16)),
         site = html_escape(&site_of(plan.as_ref(), &state, &hosts)),
         hosts = html_escape(&hosts.iter().cloned().collect::<Vec<_>>().join(", ")),
         start = t0.format("%Y-%m-%d %H:%M:%S UTC"),
