@@ -649,6 +649,16 @@ mod tests {
     }
 
     #[test]
+    fn a_salvaged_run_says_where_the_journal_was_damaged() {
+        let ev = sample(5, "before the damage");
+        let bytes = build(&ev, Some("seq 5: checksum mismatch".into()), "redb", &[]).unwrap();
+        let (m, back) = read(Path::new("x"), &bytes[..]).unwrap();
+        assert_eq!(back.len(), 5);
+        assert_eq!(m.damaged.as_deref(), Some("seq 5: checksum mismatch"));
+        assert_eq!(m.fingerprint.journal_store, "redb");
+    }
+
+    #[test]
     fn any_damage_is_refused() {
         let bytes = build(&sample(20, "hello"), None, "memory", &[]).unwrap();
         let body_start = bytes
