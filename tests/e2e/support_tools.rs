@@ -334,7 +334,7 @@ fn replay_explain_after_a_sigkill_names_the_checkpoint_the_step_resumes_from() {
     let plan = sb.plan("p.toml", BLOCKING_PLAN);
     let (mut child, run) = spawn_run(&sb, &plan);
     assert!(
-        wait_until(Duration::from_secs(20), || checkpoints_of(
+        wait_until(Duration::from_secs(60), || checkpoints_of(
             &sb, &run, "loop"
         ) >= 2),
         "the loop never reached its second checkpoint"
@@ -469,14 +469,14 @@ fn log_and_status_follow_a_live_run_until_it_finishes() {
     // While the engine is blocked in item i2, both followers have shown
     // the loop's second checkpoint and are still following.
     assert!(
-        wait_until(Duration::from_secs(20), || text(&log_out)
+        wait_until(Duration::from_secs(60), || text(&log_out)
             .contains("step.checkpoint loop 2/4")),
         "log --follow did not stream the checkpoint: {}{}",
         text(&log_out),
         text(&log_err)
     );
     assert!(
-        wait_until(Duration::from_secs(20), || text(&status_err)
+        wait_until(Duration::from_secs(60), || text(&status_err)
             .contains("loop running 2/4")),
         "status --follow did not show the progress: {}",
         text(&status_err)
@@ -564,7 +564,7 @@ fn status_follow_draws_progress_bars_on_a_terminal() {
     }
     // A bar for the loop at 2 of 4, drawn while the run is blocked.
     assert!(
-        wait_until(Duration::from_secs(20), || {
+        wait_until(Duration::from_secs(60), || {
             let t = text(&term_out);
             t.contains("loop") && t.contains("2/4") && t.contains("[==========")
         }),
@@ -591,8 +591,14 @@ fn log_follow_ends_when_the_engine_is_killed() {
     let plan = sb.plan("p.toml", BLOCKING_PLAN);
     let (mut engine, run) = spawn_run(&sb, &plan);
     let (mut log, log_out, log_err) = follower(&sb, &["log", &run, "-f"]);
-    assert!(wait_until(Duration::from_secs(20), || text(&log_out)
-        .contains("step.checkpoint loop 2/4")));
+    assert!(
+        wait_until(Duration::from_secs(60), || text(&log_out)
+            .contains("step.checkpoint loop 2/4")),
+        "log --follow did not stream the checkpoint (exited: {:?}): {}{}",
+        log.try_wait().unwrap(),
+        text(&log_out),
+        text(&log_err)
+    );
     assert!(log.try_wait().unwrap().is_none());
     engine.kill().unwrap(); // SIGKILL: no closing event
     engine.wait().unwrap();
