@@ -57,7 +57,10 @@ impl Follower {
             match attempt {
                 Ok(found) => break found,
                 Err(e) => {
-                    if std::time::Instant::now() >= deadline || crate::cli::live_pid(&dir).is_none()
+                    // (sled cannot be read beside a live engine at all.)
+                    if std::time::Instant::now() >= deadline
+                        || upshift_journal::Backend::detect(&dir) == upshift_journal::Backend::Sled
+                        || crate::cli::live_pid(&dir).is_none()
                     {
                         return Err(e);
                     }

@@ -614,6 +614,8 @@ fn log_follow_ends_when_the_engine_is_killed() {
     assert!(r.stdout.contains("state interrupted"), "{}", r.stdout);
 }
 
+/// (Needs the `sled` feature: `cargo test --all-features`.)
+#[cfg(feature = "sled")]
 #[test]
 fn following_a_live_sled_journal_says_why_it_cannot() {
     let sb = Sandbox::new();
