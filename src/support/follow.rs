@@ -302,3 +302,58 @@ pub fn status_follow(run: Option<&str>, journal: &JournalArg) -> Result<u8, CliE
     eprintln!("run {} {} — end of follow", f.run, end_words(&f.state));
     Ok(exit_code(&f.state))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upshift_journal::{Actor, Envelope};
+
+    #[test]
+    fn a_follower_reads_only_new_events_and_sees_the_writer_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Journal::open(dir.path()).unwrap();
+        let run = RunId::new();
+        let t = chrono::Utc::now();
+        let env = |seq, event| Envelope {
+            run,
+            seq,
+            time: t,
+            event,
+        };
+        writer
+            .append(&[env(
+                0,
+                Event::RunStarted {
+                    plan_name: "p".into(),
+                    plan_path: "/p.toml".into(),
+                    plan_text: String::new(),
+                    plan_hash: String::new(),
+                    vars: Default::default(),
+                    engine_version: "0.1.0".into(),
+                    actor: Actor {
+                        pid: std::process::id(),
+                        ..Actor::default()
+                    },
+                },
+            )])
+            .unwrap();
+        let arg = JournalArg {
+            journal: Some(dir.path().to_path_buf()),
+        };
+        let mut f = Follower::open(Some(&run.to_string()), &arg).unwrap();
+        assert_eq!(f.poll().unwrap().len(), 1);
+        assert!(f.live(), "the writer holds the journal");
+        writer
+            .append(&[
+                env(1, Event::Note { text: "a".into() }),
+                env(2, Event::Note { text: "b".into() }),
+            ])
+            .unwrap();
+        let new = f.poll().unwrap();
+        assert_eq!(new.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(f.poll().unwrap().is_empty());
+        assert_eq!(f.state.events, 3);
+        drop(writer);
+        assert!(!f.live(), "no engine any more");
+    }
+}
