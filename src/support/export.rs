@@ -2,14 +2,17 @@
 //!
 //! # Format (version 1)
 //!
+//! The whole file is one gzip stream (`gzip -dc FILE | head -2` shows the
+//! header). Inflated, it reads:
+//!
 //! ```text
 //! UPSHIFT-EXPORT 1\n                 magic and export format version
 //! {"format":1,"run":…,"sha256":…}\n  header: one line of JSON (a summary)
-//! <gzip stream>                      the payload, deflate-compressed
+//! <payload>                          frames, below
 //! ```
 //!
-//! The payload, once inflated, is a sequence of frames, each a `u32`
-//! big-endian length and that many bytes:
+//! The payload is a sequence of frames, each a `u32` big-endian length and
+//! that many bytes:
 //!
 //! 1. the [`Manifest`] as JSON (plan, fingerprint, counts);
 //! 2. one frame per event, in seq order from 0: the event's record exactly
@@ -17,11 +20,11 @@
 //!    CRC-32, bincode body). So the event format lives in one place, and a
 //!    later upshift reads old exports as it reads old journals.
 //!
-//! The header's `sha256` is the SHA-256 of the whole inflated payload; the
-//! header's other fields repeat the manifest for a quick look (`head -2`)
-//! and must agree with it. Readers refuse an unknown export format, a
-//! checksum mismatch, a record that fails its CRC, a gap in the seqs, or
-//! an event of another run.
+//! The header's `sha256` is the SHA-256 of the whole payload; the header's
+//! other fields repeat the manifest for a quick look and must agree with
+//! it. Readers refuse an unknown export format, a gzip or checksum error, a
+//! record that fails its CRC, a gap in the seqs, or an event of another
+//! run.
 //!
 //! Secrets: the engine never journals a secret value (it redacts them).
 //! Export checks again: it resolves the plan's `[secrets]` where it can
@@ -343,13 +346,16 @@ pub fn build(
         payload_bytes: payload.len() as u64,
         sha256: hex::encode(Sha256::digest(&payload)),
     };
-    let mut out = format!(
+    // The whole file is one gzip stream, so `gzip -dc FILE | head -2`
+    // shows the header and standard tools can inflate it.
+    let mut out = Vec::with_capacity(payload.len() / 4 + 1024);
+    let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
+    let head = format!(
         "{MAGIC} {EXPORT_FORMAT}\n{}\n",
         serde_json::to_string(&header).expect("serializable")
-    )
-    .into_bytes();
-    let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
-    gz.write_all(&payload)
+    );
+    gz.write_all(head.as_bytes())
+        .and_then(|_| gz.write_all(&payload))
         .and_then(|_| gz.finish().map(|_| ()))
         .map_err(|e| failed(format!("compressing the export: {e}")))?;
     Ok(out)
@@ -371,12 +377,18 @@ pub fn read_file(path: &Path) -> Result<(Manifest, Vec<Envelope>), CliError> {
 
 /// Reads and verifies an export from any reader (`path` names it in errors).
 pub fn read(path: &Path, mut input: impl BufRead) -> Result<(Manifest, Vec<Envelope>), CliError> {
+    let magic = input.fill_buf().map_err(|e| bad(path, e))?;
+    if !magic.starts_with(&[0x1f, 0x8b]) {
+        return Err(bad(path, "it is not gzip-compressed"));
+    }
+    let mut input = std::io::BufReader::new(flate2::bufread::GzDecoder::new(input));
+    let damaged = |e: std::io::Error| bad(path, format!("{e} (file truncated or damaged?)"));
     let mut line = String::new();
     // Bounded reads: a wrong file must not be slurped as one "line".
     (&mut input)
         .take(256)
         .read_line(&mut line)
-        .map_err(|e| bad(path, e))?;
+        .map_err(damaged)?;
     let mut words = line.trim_end().split(' ');
     if words.next() != Some(MAGIC) {
         return Err(bad(path, format!("it does not start with `{MAGIC}`")));
@@ -395,7 +407,7 @@ pub fn read(path: &Path, mut input: impl BufRead) -> Result<(Manifest, Vec<Envel
     (&mut input)
         .take(64 * 1024)
         .read_line(&mut hline)
-        .map_err(|e| bad(path, e))?;
+        .map_err(damaged)?;
     let header: Header =
         serde_json::from_str(hline.trim_end()).map_err(|e| bad(path, format!("header: {e}")))?;
     if header.compression != "gzip" {
@@ -408,15 +420,10 @@ pub fn read(path: &Path, mut input: impl BufRead) -> Result<(Manifest, Vec<Envel
         return Err(bad(path, "payload larger than the 8 GiB limit"));
     }
     let mut payload = Vec::new();
-    flate2::bufread::GzDecoder::new(input)
+    (&mut input)
         .take(header.payload_bytes + 1)
         .read_to_end(&mut payload)
-        .map_err(|e| {
-            bad(
-                path,
-                format!("compressed payload: {e} (file truncated or damaged?)"),
-            )
-        })?;
+        .map_err(damaged)?;
     if payload.len() as u64 != header.payload_bytes {
         return Err(bad(
             path,
@@ -426,6 +433,13 @@ pub fn read(path: &Path, mut input: impl BufRead) -> Result<(Manifest, Vec<Envel
                 header.payload_bytes
             ),
         ));
+    }
+    // Read to the end of the stream, so gzip's own CRC and length are
+    // checked too.
+    let mut rest = Vec::new();
+    input.take(1).read_to_end(&mut rest).map_err(damaged)?;
+    if !rest.is_empty() {
+        return Err(bad(path, "bytes after the payload"));
     }
     let sum = hex::encode(Sha256::digest(&payload));
     if sum != header.sha256 {
@@ -661,29 +675,43 @@ mod tests {
     #[test]
     fn any_damage_is_refused() {
         let bytes = build(&sample(20, "hello"), None, "memory", &[]).unwrap();
-        let body_start = bytes
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'\n')
-            .nth(1)
-            .unwrap()
-            .0
-            + 1;
-        // Flip bytes throughout the compressed part (past gzip's 10-byte
-        // header, whose time and OS fields carry no content), and truncate.
-        for i in (body_start + 10..bytes.len()).step_by(7) {
+        // Flip bytes throughout the stream (past gzip's 10-byte header,
+        // whose time and OS fields carry no content), and truncate.
+        // The last deflate byte before gzip's 8-byte trailer may hold
+        // padding bits that carry nothing either.
+        let padding = bytes.len() - 9;
+        for i in (10..bytes.len()).step_by(5).filter(|i| *i != padding) {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
-            assert!(read(Path::new("x"), &bad[..]).is_err(), "flip at {i}");
+            assert!(
+                read(Path::new("x"), &bad[..]).is_err(),
+                "flip at {i} of {}",
+                bytes.len()
+            );
         }
-        for n in [body_start, body_start + 10, bytes.len() - 1] {
+        for n in [0, 2, 10, 30, bytes.len() - 1] {
             assert!(read(Path::new("x"), &bytes[..n]).is_err(), "cut at {n}");
         }
-        let newer = String::from_utf8_lossy(&bytes[..body_start]).replace(" 1\n", " 9\n");
-        let mut b = newer.into_bytes();
-        b.extend_from_slice(&bytes[body_start..]);
-        let err = read(Path::new("x"), &b[..]).unwrap_err();
+        assert!(read(Path::new("x"), &b"UPSHIFT-EXPORT 1\n{}"[..]).is_err());
+    }
+
+    #[test]
+    fn a_newer_format_asks_for_a_newer_upshift() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"UPSHIFT-EXPORT 9\n{}\n").unwrap();
+        let bytes = gz.finish().unwrap();
+        let err = read(Path::new("x"), &bytes[..]).unwrap_err();
         assert!(err.message.contains("upgrade upshift"), "{}", err.message);
+    }
+
+    #[test]
+    fn standard_gzip_inflates_it_to_the_header_lines() {
+        let bytes = build(&sample(3, "x"), None, "memory", &[]).unwrap();
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut text)
+            .unwrap();
+        assert!(text.starts_with(b"UPSHIFT-EXPORT 1\n{\"format\":1,"));
     }
 
     #[test]
