@@ -238,6 +238,9 @@ pub struct StatusJson {
     pub events: u64,
     /// Steps by id.
     pub steps: BTreeMap<String, StepJson>,
+    /// Step ids in plan order (for text output).
+    #[serde(skip)]
+    pub order: Vec<String>,
 }
 
 /// Builds the status document. `plan` lists steps not yet seen in events.
@@ -257,6 +260,7 @@ pub fn status_json(state: &RunState, plan: Option<&Plan>, live: bool) -> StatusJ
                 .collect()
         })
         .unwrap_or_default();
+    let order = ids.clone();
     let steps = ids
         .into_iter()
         .map(|id| {
@@ -281,6 +285,7 @@ pub fn status_json(state: &RunState, plan: Option<&Plan>, live: bool) -> StatusJ
         paused: state.paused.clone(),
         events: state.events,
         steps,
+        order,
     }
 }
 
@@ -295,7 +300,8 @@ pub fn status_text(doc: &StatusJson) -> String {
     }
     out.push('\n');
     let w = doc.steps.keys().map(|k| k.len()).max().unwrap_or(4).max(4);
-    for (id, s) in &doc.steps {
+    for id in &doc.order {
+        let Some(s) = doc.steps.get(id) else { continue };
         let mut line = format!("  {id:w$}  {:<11}", s.state);
         if s.attempts > 1 {
             line.push_str(&format!(" attempts {}", s.attempts));
