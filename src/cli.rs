@@ -661,13 +661,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             let run = pick_run(&j, run.as_deref(), false)?;
             let history = read_history(&j, run)?;
             let state = RunState::from_events(&history);
-            let plan = plan::parse(
-                Path::new(&state.plan_path),
-                &state.plan_text,
-                &upshift_steps::registry(),
-                &pinned_options(&state),
-            )
-            .ok();
+            let plan = pinned_plan(&state).ok();
             let doc = report::status_json(
                 &state,
                 plan.as_ref(),
@@ -734,13 +728,8 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             let run = pick_run(&j, run.as_deref(), false)?;
             let history = read_history(&j, run)?;
             let state = RunState::from_events(&history);
-            let plan = plan::parse(
-                Path::new(&state.plan_path),
-                &state.plan_text,
-                &upshift_steps::registry(),
-                &pinned_options(&state),
-            )
-            .map_err(|e| CliError::failed(format!("the pinned plan does not validate: {e}")))?;
+            let plan = pinned_plan(&state)
+                .map_err(|e| CliError::failed(format!("the pinned plan does not validate: {e}")))?;
             let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
             let eng = Engine::new(
                 plan,
@@ -919,6 +908,17 @@ pub(crate) fn pick_run(
                 .join(", ")
         ))),
     }
+}
+
+/// The plan a run pinned last (after any accepted plan change) with its
+/// pinned site file and `--var` values, parsed with this upshift's kinds.
+pub fn pinned_plan(state: &RunState) -> Result<Plan, plan::PlanErrors> {
+    plan::parse(
+        Path::new(&state.plan_path),
+        &state.plan_text,
+        &upshift_steps::registry(),
+        &pinned_options(state),
+    )
 }
 
 /// How to load the plan a run pinned: its `--var` values and its pinned
@@ -1201,14 +1201,9 @@ fn step_decision(
                     report::outcome_word(state.outcome.expect("some"))
                 )));
             }
-            let plan_steps = plan::parse(
-                Path::new(&state.plan_path),
-                &state.plan_text,
-                &upshift_steps::registry(),
-                &pinned_options(state),
-            )
-            .map(|p| p.steps.keys().cloned().collect::<Vec<_>>())
-            .unwrap_or_default();
+            let plan_steps = pinned_plan(&state)
+                .map(|p| p.steps.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default();
             if !plan_steps.contains(&step) {
                 let hint = plan::suggest(&step, plan_steps.iter().map(String::as_str))
                     .map(|s| format!(" (did you mean `{s}`?)"))
@@ -1278,13 +1273,8 @@ fn run_decision(d: RunDecisionArgs, decision: Decision) -> Result<u8, CliError> 
         return Ok(code::FAILED);
     }
     // Perform the rollback now.
-    let plan = plan::parse(
-        Path::new(&state.plan_path),
-        &state.plan_text,
-        &upshift_steps::registry(),
-        &pinned_options(&state),
-    )
-    .map_err(|e| CliError::failed(format!("the pinned plan does not validate: {e}")))?;
+    let plan = pinned_plan(&state)
+        .map_err(|e| CliError::failed(format!("the pinned plan does not validate: {e}")))?;
     let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
     let _log = crate::logging::run_log(&dir, run);
     let mut eng = Engine::new(

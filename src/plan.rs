@@ -373,6 +373,18 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// "did you mean `x`?" for a close candidate, else the list of candidates.
+fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str> + Clone,
+    label: &str,
+) -> String {
+    match suggest(word, candidates.clone()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => format!("{label}: {}", candidates.collect::<Vec<_>>().join(", ")),
+    }
+}
+
 /// Levenshtein distance.
 fn strsim(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -617,14 +629,11 @@ pub fn parse(
         let mut needs = BTreeSet::new();
         for n in &rs.needs {
             if !ids.contains(n.get_ref().as_str()) {
-                let hint = suggest(n.get_ref(), ids.iter().copied())
-                    .map(|s| format!("did you mean `{s}`?"))
-                    .or_else(|| {
-                        Some(format!(
-                            "known steps: {}",
-                            ids.iter().copied().collect::<Vec<_>>().join(", ")
-                        ))
-                    });
+                let hint = Some(did_you_mean(
+                    n.get_ref(),
+                    ids.iter().copied(),
+                    "known steps",
+                ));
                 errors.push(loc.at(
                     n.span(),
                     format!(
@@ -741,14 +750,7 @@ pub fn parse(
                 }
             }
             let Some(k) = registry.get(kind.get_ref().as_str()) else {
-                let hint = suggest(kind.get_ref(), registry.keys().copied())
-                    .map(|s| format!("did you mean `{s}`?"))
-                    .unwrap_or_else(|| {
-                        format!(
-                            "known kinds: {}",
-                            registry.keys().copied().collect::<Vec<_>>().join(", ")
-                        )
-                    });
+                let hint = did_you_mean(kind.get_ref(), registry.keys().copied(), "known kinds");
                 errors.push(loc.at(
                     kind.span(),
                     format!(
