@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use upshift_journal::{Envelope, Journal, RunId};
 
 use crate::cli::{CliError, JournalArg, code};
-use crate::plan::{self, Plan};
+use crate::plan::Plan;
 use crate::state::RunState;
 
 pub mod diff;
@@ -166,13 +166,7 @@ pub fn open_reader(dir: &Path) -> Result<Journal, CliError> {
 /// The plan the run pinned last (after any accepted plan change), parsed
 /// with this upshift's step kinds.
 pub fn pinned_plan(state: &RunState) -> Result<Plan, String> {
-    plan::parse(
-        Path::new(&state.plan_path),
-        &state.plan_text,
-        &upshift_steps::registry(),
-        &crate::cli::pinned_options(state),
-    )
-    .map_err(|e| e.to_string())
+    crate::cli::pinned_plan(state).map_err(|e| e.to_string())
 }
 
 /// The first `n` characters of a hash (or any text), for display.
