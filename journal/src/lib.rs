@@ -232,14 +232,42 @@ impl Journal {
     ) -> Result<(), JournalError> {
         let mut expect = from_seq;
         let mut gap = None;
-        self.store.scan(run, from_seq, &mut |env| {
+        let mut stopped = false;
+        let scanned = self.store.scan(run, from_seq, &mut |env| {
             if env.seq != expect {
                 gap = Some(expect);
                 return ControlFlow::Break(());
             }
             expect += 1;
-            visit(env)
-        })?;
+            let flow = visit(env);
+            stopped = flow.is_break();
+            flow
+        });
+        match scanned {
+            // A damaged key (run or seq bits flipped in the store's own
+            // pages) names a run or seq that is not the one being read: the
+            // damage is at the next record this run expected.
+            Err(JournalError::Corrupt {
+                run: r,
+                seq,
+                detail,
+            }) if r != run || seq != expect => {
+                return Err(JournalError::Corrupt {
+                    run,
+                    seq: expect,
+                    detail: codec::CodecError::Body(format!(
+                        "stored under a damaged key (run {r} seq {seq}): {detail}"
+                    )),
+                });
+            }
+            other => other?,
+        }
+        // A damaged key can also end a range scan early without an error;
+        // the run's last key (found from the other end of the store's tree)
+        // says whether records were left unread.
+        if gap.is_none() && !stopped && self.store.next_seq(run)? > expect {
+            gap = Some(expect);
+        }
         match gap {
             Some(seq) => Err(JournalError::Corrupt {
                 run,

@@ -167,3 +167,78 @@ pub(crate) fn encode_batch(batch: &[Envelope]) -> Result<Vec<Record>, JournalErr
         })
         .collect()
 }
+
+/// Runs `f`, turning a panic inside it into `Err(message)`.
+///
+/// Why: redb trusts its own pages; a flipped byte in a page header makes it
+/// panic (e.g. `btree_base.rs` index out of range) instead of returning
+/// `Corrupted`. A journal must report damage, not crash the CLI that
+/// support uses to read it. The panic message is kept out of stderr (the
+/// error returned says what happened), unless `RUST_BACKTRACE` is set.
+pub(crate) fn catch_store_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    quiet_panics::install();
+    quiet_panics::DEPTH.with(|d| d.set(d.get() + 1));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    quiet_panics::DEPTH.with(|d| d.set(d.get() - 1));
+    out.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_string())
+    })
+}
+
+/// Runs a caller's visitor from inside [`catch_store_panic`]: its panics
+/// are the caller's, so they are neither silenced nor turned into errors.
+pub(crate) fn visit_outside_guard<T>(f: impl FnOnce() -> T) -> T {
+    let depth = quiet_panics::DEPTH.with(|d| d.replace(0));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    quiet_panics::DEPTH.with(|d| d.set(depth));
+    match out {
+        Ok(v) => v,
+        Err(payload) => {
+            quiet_panics::ESCAPING.with(|e| *e.borrow_mut() = Some(payload));
+            // Unwind out of the store; `rethrow_visitor_panic` resumes it.
+            std::panic::resume_unwind(Box::new(VisitorPanic))
+        }
+    }
+}
+
+/// Marker payload: a visitor panicked (see [`visit_outside_guard`]).
+struct VisitorPanic;
+
+/// Resumes a visitor's panic caught inside a store call, if there was one.
+pub(crate) fn rethrow_visitor_panic() {
+    if let Some(p) = quiet_panics::ESCAPING.with(|e| e.borrow_mut().take()) {
+        std::panic::resume_unwind(p);
+    }
+}
+
+mod quiet_panics {
+    use std::cell::{Cell, RefCell};
+    use std::sync::Once;
+
+    thread_local! {
+        pub(super) static DEPTH: Cell<u32> = const { Cell::new(0) };
+        pub(super) static ESCAPING: RefCell<Option<Box<dyn std::any::Any + Send>>> =
+            const { RefCell::new(None) };
+    }
+
+    static HOOK: Once = Once::new();
+
+    /// Chains a panic hook that stays silent for panics inside a guarded
+    /// store call on this thread (and for the visitor marker).
+    pub(super) fn install() {
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let guarded =
+                    DEPTH.with(|d| d.get()) > 0 || info.payload().is::<super::VisitorPanic>();
+                if !guarded || std::env::var_os("RUST_BACKTRACE").is_some() {
+                    previous(info);
+                }
+            }));
+        });
+    }
+}

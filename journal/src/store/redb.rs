@@ -9,11 +9,20 @@ use std::path::{Path, PathBuf};
 use redb::{ConcurrencyMode, ReadableDatabase, TableDefinition};
 
 use super::memory::next_run_key;
-use super::{JournalError, JournalStore, decode_at, encode_batch};
+use super::{
+    JournalError, JournalStore, catch_store_panic, decode_at, encode_batch, rethrow_visitor_panic,
+    visit_outside_guard,
+};
 use crate::codec;
 use crate::event::{Envelope, RunId};
 
 const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+/// Run id (16 bytes) → one past its last seq, written in the same commit as
+/// the events. Why: a damaged key in redb's pages can end a range scan early
+/// without any error, and redb has no page checksums to notice; comparing
+/// with the head turns a silently shorter history into reported damage.
+/// Journals written before this table existed simply lack it.
+const HEADS: TableDefinition<&[u8], u64> = TableDefinition::new("heads");
 
 enum Handle {
     Writer(redb::Database),
@@ -47,12 +56,14 @@ impl RedbStore {
 
     /// Opens an existing file read-only, beside a live writer if there is one.
     pub fn open_read_only(path: &Path) -> Result<RedbStore, JournalError> {
-        let db = builder()
-            .open_read_only(path)
-            .map_err(|e| map_err(path, e))?;
-        Ok(RedbStore {
-            db: Handle::Reader(db),
-            path: path.to_path_buf(),
+        guard(path, || {
+            let db = builder()
+                .open_read_only(path)
+                .map_err(|e| map_err(path, e))?;
+            Ok(RedbStore {
+                db: Handle::Reader(db),
+                path: path.to_path_buf(),
+            })
         })
     }
 
@@ -68,9 +79,30 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
-        let txn = self.read()?;
-        let table = txn.open_table(EVENTS).map_err(|e| map_err(&self.path, e))?;
-        f(&table)
+        guard(&self.path, || {
+            let txn = self.read()?;
+            let table = txn.open_table(EVENTS).map_err(|e| map_err(&self.path, e))?;
+            f(&table)
+        })
+    }
+}
+
+fn hex_key(k: &[u8]) -> String {
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs a redb call, turning a panic of redb's (a damaged page it trusted)
+/// into [`JournalError::Damaged`]; a panic of the caller's visitor goes on.
+fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, JournalError>) -> Result<T, JournalError> {
+    match catch_store_panic(f) {
+        Ok(r) => r,
+        Err(message) => {
+            rethrow_visitor_panic();
+            Err(JournalError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!("redb failed reading its own pages ({message})"),
+            })
+        }
     }
 }
 
@@ -143,16 +175,32 @@ impl JournalStore for RedbStore {
             return Err(JournalError::ReadOnly);
         };
         let records = encode_batch(batch)?;
-        let txn = db.begin_write().map_err(|e| map_err(&self.path, e))?;
-        {
-            let mut table = txn.open_table(EVENTS).map_err(|e| map_err(&self.path, e))?;
-            for (k, v) in &records {
-                table
-                    .insert(k.as_slice(), v.as_slice())
-                    .map_err(|e| map_err(&self.path, e))?;
+        let path = &self.path;
+        guard(path, || {
+            let txn = db.begin_write().map_err(|e| map_err(path, e))?;
+            {
+                let mut table = txn.open_table(EVENTS).map_err(|e| map_err(path, e))?;
+                for (k, v) in &records {
+                    table
+                        .insert(k.as_slice(), v.as_slice())
+                        .map_err(|e| map_err(path, e))?;
+                }
+                let mut heads = txn.open_table(HEADS).map_err(|e| map_err(path, e))?;
+                let mut last: Vec<(RunId, u64)> = Vec::new();
+                for e in batch {
+                    match last.iter_mut().find(|(r, _)| *r == e.run) {
+                        Some(entry) => entry.1 = entry.1.max(e.seq + 1),
+                        None => last.push((e.run, e.seq + 1)),
+                    }
+                }
+                for (run, next) in last {
+                    heads
+                        .insert(run.to_bytes().as_slice(), next)
+                        .map_err(|e| map_err(path, e))?;
+                }
             }
-        }
-        txn.commit().map_err(|e| map_err(&self.path, e))
+            txn.commit().map_err(|e| map_err(path, e))
+        })
     }
 
     fn runs(&self) -> Result<Vec<RunId>, JournalError> {
@@ -165,6 +213,18 @@ impl JournalStore for RedbStore {
                     .map_err(|e| map_err(&self.path, e))?;
                 let Some(item) = range.next() else { break };
                 let (k, _) = item.map_err(|e| map_err(&self.path, e))?;
+                // A damaged key can sort before the one asked for; following
+                // it would walk back and loop for ever.
+                if k.value() < from.as_slice() {
+                    return Err(JournalError::Damaged {
+                        path: self.path.clone(),
+                        detail: format!(
+                            "keys out of order: {} found after {}",
+                            hex_key(k.value()),
+                            hex_key(&from)
+                        ),
+                    });
+                }
                 let (run, _) =
                     codec::parse_key(k.value()).map_err(|detail| JournalError::Corrupt {
                         run: RunId(uuid::Uuid::nil()),
@@ -195,7 +255,8 @@ impl JournalStore for RedbStore {
                 .map_err(|e| map_err(&self.path, e))?;
             for item in range {
                 let (k, v) = item.map_err(|e| map_err(&self.path, e))?;
-                if visit(decode_at(k.value(), v.value())?).is_break() {
+                let env = decode_at(k.value(), v.value())?;
+                if visit_outside_guard(|| visit(env)).is_break() {
                     break;
                 }
             }
@@ -204,6 +265,24 @@ impl JournalStore for RedbStore {
     }
 
     fn next_seq(&self, run: RunId) -> Result<u64, JournalError> {
+        let from_events = self.next_seq_from_events(run)?;
+        let head = guard(&self.path, || {
+            let txn = self.read()?;
+            match txn.open_table(HEADS) {
+                Ok(t) => Ok(t
+                    .get(run.to_bytes().as_slice())
+                    .map_err(|e| map_err(&self.path, e))?
+                    .map(|v| v.value())),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(map_err(&self.path, e)),
+            }
+        })?;
+        Ok(from_events.max(head.unwrap_or(0)))
+    }
+}
+
+impl RedbStore {
+    fn next_seq_from_events(&self, run: RunId) -> Result<u64, JournalError> {
         self.with_table(|table| {
             let lo = codec::key(run, 0);
             let hi = codec::key(run, u64::MAX);
