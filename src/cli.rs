@@ -1201,7 +1201,7 @@ fn step_decision(
                     report::outcome_word(state.outcome.expect("some"))
                 )));
             }
-            let plan_steps = pinned_plan(&state)
+            let plan_steps = pinned_plan(state)
                 .map(|p| p.steps.keys().cloned().collect::<Vec<_>>())
                 .unwrap_or_default();
             if !plan_steps.contains(&step) {

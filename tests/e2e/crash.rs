@@ -356,7 +356,7 @@ with = { program = "sh", args = ["-c", "sleep 0.1; echo c >> @M@/c"] }
     let lines = sb.marker_lines("loop");
     for i in 0..12 {
         let n = lines.iter().filter(|l| **l == i.to_string()).count();
-        assert!(n >= 1 && n <= 2, "loop item {i} ran {n} times");
+        assert!((1..=2).contains(&n), "loop item {i} ran {n} times");
     }
     // Every event of every session is there, gapless.
     let events = sb.events(&run);

@@ -116,7 +116,7 @@ fn a_crashed_demo_is_finished_by_upshift_resume() {
     for c in ["AC", "ICH", "FE", "API", "SMD"] {
         let n = calls
             .lines()
-            .filter(|l| l.contains(&format!("/i ")) && l.contains(&format!("TM-{c}.msi")))
+            .filter(|l| l.contains("/i ") && l.contains(&format!("TM-{c}.msi")))
             .count();
         assert!((1..=2).contains(&n), "{c} installed {n} times:\n{calls}");
     }

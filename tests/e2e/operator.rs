@@ -203,7 +203,7 @@ resume = "ask"
 with = { program = "sh", args = ["-c", "echo start >> @M@/long; sleep 30; echo end >> @M@/long"] }
 "#,
     );
-    let mut child = sb
+    let child = sb
         .cmd(&["run", plan.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
