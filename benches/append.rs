@@ -9,6 +9,8 @@
 //!
 //! `cargo bench --bench append` (add `--features sled` for sled).
 
+#![allow(missing_docs)] // criterion_group! generates undocumented fns
+
 mod common;
 
 use std::io::Write;

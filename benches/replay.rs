@@ -7,6 +7,8 @@
 //!
 //! `cargo bench --bench replay` (`UPSHIFT_REPLAY_EVENTS` overrides the count).
 
+#![allow(missing_docs)] // criterion_group! generates undocumented fns
+
 mod common;
 
 use std::hint::black_box;

@@ -5,7 +5,7 @@
 //! Every goal is a ratio against a baseline measured in the same process,
 //! so the verdict holds on a noisy, shared machine.
 
-#![allow(dead_code)]
+#![allow(dead_code, missing_docs)]
 
 pub mod history;
 
