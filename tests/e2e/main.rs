@@ -8,3 +8,4 @@ mod crash;
 mod operator;
 mod processes;
 mod secrets;
+mod hardening;
