@@ -5,7 +5,10 @@ mod support;
 
 mod check;
 mod crash;
+mod demo;
 mod operator;
 mod processes;
+mod reboot_drift;
 mod secrets;
+mod support_tools;
 mod hardening;
