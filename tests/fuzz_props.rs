@@ -166,14 +166,10 @@ proptest! {
         rec.truncate(cut.index(n + 1).max(1));
         decode_checked(&rec);
     }
-
-    #[ignore = "go_split::go_line slices `t[..2]` inside a multi-byte character and panics (regression: go_split_non_ascii_first_char); un-ignore once steps/src/kinds/sql/go_split.rs is fixed"]
     #[test]
     fn go_splitter_never_panics(text in "(\\PC|\n|GO|go|/\\*|\\*/|--|'|\\[|\\]){0,200}") {
         let _ = upshift_steps::kinds::sql::go_split::split(&text);
     }
-
-    #[ignore = "go_split::go_line slices `t[..2]` inside a multi-byte character and panics (regression: go_split_non_ascii_first_char); un-ignore once steps/src/kinds/sql/go_split.rs is fixed"]
     #[test]
     fn go_splitter_never_panics_on_mutated_scripts(e in edits()) {
         let _ = upshift_steps::kinds::sql::go_split::split(&mutate(VALID_SQL, &e));
@@ -222,11 +218,9 @@ fn the_valid_inputs_are_valid() {
 
 /// Found by `go_splitter_never_panics` (minimal input "ண"): a script line
 /// whose first character is multi-byte (a Tamil, Chinese, accented... word,
-/// e.g. in a comment) panics in `go_line` at `t[..2]`, a byte index inside
-/// the character. Ignored until the owner of steps/ fixes it
-/// (`t.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("go"))`).
+/// e.g. in a comment) panicked in `go_line` at `t[..2]`, a byte index inside
+/// the character. Fixed with `t.get(..2)`.
 #[test]
-#[ignore = "known panic in go_split::go_line, see the doc comment"]
 fn go_split_non_ascii_first_char() {
     for script in [
         "ண",

@@ -113,7 +113,9 @@ fn scan_line(mut state: State, line: &str) -> State {
 /// for a malformed GO line.
 fn go_line(line: &str) -> Result<Option<u32>, String> {
     let t = line.trim();
-    if t.len() < 2 || !t[..2].eq_ignore_ascii_case("go") {
+    // `get`, not slicing: the line may start with a multi-byte character
+    // (found by fuzzing).
+    if !t.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("go")) {
         return Ok(None);
     }
     let rest = &t[2..];
