@@ -83,6 +83,39 @@ fn durable_append(c: &mut Criterion) {
         });
     }
 
+    // redb alone, one table, one insert + commit per event: what the redb
+    // store cost before it also kept its per-run head (see RESULTS.md).
+    {
+        const T: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("events");
+        let dir = common::tempdir();
+        let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
+        let run = RunId::new();
+        let mut seq = 0u64;
+        g.bench_function("redb_raw", |b| {
+            b.iter_custom(|iters| {
+                let recs: Vec<_> = (0..iters)
+                    .map(|i| {
+                        let e = event(run, seq + i);
+                        (codec::key(run, seq + i), codec::encode(&e).expect("encode"))
+                    })
+                    .collect();
+                let t = Instant::now();
+                for (k, v) in &recs {
+                    let txn = db.begin_write().expect("txn");
+                    {
+                        let mut table = txn.open_table(T).expect("table");
+                        table.insert(k.as_slice(), v.as_slice()).expect("insert");
+                    }
+                    txn.commit().expect("commit");
+                }
+                let took = t.elapsed();
+                seq += iters;
+                record("append/redb_raw", iters, took);
+                took
+            })
+        });
+    }
+
     #[cfg(feature = "sled")]
     {
         let dir = common::tempdir();
@@ -106,12 +139,16 @@ fn durable_append(c: &mut Criterion) {
     }
     g.finish();
 
-    let file = median("append/file");
-    for store in ["redb", "sled"] {
+    let Some(file) = median("append/file") else {
+        return;
+    };
+    for store in ["redb", "redb_raw", "sled"] {
         if cfg!(not(feature = "sled")) && store == "sled" {
             continue;
         }
-        let t = median(&format!("append/{store}"));
+        let Some(t) = median(&format!("append/{store}")) else {
+            continue;
+        };
         summary(
             &format!("durable_append/{store} (time per event vs file+fdatasync)"),
             &format!("{} ({:.0}us/event)", rate(t), t * 1e6),
@@ -187,8 +224,12 @@ fn group_commit(c: &mut Criterion) {
         if cfg!(not(feature = "sled")) && store == "sled" {
             continue;
         }
-        let one = median(&format!("group/{store}/1"));
-        let many = median(&format!("group/{store}/{WRITERS}"));
+        let (Some(one), Some(many)) = (
+            median(&format!("group/{store}/1")),
+            median(&format!("group/{store}/{WRITERS}")),
+        ) else {
+            continue;
+        };
         summary(
             &format!("group_commit/{store} ({WRITERS} writers vs 1, events/s)"),
             &rate(many),

@@ -176,9 +176,13 @@ fn step_overhead(c: &mut Criterion) {
         })
     });
     g.finish();
-    let chain = median("steps/chain1000");
-    let redb = median("steps/baseline_redb");
-    let file = median("steps/baseline_file");
+    let (Some(chain), Some(redb), Some(file)) = (
+        median("steps/chain1000"),
+        median("steps/baseline_redb"),
+        median("steps/baseline_file"),
+    ) else {
+        return;
+    };
     summary(
         "step_overhead (1,000-step chain vs 2,000 durable redb appends)",
         &ms(chain),
@@ -248,8 +252,9 @@ fn parallel_chains(c: &mut Criterion) {
             events.len() as f64 / commits as f64
         );
     }
-    let p = median("chains/parallel");
-    let s = median("chains/sequential");
+    let (Some(p), Some(s)) = (median("chains/parallel"), median("chains/sequential")) else {
+        return;
+    };
     summary(
         &format!(
             "parallel_chains (8 chains x {len} vs 1 chain x {} steps)",
@@ -310,7 +315,9 @@ fn critical_path(c: &mut Criterion) {
         })
     });
     g.finish();
-    let t = median("critical/demo");
+    let Some(t) = median("critical/demo") else {
+        return;
+    };
     summary(
         "critical_path (demo plan wall time vs sum of sleeps on its critical path)",
         &ms(t),

@@ -98,9 +98,13 @@ fn replay(c: &mut Criterion) {
         })
     });
     g.finish();
-    let scan = median("replay/scan");
-    let fold = median("replay/fold");
-    let vec = median("replay/vec");
+    let (Some(scan), Some(fold), Some(vec)) = (
+        median("replay/scan"),
+        median("replay/fold"),
+        median("replay/vec"),
+    ) else {
+        return;
+    };
     summary(
         "replay (streaming fold into RunState vs bare scan+decode, events/s)",
         &rate(fold),

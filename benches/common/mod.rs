@@ -58,13 +58,16 @@ pub fn record(name: &str, iters: u64, took: Duration) {
         .push(took.as_secs_f64() / iters as f64);
 }
 
-/// Median seconds per unit of everything recorded under `name`.
-pub fn median(name: &str) -> f64 {
+/// Median seconds per unit of everything recorded under `name`; `None`
+/// if nothing was (the bench was filtered out on the command line).
+pub fn median(name: &str) -> Option<f64> {
     let times = TIMES.lock().expect("poisoned");
     let mut v = times.get(name).cloned().unwrap_or_default();
-    assert!(!v.is_empty(), "nothing recorded under {name}");
+    if v.is_empty() {
+        return None;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    v[v.len() / 2]
+    Some(v[v.len() / 2])
 }
 
 /// Whether the goal holds: `ratio <= goal` (Le) or `ratio >= goal` (Ge).

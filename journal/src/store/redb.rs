@@ -21,7 +21,10 @@ const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
 /// the events. Why: a damaged key in redb's pages can end a range scan early
 /// without any error, and redb has no page checksums to notice; comparing
 /// with the head turns a silently shorter history into reported damage.
-/// Journals written before this table existed simply lack it.
+/// Journals written before this table existed simply lack it. A table of its
+/// own, not a key beside the run's events: a head in the events' own leaf page
+/// was cut off together with them by the same damaged branch key (seeded
+/// corruption test); the table costs ~25 us per commit (~7%).
 const HEADS: TableDefinition<&[u8], u64> = TableDefinition::new("heads");
 
 enum Handle {
