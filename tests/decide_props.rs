@@ -57,8 +57,13 @@ fn plan_of(s: &Spec) -> Plan {
             text.push_str("compensate = { kind = \"sleep\", with = { duration = \"0s\" } }\n");
         }
     }
-    parse("prop.toml".as_ref(), &text, &upshift_steps::registry(), &LoadOptions::default())
-        .expect("generated plans are valid")
+    parse(
+        "prop.toml".as_ref(),
+        &text,
+        &upshift_steps::registry(),
+        &LoadOptions::default(),
+    )
+    .expect("generated plans are valid")
 }
 
 /// The journal of a simulated run, and its folded state.
@@ -73,7 +78,9 @@ impl Sim {
         let env = Envelope {
             run: self.run,
             seq: self.events.len() as u64,
-            time: Utc.timestamp_opt(1_700_000_000 + self.events.len() as i64, 0).unwrap(),
+            time: Utc
+                .timestamp_opt(1_700_000_000 + self.events.len() as i64, 0)
+                .unwrap(),
             event: e,
         };
         self.state.apply(&env);
@@ -112,13 +119,19 @@ fn simulate(plan: &Plan, outcomes: &[bool], crashes: &[bool]) -> (Sim, Option<En
         for id in &next.start {
             let st = sim.state.step(id);
             assert!(
-                matches!(st.status, StepStatus::Pending | StepStatus::Interrupted | StepStatus::RetryWait),
+                matches!(
+                    st.status,
+                    StepStatus::Pending | StepStatus::Interrupted | StepStatus::RetryWait
+                ),
                 "started {id} in state {:?}",
                 st.status
             );
             for n in &plan.steps[id].needs {
                 assert!(
-                    matches!(sim.state.step(n).status, StepStatus::Succeeded | StepStatus::Skipped),
+                    matches!(
+                        sim.state.step(n).status,
+                        StepStatus::Succeeded | StepStatus::Skipped
+                    ),
                     "started {id} before its need {n} was done"
                 );
             }
@@ -126,12 +139,18 @@ fn simulate(plan: &Plan, outcomes: &[bool], crashes: &[bool]) -> (Sim, Option<En
         }
         for id in &next.compensate {
             let st = sim.state.step(id);
-            assert_eq!(st.status, StepStatus::Succeeded, "compensating {id} that did not succeed");
+            assert_eq!(
+                st.status,
+                StepStatus::Succeeded,
+                "compensating {id} that did not succeed"
+            );
             assert!(compensable.contains(id));
             for d in plan.transitive_dependents(id) {
                 let ds = sim.state.step(d);
                 assert!(
-                    !(ds.status == StepStatus::Succeeded && compensable.contains(d) && ds.compensation != CompStatus::Done),
+                    !(ds.status == StepStatus::Succeeded
+                        && compensable.contains(d)
+                        && ds.compensation != CompStatus::Done),
                     "compensating {id} before its dependent {d}"
                 );
             }
@@ -139,11 +158,17 @@ fn simulate(plan: &Plan, outcomes: &[bool], crashes: &[bool]) -> (Sim, Option<En
         let running: Vec<String> = plan
             .order
             .iter()
-            .filter(|id| sim.state.step(id).status == StepStatus::Running || sim.state.step(id).compensation == CompStatus::Running)
+            .filter(|id| {
+                sim.state.step(id).status == StepStatus::Running
+                    || sim.state.step(id).compensation == CompStatus::Running
+            })
             .cloned()
             .collect();
         if next.end.is_some() {
-            assert!(running.is_empty(), "an end was decided with steps in flight");
+            assert!(
+                running.is_empty(),
+                "an end was decided with steps in flight"
+            );
         }
         match next.end {
             Some(End::Finish(o)) => {
@@ -159,11 +184,18 @@ fn simulate(plan: &Plan, outcomes: &[bool], crashes: &[bool]) -> (Sim, Option<En
         }
         // Start what was decided, then finish everything in flight.
         for (id, reason) in &next.wait {
-            sim.push(Event::StepWaiting { step: id.clone(), reason: reason.clone() });
+            sim.push(Event::StepWaiting {
+                step: id.clone(),
+                reason: reason.clone(),
+            });
         }
         for id in &next.start {
             let attempt = sim.state.step(id).attempts + 1;
-            sim.push(Event::StepStarted { step: id.clone(), attempt, resumed_from_checkpoint: false });
+            sim.push(Event::StepStarted {
+                step: id.clone(),
+                attempt,
+                resumed_from_checkpoint: false,
+            });
         }
         for id in &next.compensate {
             sim.push(Event::CompensationStarted { step: id.clone() });
@@ -171,7 +203,10 @@ fn simulate(plan: &Plan, outcomes: &[bool], crashes: &[bool]) -> (Sim, Option<En
         let crash = crashes.get(draws).copied().unwrap_or(false);
         if crash {
             // The engine dies with everything in flight, and comes back.
-            sim.push(Event::RunResumed { actor: Default::default(), engine_version: "test".into() });
+            sim.push(Event::RunResumed {
+                actor: Default::default(),
+                engine_version: "test".into(),
+            });
             draws += 1;
             continue;
         }
@@ -202,7 +237,11 @@ fn simulate(plan: &Plan, outcomes: &[bool], crashes: &[bool]) -> (Sim, Option<En
                     transient: false,
                 });
                 if attempt < plan.steps[&id].retry.attempts {
-                    sim.push(Event::StepRetryScheduled { step: id, next_attempt: attempt + 1, delay_ms: 0 });
+                    sim.push(Event::StepRetryScheduled {
+                        step: id,
+                        next_attempt: attempt + 1,
+                        delay_ms: 0,
+                    });
                 }
             }
         }
@@ -213,14 +252,28 @@ fn simulate(plan: &Plan, outcomes: &[bool], crashes: &[bool]) -> (Sim, Option<En
             .cloned()
             .collect();
         for id in comps {
-            sim.push(Event::CompensationSucceeded { step: id, output_tail: String::new() });
+            sim.push(Event::CompensationSucceeded {
+                step: id,
+                output_tail: String::new(),
+            });
         }
     }
     panic!("the simulation did not end in 500 decisions");
 }
 
 fn debug_state(s: &RunState) -> String {
-    format!("{:?}", (&s.steps.iter().map(|(k, v)| (k, &v.status, v.attempts, &v.compensation)).collect::<Vec<_>>(), s.outcome, s.rolling_back, &s.paused))
+    format!(
+        "{:?}",
+        (
+            &s.steps
+                .iter()
+                .map(|(k, v)| (k, &v.status, v.attempts, &v.compensation))
+                .collect::<Vec<_>>(),
+            s.outcome,
+            s.rolling_back,
+            &s.paused
+        )
+    )
 }
 
 proptest! {

@@ -21,9 +21,9 @@ use std::sync::Arc;
 pub mod child;
 pub mod kinds;
 pub mod params;
-pub mod testing;
 #[cfg(feature = "sql-standin")]
 pub mod sql_standin;
+pub mod testing;
 
 pub use params::{ParamError, parse_params};
 

@@ -130,7 +130,11 @@ impl Step for Backup {
     async fn run(&self, ctx: &dyn StepContext) -> Result<StepOutcome, StepError> {
         let dest = self.dest(ctx);
         let (sha, bytes) = verified_copy(&self.file, &dest)?;
-        ctx.output(&format!("saved {} as {} ({bytes} bytes, sha256 {sha})\n", self.file.display(), dest.display()));
+        ctx.output(&format!(
+            "saved {} as {} ({bytes} bytes, sha256 {sha})\n",
+            self.file.display(),
+            dest.display()
+        ));
         let mut o = Outputs::new();
         o.insert("path".into(), dest.display().to_string());
         o.insert("sha256".into(), sha);
@@ -162,7 +166,10 @@ impl Step for Backup {
         Ok(if sha256_of(p)?.0 == *sha {
             Probe::InPlace
         } else {
-            Probe::Differs(format!("the copy {} changed since it was made", p.display()))
+            Probe::Differs(format!(
+                "the copy {} changed since it was made",
+                p.display()
+            ))
         })
     }
 }
@@ -216,8 +223,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("AppSettings.config");
         std::fs::write(&src, "<appSettings/>\r\n").unwrap();
-        let with: toml::Table =
-            toml::from_str(&format!("file = '{}'", src.display())).unwrap();
+        let with: toml::Table = toml::from_str(&format!("file = '{}'", src.display())).unwrap();
         let step = build_backup(&with).unwrap();
         let ctx = TestContext::new("save", dir.path().join("work"));
         let out = step.run(&ctx).await.unwrap();
@@ -230,7 +236,10 @@ mod tests {
         ctx2.recorded = out.outputs.clone();
         assert_eq!(step.probe(&ctx2).await.unwrap(), Probe::InPlace);
         std::fs::write(&copy, "tampered").unwrap();
-        assert!(matches!(step.probe(&ctx2).await.unwrap(), Probe::Differs(_)));
+        assert!(matches!(
+            step.probe(&ctx2).await.unwrap(),
+            Probe::Differs(_)
+        ));
         step.compensate(&ctx2).await.unwrap();
         assert!(!copy.exists());
         // Restore puts a copy back.
