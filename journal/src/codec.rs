@@ -93,7 +93,13 @@ pub fn decode(record: &[u8], key: Option<(RunId, u64)>) -> Result<Envelope, Code
     if stored != computed {
         return Err(CodecError::Checksum { stored, computed });
     }
-    let (env, used): (Envelope, usize) = bincode::serde::decode_from_slice(body, config())
+    // The limit bounds what declared lengths may claim: without it, a body
+    // whose checksum matches but that declares a length of 2^62 (fuzzing
+    // found one) makes bincode allocate that much and abort the process.
+    // bincode claims `size_of::<T>()` per element, up to 24x the encoded
+    // bytes (a map of empty strings), so the bound is 32x the largest event.
+    let limited = config().with_limit::<{ 32 * EVENT_BYTES_MAX }>();
+    let (env, used): (Envelope, usize) = bincode::serde::decode_from_slice(body, limited)
         .map_err(|e| CodecError::Body(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Body(format!(
