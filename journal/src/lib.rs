@@ -232,16 +232,13 @@ impl Journal {
     ) -> Result<(), JournalError> {
         let mut expect = from_seq;
         let mut gap = None;
-        let mut stopped = false;
         let scanned = self.store.scan(run, from_seq, &mut |env| {
             if env.seq != expect {
                 gap = Some(expect);
                 return ControlFlow::Break(());
             }
             expect += 1;
-            let flow = visit(env);
-            stopped = flow.is_break();
-            flow
+            visit(env)
         });
         match scanned {
             // A damaged key (run or seq bits flipped in the store's own
@@ -261,12 +258,6 @@ impl Journal {
                 });
             }
             other => other?,
-        }
-        // A damaged key can also end a range scan early without an error;
-        // the run's last key (found from the other end of the store's tree)
-        // says whether records were left unread.
-        if gap.is_none() && !stopped && self.store.next_seq(run)? > expect {
-            gap = Some(expect);
         }
         match gap {
             Some(seq) => Err(JournalError::Corrupt {

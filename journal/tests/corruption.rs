@@ -284,3 +284,37 @@ fn a_record_damaged_through_redb_is_reported_at_its_seq_in_every_run() {
     // The other run is untouched.
     assert_eq!(j.read_run(expected[0].0).unwrap(), expected[0].1);
 }
+
+#[test]
+fn a_reader_beside_a_live_writer_never_reports_false_damage() {
+    // The damage checks after a scan (run head, last key) must use the
+    // scan's own snapshot: a commit landing between them is not damage.
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunId::new();
+    let mut w = Journal::open(dir.path()).unwrap();
+    let note = move |seq: u64| Envelope {
+        run,
+        seq,
+        time: chrono::Utc::now(),
+        event: Event::Note {
+            text: format!("event {seq}"),
+        },
+    };
+    w.append(&[note(0)]).unwrap();
+    let r = Journal::open_read_only(dir.path()).unwrap();
+    let writer = std::thread::spawn(move || {
+        for seq in 1..300 {
+            w.append(&[note(seq)]).unwrap();
+        }
+    });
+    let mut reads = 0;
+    while !writer.is_finished() || reads == 0 {
+        let events = r
+            .read_run(run)
+            .unwrap_or_else(|e| panic!("read {reads}: false damage beside a live writer: {e}"));
+        assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+        reads += 1;
+    }
+    writer.join().unwrap();
+    assert_eq!(r.read_run(run).unwrap().len(), 300);
+}

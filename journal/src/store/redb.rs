@@ -250,18 +250,63 @@ impl JournalStore for RedbStore {
         from_seq: u64,
         visit: &mut dyn FnMut(Envelope) -> ControlFlow<()>,
     ) -> Result<(), JournalError> {
-        self.with_table(|table| {
+        guard(&self.path, || {
+            // One read transaction for the records and the checks after
+            // them, so a live writer's newer commits are never mistaken for
+            // records missing from this snapshot.
+            let txn = self.read()?;
+            let table = txn.open_table(EVENTS).map_err(|e| map_err(&self.path, e))?;
             let lo = codec::key(run, from_seq);
             let hi = codec::key(run, u64::MAX);
             let range = table
                 .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
                 .map_err(|e| map_err(&self.path, e))?;
+            let mut expect = from_seq;
             for item in range {
                 let (k, v) = item.map_err(|e| map_err(&self.path, e))?;
                 let env = decode_at(k.value(), v.value())?;
+                let seq = env.seq;
                 if visit_outside_guard(|| visit(env)).is_break() {
-                    break;
+                    return Ok(());
                 }
+                if seq != expect {
+                    // A gap: the caller (Journal::scan) reports it.
+                    return Ok(());
+                }
+                expect += 1;
+            }
+            // A damaged key can end a range scan early without any error:
+            // compare with the run's head and with its last key found from
+            // the other end of the tree.
+            let mut last = table
+                .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+                .map_err(|e| map_err(&self.path, e))?;
+            let from_keys = match last.next_back() {
+                Some(item) => {
+                    let (k, _) = item.map_err(|e| map_err(&self.path, e))?;
+                    codec::parse_key(k.value()).map(|(_, s)| s + 1).unwrap_or(0)
+                }
+                None => 0,
+            };
+            let head = match txn.open_table(HEADS) {
+                Ok(t) => t
+                    .get(run.to_bytes().as_slice())
+                    .map_err(|e| map_err(&self.path, e))?
+                    .map(|v| v.value())
+                    .unwrap_or(0),
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(map_err(&self.path, e)),
+            };
+            let end = from_keys.max(head);
+            if end > expect {
+                return Err(JournalError::Corrupt {
+                    run,
+                    seq: expect,
+                    detail: codec::CodecError::Body(format!(
+                        "record missing: the run's records end at seq {}, the scan stopped at {expect}",
+                        end - 1
+                    )),
+                });
             }
             Ok(())
         })
