@@ -659,8 +659,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             let live = live_pid(&dir);
             let j = Journal::open_read_only(&dir)?;
             let run = pick_run(&j, run.as_deref(), false)?;
-            let history = read_history(&j, run)?;
-            let state = RunState::from_events(&history);
+            let state = fold_run(&j, run)?;
             let plan = pinned_plan(&state).ok();
             let doc = report::status_json(
                 &state,
@@ -726,17 +725,16 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             let dir = journal.dir();
             let j = Journal::open(&dir)?;
             let run = pick_run(&j, run.as_deref(), false)?;
-            let history = read_history(&j, run)?;
-            let state = RunState::from_events(&history);
+            let state = fold_run(&j, run)?;
             let plan = pinned_plan(&state)
                 .map_err(|e| CliError::failed(format!("the pinned plan does not validate: {e}")))?;
             let secrets = engine::resolve_secrets(&plan).map_err(CliError::usage)?;
-            let eng = Engine::new(
+            let eng = Engine::with_state(
                 plan,
                 config(&dir, &Session::default()),
                 j,
                 run,
-                &history,
+                state,
                 secrets,
             );
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -836,13 +834,29 @@ fn block_on<F: std::future::Future<Output = Result<Exit, engine::EngineError>>>(
     })
 }
 
-fn read_history(j: &Journal, run: RunId) -> Result<Vec<Envelope>, CliError> {
-    j.read_run(run).map_err(|e| match e {
+fn damaged(e: JournalError, run: RunId) -> CliError {
+    match e {
         JournalError::Corrupt { .. } => CliError::failed(format!(
             "{e}\n  upshift will not resume from a damaged journal: `upshift log {run}` shows the intact events before the damage"
         )),
         other => other.into(),
+    }
+}
+
+fn read_history(j: &Journal, run: RunId) -> Result<Vec<Envelope>, CliError> {
+    j.read_run(run).map_err(|e| damaged(e, run))
+}
+
+/// Folds a run's events as they are scanned, without holding them all
+/// (a run can have millions).
+pub fn fold_run(j: &Journal, run: RunId) -> Result<RunState, CliError> {
+    let mut state = RunState::default();
+    j.scan(run, 0, &mut |env| {
+        state.apply(&env);
+        ControlFlow::Continue(())
     })
+    .map_err(|e| damaged(e, run))?;
+    Ok(state)
 }
 
 /// The pid of a live engine holding the journal, if any.
@@ -1045,8 +1059,7 @@ pub fn resume_run(
 ) -> Result<(RunId, Exit), CliError> {
     let j = Journal::open(dir)?;
     let run = pick_run(&j, run, true)?;
-    let history = read_history(&j, run)?;
-    let state = RunState::from_events(&history);
+    let state = fold_run(&j, run)?;
     if let Some(o) = state.outcome {
         eprintln!(
             "run {run} already ended: {} — nothing to resume",
@@ -1067,7 +1080,7 @@ pub fn resume_run(
             text: format!("could not remove the resume-at-boot task: {e}"),
         }),
     }
-    let mut eng = Engine::new(plan, config(dir, session), j, run, &history, secrets);
+    let mut eng = Engine::with_state(plan, config(dir, session), j, run, state, secrets);
     let exit = block_on(async {
         let drift = eng.drift().await;
         if !drift.is_empty() {

@@ -533,10 +533,29 @@ impl Engine {
         history: &[Envelope],
         secrets: BTreeMap<String, String>,
     ) -> Engine {
+        Engine::with_state(
+            plan,
+            cfg,
+            journal,
+            run,
+            RunState::from_events(history),
+            secrets,
+        )
+    }
+
+    /// Like [`Engine::new`], from the run's already folded state (a resume
+    /// folds the journal as it scans it, without holding every event).
+    pub fn with_state(
+        plan: Plan,
+        cfg: Config,
+        journal: Journal,
+        run: RunId,
+        state: RunState,
+        secrets: BTreeMap<String, String>,
+    ) -> Engine {
         let (ctx, crx) = mpsc::unbounded_channel();
         let redactor = Redactor::new(secrets.values().cloned());
         let writer = Writer::start(journal, redactor.clone(), ctx);
-        let state = RunState::from_events(history);
         Engine {
             plan: Arc::new(plan),
             cfg,
@@ -909,6 +928,25 @@ impl Engine {
                         self.redactor.event(&mut e);
                         e
                     }));
+                    // Other attempts that ended meanwhile go in the same
+                    // commit (parallel branches share their transitions).
+                    while let Some(more) = tasks.try_join_next() {
+                        let more = more.map_err(|e| {
+                            EngineError::Other(format!("a step task panicked: {e}"))
+                        })?;
+                        in_flight.remove(&more.step);
+                        if more.work == Work::Run {
+                            for l in &self.plan.steps[&more.step].locks {
+                                if let Some(c) = held.get_mut(l) {
+                                    *c = c.saturating_sub(1);
+                                }
+                            }
+                        }
+                        pending_events.extend(self.result_events(more).into_iter().map(|mut e| {
+                            self.redactor.event(&mut e);
+                            e
+                        }));
+                    }
                 }
                 _ = async {
                     match sleep_until {
