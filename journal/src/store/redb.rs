@@ -38,9 +38,15 @@ pub struct RedbStore {
     path: PathBuf,
 }
 
+/// redb's page cache. Its default (1 GiB) lets a scan of a long run keep
+/// every page it read; a journal is read once from start to end and appended
+/// at its end, so a small cache costs nothing and bounds the engine's memory.
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 fn builder() -> redb::Builder {
     let mut b = redb::Builder::new();
     b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    b.set_cache_size(CACHE_BYTES);
     b
 }
 
