@@ -910,42 +910,29 @@ impl Engine {
             });
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    let done = match done {
-                        Ok(d) => d,
-                        Err(e) => return Err(EngineError::Other(format!("a step task panicked: {e}"))),
-                    };
-                    in_flight.remove(&done.step);
-                    if done.work == Work::Run {
-                        for l in &self.plan.steps[&done.step].locks {
-                            if let Some(c) = held.get_mut(l) {
-                                *c = c.saturating_sub(1);
-                            }
-                        }
-                    }
-                    // Redacted now, not only by the writer: decisions made
-                    // on these events (pause reasons) reach the terminal.
-                    pending_events.extend(self.result_events(done).into_iter().map(|mut e| {
-                        self.redactor.event(&mut e);
-                        e
-                    }));
-                    // Other attempts that ended meanwhile go in the same
-                    // commit (parallel branches share their transitions).
-                    while let Some(more) = tasks.try_join_next() {
-                        let more = more.map_err(|e| {
+                    // Attempts that ended meanwhile go in the same commit
+                    // (parallel branches share their transitions).
+                    let mut next_done = Some(done);
+                    while let Some(done) = next_done {
+                        let done = done.map_err(|e| {
                             EngineError::Other(format!("a step task panicked: {e}"))
                         })?;
-                        in_flight.remove(&more.step);
-                        if more.work == Work::Run {
-                            for l in &self.plan.steps[&more.step].locks {
+                        in_flight.remove(&done.step);
+                        if done.work == Work::Run {
+                            for l in &self.plan.steps[&done.step].locks {
                                 if let Some(c) = held.get_mut(l) {
                                     *c = c.saturating_sub(1);
                                 }
                             }
                         }
-                        pending_events.extend(self.result_events(more).into_iter().map(|mut e| {
+                        // Redacted now, not only by the writer: decisions
+                        // made on these events (pause reasons) reach the
+                        // terminal.
+                        pending_events.extend(self.result_events(done).into_iter().map(|mut e| {
                             self.redactor.event(&mut e);
                             e
                         }));
+                        next_done = tasks.try_join_next();
                     }
                 }
                 _ = async {
