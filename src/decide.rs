@@ -54,35 +54,41 @@ pub fn decide(
         next.end = Some(End::Finish(o));
         return next;
     }
-    let running = plan
-        .order
-        .iter()
-        .any(|id| state.step(id).status == StepStatus::Running);
+    // One pass over the steps, one lookup each: this runs on every
+    // transition, so its cost is paid once per step of the plan each time.
+    let mut running = false;
+    let mut all_done = true;
+    let mut failed: Vec<&String> = Vec::new();
+    let mut waiting: Vec<&String> = Vec::new();
+    let mut candidates: Vec<(&String, &crate::state::StepState)> = Vec::new();
+    for id in &plan.order {
+        let st = state.step(id);
+        match st.status {
+            StepStatus::Running => running = true,
+            StepStatus::Failed => failed.push(id),
+            StepStatus::Waiting => waiting.push(id),
+            StepStatus::Pending | StepStatus::Interrupted | StepStatus::RetryWait => {
+                candidates.push((id, st))
+            }
+            StepStatus::Succeeded | StepStatus::Skipped => {}
+        }
+        all_done &= done(&st.status);
+    }
     if state.rolling_back {
         return decide_rollback(plan, state, compensable, running);
     }
-    let failed: Vec<&String> = plan
-        .order
-        .iter()
-        .filter(|id| state.step(id).status == StepStatus::Failed)
-        .collect();
     let blocked = !failed.is_empty() || state.reboot_pending.is_some();
     if !blocked {
-        for id in &plan.order {
+        for (id, st) in candidates {
             let def = &plan.steps[id];
-            let st = state.step(id);
-            let ready_status = match st.status {
-                StepStatus::Pending | StepStatus::Interrupted => true,
-                StepStatus::RetryWait => match st.retry_at {
-                    Some(t) if t > now => {
-                        next.wake_at = Some(next.wake_at.map_or(t, |w| w.min(t)));
-                        false
-                    }
-                    _ => true,
-                },
-                _ => false,
-            };
-            if !ready_status || !def.needs.iter().all(|n| done(&state.step(n).status)) {
+            if st.status == StepStatus::RetryWait
+                && let Some(t) = st.retry_at
+                && t > now
+            {
+                next.wake_at = Some(next.wake_at.map_or(t, |w| w.min(t)));
+                continue;
+            }
+            if !def.needs.iter().all(|n| done(&state.step(n).status)) {
                 continue;
             }
             if st.status == StepStatus::Interrupted
@@ -127,14 +133,12 @@ pub fn decide(
     if next.wake_at.is_some() {
         return next;
     }
-    if plan.order.iter().all(|id| done(&state.step(id).status)) {
+    if all_done {
         next.end = Some(End::Finish(Outcome::Succeeded));
         return next;
     }
-    let waiting: Vec<String> = plan
-        .order
-        .iter()
-        .filter(|id| state.step(id).status == StepStatus::Waiting)
+    let waiting: Vec<String> = waiting
+        .into_iter()
         .map(|id| {
             format!(
                 "{id}: {} (`upshift approve {run} {id}`)",
