@@ -357,6 +357,24 @@ impl Sql {
         &self.params
     }
 
+    /// Maps what a bounded statement came back with: its value, its error
+    /// (classified), or, when the time limit ran out, the batch cancelled on
+    /// the server.
+    async fn settle<T>(
+        &mut self,
+        what: &str,
+        limit: Option<Duration>,
+        outcome: Option<Result<T, tiberius::error::Error>>,
+    ) -> Result<T, StepError> {
+        match outcome {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(self.fail(what, e)),
+            None => Err(self
+                .cancel_after_timeout(what, limit.unwrap_or_default())
+                .await),
+        }
+    }
+
     fn fail(&self, what: &str, e: tiberius::error::Error) -> StepError {
         classify(&self.params, &self.label, what, e)
     }
@@ -396,13 +414,8 @@ impl Sql {
         let client = &mut self.client;
         let fut = async move { client.simple_query(sql).await?.into_results().await };
         let secret = self.params.password().to_string();
-        match guarded(fut, limit, &secret).await {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(self.fail(&what, e)),
-            None => Err(self
-                .cancel_after_timeout(&what, limit.unwrap_or_default())
-                .await),
-        }
+        let outcome = guarded(fut, limit, &secret).await;
+        self.settle(&what, limit, outcome).await
     }
 
     /// Runs a parameterised statement (`@P1`, ...; `sp_executesql`),
@@ -418,13 +431,8 @@ impl Sql {
         let client = &mut self.client;
         let fut = async move { client.query(sql, params).await?.into_results().await };
         let secret = self.params.password().to_string();
-        match guarded(fut, limit, &secret).await {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(self.fail(&what, e)),
-            None => Err(self
-                .cancel_after_timeout(&what, limit.unwrap_or_default())
-                .await),
-        }
+        let outcome = guarded(fut, limit, &secret).await;
+        self.settle(&what, limit, outcome).await
     }
 
     /// Runs a parameterised statement, returning the rows it affected.
@@ -442,13 +450,8 @@ impl Sql {
             Ok::<u64, tiberius::error::Error>(r.rows_affected().iter().sum())
         };
         let secret = self.params.password().to_string();
-        match guarded(fut, limit, &secret).await {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(self.fail(&what, e)),
-            None => Err(self
-                .cancel_after_timeout(&what, limit.unwrap_or_default())
-                .await),
-        }
+        let outcome = guarded(fut, limit, &secret).await;
+        self.settle(&what, limit, outcome).await
     }
 
     /// Like [`Sql::batch`], handing `N percent processed.` messages
@@ -485,13 +488,8 @@ impl Sql {
             }
             out
         };
-        match bounded(watched, limit).await {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(self.fail(&what, e)),
-            None => Err(self
-                .cancel_after_timeout(&what, limit.unwrap_or_default())
-                .await),
-        }
+        let outcome = bounded(watched, limit).await;
+        self.settle(&what, limit, outcome).await
     }
 }
 
