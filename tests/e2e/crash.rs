@@ -297,9 +297,12 @@ with = { program = "sh", args = ["-c", "sleep 0.1; echo c >> @M@/c"] }
     let mut kills = 0;
     let mut finished = false;
     for _ in 0..40 {
+        // The run by its id: a session killed after journaling the run's
+        // end leaves no unfinished run, and a bare `resume` would then say
+        // so (exit 2) instead of "already ended" (exit 0).
         let mut cmd = match &run_id {
             None => sb.cmd(&["run", plan.to_str().unwrap()]),
-            Some(_) => sb.cmd(&["resume"]),
+            Some(id) => sb.cmd(&["resume", id]),
         };
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
@@ -334,11 +337,11 @@ with = { program = "sh", args = ["-c", "sleep 0.1; echo c >> @M@/c"] }
             break;
         }
     }
+    let run = run_id.expect("the first run printed its id");
     if !finished {
         // Let the last resume run to the end.
-        sb.run(&["resume"]).expect(0);
+        sb.run(&["resume", &run]).expect(0);
     }
-    let run = run_id.expect("the first run printed its id");
     assert_eq!(sb.status(&run)["state"], "succeeded");
     assert!(
         kills >= 3,
