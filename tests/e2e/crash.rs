@@ -293,7 +293,7 @@ with = { program = "sh", args = ["-c", "sleep 0.1; echo c >> @M@/c"] }
             .wrapping_add(1442695040888963407);
         (seed >> 33) % 400
     };
-    let mut run_id = None;
+    let mut run_id: Option<String> = None;
     let mut kills = 0;
     let mut finished = false;
     for _ in 0..40 {
@@ -302,7 +302,7 @@ with = { program = "sh", args = ["-c", "sleep 0.1; echo c >> @M@/c"] }
         // so (exit 2) instead of "already ended" (exit 0).
         let mut cmd = match &run_id {
             None => sb.cmd(&["run", plan.to_str().unwrap()]),
-            Some(id) => sb.cmd(&["resume", id]),
+            Some(id) => sb.cmd(&["resume", id.as_str()]),
         };
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
