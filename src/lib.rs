@@ -34,7 +34,7 @@ pub mod plan;
 pub mod reboot;
 pub mod refs;
 pub mod report;
-pub mod site;
+pub mod rules;
 pub mod state;
 pub mod support;
 pub mod ui;

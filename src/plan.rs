@@ -931,7 +931,9 @@ pub fn parse(
     }
     for r in &raw.rules {
         match (r.get_ref().as_str(), &site) {
-            ("teammanager", Some(site)) => errors.extend(crate::site::check_teammanager(site)),
+            ("teammanager", Some(site)) => {
+                errors.extend(crate::rules::teammanager::check_teammanager(site))
+            }
             ("teammanager", None) => errors.push(loc.at(
                 r.span(),
                 "rules = [\"teammanager\"] checks a site file, but the plan has none",

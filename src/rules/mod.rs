@@ -1,0 +1,3 @@
+//! Rule sets that a plan names with `rules = [...]`.
+
+pub mod teammanager;
