@@ -1218,9 +1218,10 @@ fn step_decision(
                 .map(|p| p.steps.keys().cloned().collect::<Vec<_>>())
                 .unwrap_or_default();
             if !plan_steps.contains(&step) {
-                let hint = plan::suggest(&step, plan_steps.iter().map(String::as_str))
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default();
+                let hint =
+                    crate::diagnostics::suggest(&step, plan_steps.iter().map(String::as_str))
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
                 return Err(CliError::usage(format!(
                     "run {run} has no step `{step}`{hint}"
                 )));

@@ -28,7 +28,9 @@ pub mod cli;
 pub mod decide;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod diagnostics;
 pub mod engine;
+pub mod error;
 pub mod logging;
 pub mod plan;
 pub mod reboot;

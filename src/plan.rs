@@ -6,7 +6,6 @@
 //! cycles (named), unresolvable references.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +15,10 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 use upshift_steps::Registry;
 
+use crate::diagnostics::{Locator, did_you_mean, suggest};
+pub use crate::diagnostics::{PlanError, PlanErrors};
 use crate::refs::{self, MapResolver, Ref};
+use crate::rules;
 
 /// What to do when a step fails for good (retries exhausted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -154,80 +156,6 @@ pub struct Plan {
     pub reboot: RebootPolicy,
 }
 
-/// One problem in a plan, located.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanError {
-    /// The plan file.
-    pub file: PathBuf,
-    /// 1-based line, 0 if unknown.
-    pub line: usize,
-    /// 1-based column, 0 if unknown.
-    pub col: usize,
-    /// The line's text.
-    pub snippet: String,
-    /// Width of the underline.
-    pub width: usize,
-    /// What is wrong.
-    pub message: String,
-    /// How to fix it.
-    pub hint: Option<String>,
-}
-
-impl fmt::Display for PlanError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
-            writeln!(
-                f,
-                "{}:{}:{}: error: {}",
-                self.file.display(),
-                self.line,
-                self.col,
-                self.message
-            )?;
-            let no = self.line.to_string();
-            writeln!(f, "{:w$} |", "", w = no.len())?;
-            writeln!(f, "{no} | {}", self.snippet)?;
-            write!(
-                f,
-                "{:w$} | {:c$}{}",
-                "",
-                "",
-                "^".repeat(self.width.max(1)),
-                w = no.len(),
-                c = self.col.saturating_sub(1)
-            )?;
-        } else {
-            write!(f, "{}: error: {}", self.file.display(), self.message)?;
-        }
-        if let Some(h) = &self.hint {
-            write!(f, "\n  hint: {h}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Every problem found in a plan (never empty).
-#[derive(Debug, Clone)]
-pub struct PlanErrors(pub Vec<PlanError>);
-
-impl fmt::Display for PlanErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        if self.0.len() > 1 {
-            write!(f, "\n\n{} problems in the plan", self.0.len())?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for PlanErrors {}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlan {
@@ -296,108 +224,6 @@ struct RawBody {
     kind: Spanned<String>,
     #[serde(default)]
     with: Option<Spanned<toml::Table>>,
-}
-
-/// Locates byte offsets in the plan text.
-struct Locator<'a> {
-    file: &'a Path,
-    text: &'a str,
-}
-
-impl Locator<'_> {
-    fn at(
-        &self,
-        span: Range<usize>,
-        message: impl Into<String>,
-        hint: Option<String>,
-    ) -> PlanError {
-        let start = span.start.min(self.text.len());
-        let line_start = self.text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let line_end = self.text[start..]
-            .find('\n')
-            .map(|i| start + i)
-            .unwrap_or(self.text.len());
-        let line = self.text[..start].matches('\n').count() + 1;
-        let col = self.text[line_start..start].chars().count() + 1;
-        let end = span.end.min(line_end).max(start);
-        PlanError {
-            file: self.file.to_path_buf(),
-            line,
-            col,
-            snippet: self.text[line_start..line_end]
-                .trim_end_matches('\r')
-                .to_string(),
-            width: self.text[start..end].chars().count(),
-            message: message.into(),
-            hint,
-        }
-    }
-
-    /// Narrows a table's span to where `needle` first appears in it.
-    fn find_in(&self, span: Range<usize>, needle: &str) -> Range<usize> {
-        let hay = &self.text[span.start.min(self.text.len())..span.end.min(self.text.len())];
-        match hay.find(needle) {
-            Some(i) => span.start + i..span.start + i + needle.len(),
-            None => span,
-        }
-    }
-
-    /// Narrows to a key `key =` inside a table span.
-    fn find_key(&self, span: Range<usize>, key: &str) -> Range<usize> {
-        let hay = &self.text[span.start.min(self.text.len())..span.end.min(self.text.len())];
-        let mut from = 0;
-        while let Some(i) = hay[from..].find(key) {
-            let at = from + i;
-            let before_ok = at == 0
-                || hay[..at]
-                    .chars()
-                    .next_back()
-                    .is_some_and(|c| c.is_whitespace() || c == '{' || c == ',' || c == '"');
-            let after = hay[at + key.len()..].trim_start_matches(['"', ' ', '\t']);
-            if before_ok && after.starts_with('=') {
-                return span.start + at..span.start + at + key.len();
-            }
-            from = at + key.len();
-        }
-        span
-    }
-}
-
-/// The closest of `candidates` to `word`, if close enough to suggest.
-pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim(word, c), c))
-        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// "did you mean `x`?" for a close candidate, else the list of candidates.
-fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl Iterator<Item = &'a str> + Clone,
-    label: &str,
-) -> String {
-    match suggest(word, candidates.clone()) {
-        Some(s) => format!("did you mean `{s}`?"),
-        None => format!("{label}: {}", candidates.collect::<Vec<_>>().join(", ")),
-    }
-}
-
-/// Levenshtein distance.
-fn strsim(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// Options that shape loading: `--var` overrides and the site file.
@@ -910,39 +736,38 @@ pub fn parse(
         }
     }
 
-    // The manual: the ICH conference cleanup runs on one server only.
-    let cleanups: Vec<&String> = raw
+    // Rules from products' manuals: those for every plan, then the rule
+    // sets the plan names for its site file.
+    let kinds: Vec<rules::StepKind<'_>> = raw
         .steps
         .iter()
-        .filter(|(_, s)| s.get_ref().kind.get_ref() == "ich.cleanup_conferences")
-        .map(|(id, _)| id)
+        .map(|(id, s)| rules::StepKind {
+            id,
+            kind: s.get_ref().kind.get_ref(),
+            span: s.get_ref().kind.span(),
+        })
         .collect();
-    if cleanups.len() > 1 {
-        let second = &raw.steps[cleanups[1]];
-        errors.push(loc.at(
-            second.get_ref().kind.span(),
-            format!(
-                "{} steps run the ICH conference cleanup ({}); the manual allows it on one server only",
-                cleanups.len(),
-                cleanups.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-            Some("keep one ich.cleanup_conferences step, for the host named in the site file".into()),
-        ));
+    for rule in rules::PLAN_RULES {
+        errors.extend(rule(&loc, &kinds));
     }
     for r in &raw.rules {
-        match (r.get_ref().as_str(), &site) {
-            ("teammanager", Some(site)) => {
-                errors.extend(crate::rules::teammanager::check_teammanager(site))
-            }
-            ("teammanager", None) => errors.push(loc.at(
+        let name = r.get_ref().as_str();
+        match (rules::rule_set(name), &site) {
+            (Some(set), Some(site)) => errors.extend((set.check_site)(&rules::SiteView {
+                path: &site.path,
+                text: &site.text,
+                doc: &site.doc,
+                values: &site.values,
+            })),
+            (Some(_), None) => errors.push(loc.at(
                 r.span(),
-                "rules = [\"teammanager\"] checks a site file, but the plan has none",
+                format!("rules = [\"{name}\"] checks a site file, but the plan has none"),
                 Some("add `site = \"sites/<customer>.toml\"`".into()),
             )),
-            (other, _) => errors.push(loc.at(
+            (None, _) => errors.push(loc.at(
                 r.span(),
-                format!("unknown rule set `{other}`"),
-                Some("known rule sets: teammanager".into()),
+                format!("unknown rule set `{name}`"),
+                Some(format!("known rule sets: {}", rules::known())),
             )),
         }
     }
@@ -1056,53 +881,6 @@ fn read_site(p: &Path, span: Option<Range<usize>>, loc: &Locator<'_>) -> Result<
             },
         }
     })
-}
-
-/// Finds where a dotted key of a TOML file is written, as a located error:
-/// the line of `key =` under the `[table]` header, else the header, else the
-/// file. Used by site rules to name the site file's line.
-pub fn locate_key(
-    file: &Path,
-    text: &str,
-    table: &[&str],
-    key: Option<&str>,
-    message: String,
-    hint: Option<String>,
-) -> PlanError {
-    let loc = Locator { file, text };
-    let header = format!("[{}]", table.join("."));
-    let mut offset = 0;
-    let mut in_table = table.is_empty();
-    let mut header_span = None;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_table = t == header;
-            if in_table {
-                header_span = Some(offset..offset + line.trim_end().len());
-            }
-        } else if in_table
-            && let Some(k) = key
-            && let Some(rest) = t.strip_prefix(k)
-            && rest.trim_start().starts_with('=')
-        {
-            let start = offset + (line.len() - line.trim_start().len());
-            return loc.at(start..start + line.trim().len(), message, hint);
-        }
-        offset += line.len();
-    }
-    match header_span {
-        Some(sp) => loc.at(sp, message, hint),
-        None => PlanError {
-            file: file.to_path_buf(),
-            line: 0,
-            col: 0,
-            snippet: String::new(),
-            width: 0,
-            message,
-            hint,
-        },
-    }
 }
 
 /// SHA-256 of a plan text, hex.

@@ -1,6 +1,8 @@
-//! Site rules: checks of a customer's site file that the TeamManager manual
-//! implies, run by `upshift check` for plans with `rules = ["teammanager"]`.
-//! Each failure names the site file's line.
+//! The TeamManager rules: checks of a customer's site file that the
+//! TeamManager manual implies, run by `upshift check` for plans with
+//! `rules = ["teammanager"]` ([`check_site`]), and the one rule on the plan
+//! itself that the manual implies for every plan ([`one_ich_cleanup`]).
+//! Each failure names the file's line.
 //!
 //! The site file (see `plans/sites/example.toml`):
 //! ```toml
@@ -19,7 +21,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::plan::{PlanError, Site, locate_key};
+use super::{SiteView, StepKind};
+use crate::diagnostics::{Locator, PlanError, locate_key};
 
 fn get<'a>(v: &'a toml::Value, path: &[&str]) -> Option<&'a toml::Value> {
     let mut cur = v;
@@ -72,15 +75,36 @@ pub fn dn_problem(dn: &str) -> Option<String> {
     None
 }
 
-/// The TeamManager rules. Returns every violation.
-pub fn check_teammanager(site: &Site) -> Vec<PlanError> {
+/// The manual: the ICH conference cleanup runs on one server only, so a
+/// plan has at most one `ich.cleanup_conferences` step.
+pub fn one_ich_cleanup(loc: &Locator<'_>, steps: &[StepKind<'_>]) -> Vec<PlanError> {
+    let cleanups: Vec<&StepKind<'_>> = steps
+        .iter()
+        .filter(|s| s.kind == "ich.cleanup_conferences")
+        .collect();
+    if cleanups.len() <= 1 {
+        return Vec::new();
+    }
+    vec![loc.at(
+        cleanups[1].span.clone(),
+        format!(
+            "{} steps run the ICH conference cleanup ({}); the manual allows it on one server only",
+            cleanups.len(),
+            cleanups.iter().map(|s| s.id).collect::<Vec<_>>().join(", ")
+        ),
+        Some("keep one ich.cleanup_conferences step, for the host named in the site file".into()),
+    )]
+}
+
+/// The TeamManager site rules. Returns every violation.
+pub fn check_site(site: &SiteView<'_>) -> Vec<PlanError> {
     let mut errors = Vec::new();
-    let file = &site.path;
-    let t = &site.text;
+    let file = site.path;
+    let t = site.text;
     let err = |table: &[&str], key: Option<&str>, message: String, hint: &str| {
         locate_key(file, t, table, key, message, Some(hint.to_string()))
     };
-    let components = get(&site.doc, &["components"])
+    let components = get(site.doc, &["components"])
         .and_then(|v| v.as_table())
         .cloned()
         .unwrap_or_default();
@@ -128,8 +152,7 @@ pub fn check_teammanager(site: &Site) -> Vec<PlanError> {
     }
 
     // TM and LUCS instance names differ on a shared machine.
-    if let Some(lucs) =
-        get(&site.doc, &["products", "lucs", "instances"]).and_then(|v| v.as_table())
+    if let Some(lucs) = get(site.doc, &["products", "lucs", "instances"]).and_then(|v| v.as_table())
     {
         for (name, c) in &components {
             let (Some(host), Some(instance)) = (c.get("host"), c.get("instance")) else {
@@ -155,7 +178,7 @@ pub fn check_teammanager(site: &Site) -> Vec<PlanError> {
     }
 
     // AD group DNs well formed, without spaces.
-    if let Some(ad) = get(&site.doc, &["ad"]).and_then(|v| v.as_table()) {
+    if let Some(ad) = get(site.doc, &["ad"]).and_then(|v| v.as_table()) {
         for (key, v) in ad {
             if !key.ends_with("_group") {
                 continue;
@@ -173,7 +196,7 @@ pub fn check_teammanager(site: &Site) -> Vec<PlanError> {
 
     // Thumbprints: 40 hex characters once invisible marks are stripped.
     let mut thumbprints = Vec::new();
-    for (path, v) in &site.values {
+    for (path, v) in site.values {
         if path
             .rsplit('.')
             .next()
@@ -197,7 +220,7 @@ pub fn check_teammanager(site: &Site) -> Vec<PlanError> {
     }
 
     // Exactly one ICH cleanup host, if the site names one.
-    if let Some(v) = get(&site.doc, &["ich", "cleanup_host"])
+    if let Some(v) = get(site.doc, &["ich", "cleanup_host"])
         && !matches!(v, toml::Value::String(s) if !s.trim().is_empty() && !s.contains(','))
     {
         errors.push(err(
