@@ -9,17 +9,23 @@
 //! IIS run in a background process (`upshift __demo-standins DIR`) so that a
 //! crashed demo can be resumed with the plain `upshift resume`; it stops by
 //! itself after 30 idle minutes, or when `DIR/standins.stop` exists.
+//!
+//! This module builds the site and plays the operator through the
+//! application layer; it tells what happens through [`Note`]s and prints
+//! nothing (`src/commands/demo.rs` does).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use upshift_journal::{Envelope, Journal, RunId};
+use upshift_journal::{Journal, Outcome, RunId};
 
-use crate::cli::{self, CliError, Session};
-use crate::engine::{Exit, Observer};
-use crate::plan::{LoadOptions, SiteSource};
+use crate::app::Workspace;
+use crate::app::run::{Session, resume, start};
+use crate::engine::Exit;
+use crate::error::{Error, Result};
+use crate::plan::{LoadOptions, Plan, SiteSource};
 use crate::state::{RunState, StepStatus};
 
 const PLAN: &str = include_str!("../plans/teammanager.toml");
@@ -63,21 +69,18 @@ const DEMO_CONFERENCES: usize = 30;
 /// The stand-in process stops after this long without a request.
 const STANDINS_IDLE: Duration = Duration::from_secs(30 * 60);
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
-    move |e| CliError {
-        code: cli::code::FAILED,
-        message: format!("demo: {}: {e}", path.display()),
-    }
+fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::failed(format!("demo: {}: {e}", path.display()))
 }
 
-fn write(path: &Path, text: &str) -> Result<(), CliError> {
+fn write(path: &Path, text: &str) -> Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
     std::fs::write(path, text).map_err(io(path))
 }
 
-fn write_exec(path: &Path, text: &str) -> Result<(), CliError> {
+fn write_exec(path: &Path, text: &str) -> Result<()> {
     write(path, text)?;
     #[cfg(unix)]
     {
@@ -110,7 +113,7 @@ const API_SETTINGS: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<appSett
 const ICH_CONFIG: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<configuration>\n  <appSettings>\n    <add key=\"CleanupConferences\" value=\"false\" />\n    <add key=\"LogLevel\" value=\"Info\" />\n  </appSettings>\n</configuration>\n";
 
 /// Lays out the simulated site. Returns the vars for the plan.
-fn build_site(dir: &Path) -> Result<BTreeMap<String, String>, CliError> {
+fn build_site(dir: &Path) -> Result<BTreeMap<String, String>> {
     let bin = dir.join("bin");
     let luware = dir.join("Luware AG");
     // Tools: stand-ins, named as such.
@@ -267,14 +270,17 @@ TM01 = "LUCS"
 }
 
 /// Ports of the running stand-ins, from `standins.json`.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Standins {
-    sql_port: u16,
-    http_port: u16,
-    pid: u32,
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Standins {
+    /// The SQL Server stand-in's port on 127.0.0.1.
+    pub sql_port: u16,
+    /// The IIS stand-in's port on 127.0.0.1.
+    pub http_port: u16,
+    /// The stand-ins' process.
+    pub pid: u32,
 }
 
-fn start_standins(dir: &Path) -> Result<Standins, CliError> {
+fn start_standins(dir: &Path) -> Result<Standins> {
     let file = dir.join("standins.json");
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(dir.join("standins.stop"));
@@ -302,16 +308,16 @@ fn start_standins(dir: &Path) -> Result<Standins, CliError> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(CliError {
-        code: cli::code::FAILED,
-        message: format!("demo: the stand-ins did not start (no {})", file.display()),
-    })
+    Err(Error::failed(format!(
+        "demo: the stand-ins did not start (no {})",
+        file.display()
+    )))
 }
 
 /// `upshift __demo-standins DIR`: the SQL Server stand-in (TDS over TCP,
 /// with the demo TM database) and an IIS stand-in (HTTP 200), until
 /// `DIR/standins.stop` appears or nothing was asked of them for 30 minutes.
-pub fn standins_main(dir: &Path) -> Result<u8, CliError> {
+pub fn standins_main(dir: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -370,56 +376,11 @@ pub fn standins_main(dir: &Path) -> Result<u8, CliError> {
             }
         }
         let _ = std::fs::remove_file(dir.join("standins.json"));
-        Ok(cli::code::OK)
+        Ok(())
     })
 }
 
-/// Kills the demo right after event `n` is durable (`--crash-at`).
-struct CrashAt {
-    inner: crate::ui::Ui,
-    n: u64,
-    journal: PathBuf,
-}
-
-impl Observer for CrashAt {
-    fn event(&self, env: &Envelope, state: &RunState) {
-        self.inner.event(env, state);
-        if env.seq + 1 >= self.n {
-            eprintln!(
-                "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running. Continue with:\n    upshift resume --journal {}\n  (it may pause for the FE HTTPS binding — `upshift approve RUN fe_bind_https` — and for\n  the ICH installer's reboot; run `upshift resume --journal ...` again after each)",
-                env.seq + 1,
-                env.event.name(),
-                self.journal.display()
-            );
-            #[cfg(unix)]
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::getpid(),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::process::abort();
-        }
-    }
-    fn output(&self, step: &str, text: &str) {
-        self.inner.output(step, text);
-    }
-    fn progress(&self, step: &str, done: u64, total: u64, message: &str) {
-        self.inner.progress(step, done, total, message);
-    }
-}
-
-/// Options of `upshift demo`.
-pub struct DemoArgs {
-    /// Folder for the simulated site (default: a new temporary folder).
-    pub dir: Option<PathBuf>,
-    /// Crash right after this event.
-    pub crash_at: Option<u64>,
-    /// Echo step output.
-    pub show_output: bool,
-}
-
-fn waiting_steps(journal: &Path, run: RunId) -> Result<(Vec<String>, bool), CliError> {
+fn waiting_steps(journal: &Path, run: RunId) -> Result<(Vec<String>, bool)> {
     let j = Journal::open_read_only(journal)?;
     let st = RunState::from_events(&j.read_run(run)?);
     let waiting = st
@@ -431,9 +392,52 @@ fn waiting_steps(journal: &Path, run: RunId) -> Result<(Vec<String>, bool), CliE
     Ok((waiting, st.reboot_pending.is_some()))
 }
 
-/// `upshift demo`.
-pub fn demo(args: DemoArgs) -> Result<u8, CliError> {
-    let dir = match args.dir {
+/// A simulated site, built and with its stand-ins running.
+pub struct DemoSite {
+    /// The demo folder.
+    pub dir: PathBuf,
+    /// Its journal.
+    pub journal: PathBuf,
+    /// The site file written for the stand-ins' ports.
+    pub site: PathBuf,
+    /// The copy of `plans/teammanager.toml` in the folder.
+    pub plan_path: PathBuf,
+    /// The stand-ins.
+    pub standins: Standins,
+    /// Where the resume-at-boot task goes (a stand-in systemd).
+    pub boot: crate::reboot::BootOverrides,
+    /// The plan's `--var` values (paths of the stand-ins, the secret's file).
+    pub vars: BTreeMap<String, String>,
+}
+
+/// What the demo does, as it does it (the command layer says it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// The run was started (before anything is journaled).
+    RunStarted(RunId),
+    /// An installer asked for a reboot; the stand-in reboot happens now.
+    Reboot {
+        /// Where the boot task was registered.
+        boot_dir: PathBuf,
+    },
+    /// A step waits for an operator; the demo approves it.
+    Approving {
+        /// The run.
+        run: RunId,
+        /// The step.
+        step: String,
+    },
+    /// The approval is journaled.
+    Approved {
+        /// The run.
+        run: RunId,
+    },
+}
+
+/// The demo folder: `dir`, or a new folder in the temp dir; created.
+/// Refuses a folder that already holds a demo.
+pub fn demo_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = match dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!(
             "upshift-demo-{}",
@@ -443,108 +447,96 @@ pub fn demo(args: DemoArgs) -> Result<u8, CliError> {
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let dir = dir.canonicalize().map_err(io(&dir))?;
     if dir.join("journal").exists() {
-        return Err(CliError {
-            code: cli::code::USAGE,
-            message: format!(
-                "demo: {} already holds a demo; continue it with `upshift resume --journal {}`, or give another --dir",
-                dir.display(),
-                dir.join("journal").display()
-            ),
-        });
+        return Err(Error::usage(format!(
+            "demo: {} already holds a demo; continue it with `upshift resume --journal {}`, or give another --dir",
+            dir.display(),
+            dir.join("journal").display()
+        )));
     }
-    eprintln!(
-        "upshift demo — the TeamManager upgrade (plans/teammanager.toml) against a SIMULATED site in\n  {}\nStand-ins, not the real thing: msiexec, PowerShell and systemctl are shell scripts (bin/),\nSQL Server is a TDS stand-in and IIS an HTTP stand-in on 127.0.0.1. Nothing here is Windows.\n",
-        dir.display()
-    );
-    let mut vars = build_site(&dir)?;
-    let standins = start_standins(&dir)?;
+    Ok(dir)
+}
+
+/// Lays out the simulated site in `dir` and starts its stand-ins.
+pub fn build(dir: &Path) -> Result<DemoSite> {
+    let vars = build_site(dir)?;
+    let standins = start_standins(dir)?;
     let site = dir.join("plan/sites/demo.toml");
     write(
         &site,
-        &site_file(&dir, standins.sql_port, standins.http_port),
+        &site_file(dir, standins.sql_port, standins.http_port),
     )?;
-    eprintln!(
-        "stand-ins (pid {}): SQL Server on 127.0.0.1:{}, IIS on 127.0.0.1:{}\n",
-        standins.pid, standins.sql_port, standins.http_port
-    );
-    let plan_path = dir.join("plan/teammanager.toml");
-    let plan = crate::plan::load(
-        &plan_path,
+    Ok(DemoSite {
+        dir: dir.to_path_buf(),
+        journal: dir.join("journal"),
+        site,
+        plan_path: dir.join("plan/teammanager.toml"),
+        standins,
+        boot: crate::reboot::BootOverrides {
+            systemctl: Some(dir.join("bin/systemctl-boot").display().to_string()),
+            unit_dir: Some(dir.join("systemd")),
+        },
+        vars,
+    })
+}
+
+/// The real TM plan with the demo's site file and values.
+pub fn load_plan(site: &DemoSite) -> Result<Plan> {
+    Ok(crate::plan::load(
+        &site.plan_path,
         &upshift_steps::registry(),
         &LoadOptions {
-            vars: vars.clone(),
-            site: SiteSource::File(site.clone()),
+            vars: site.vars.clone(),
+            site: SiteSource::File(site.site.clone()),
         },
-    )?;
-    let journal = dir.join("journal");
-    let boot = crate::reboot::BootOverrides {
-        systemctl: Some(dir.join("bin/systemctl-boot").display().to_string()),
-        unit_dir: Some(dir.join("systemd")),
-    };
-    let session = Session {
-        concurrency: None,
-        show_output: args.show_output,
-        observer: args.crash_at.map(|n| {
-            Arc::new(CrashAt {
-                inner: crate::ui::Ui::new(args.show_output),
-                n,
-                journal: journal.clone(),
-            }) as Arc<dyn Observer>
-        }),
-        boot: boot.clone(),
-    };
-    let (run, mut exit) = cli::start_run(plan, std::mem::take(&mut vars), &journal, &session)?;
-    // Play the operator: approve manual steps, "reboot" when asked.
+    )?)
+}
+
+/// Runs the plan and plays the operator: approves manual steps, "reboots"
+/// when asked, resumes, until the run ends or pauses for something else.
+/// On success, tells the stand-ins to stop.
+pub fn play(
+    site: &DemoSite,
+    plan: Plan,
+    session: &Session,
+    note: &mut dyn FnMut(Note),
+) -> Result<(RunId, Exit)> {
+    let ws = Workspace::new(&site.journal);
+    let (run, mut exit) = start(plan, site.vars.clone(), &ws, session, |run| {
+        note(Note::RunStarted(run))
+    })?;
     for _ in 0..10 {
         match &exit {
             Exit::Paused(_) | Exit::Rebooting(_) => {}
             _ => break,
         }
-        let (waiting, reboot) = waiting_steps(&journal, run)?;
+        let (waiting, reboot) = waiting_steps(&site.journal, run)?;
         if reboot || matches!(exit, Exit::Rebooting(_)) {
-            eprintln!(
-                "\ndemo: an installer asked for a reboot (msiexec 3010). upshift registered itself to resume\n  the run at boot ({}). A stand-in reboot happens now; the run resumes as the boot task would.\n",
-                dir.join("systemd").display()
-            );
+            note(Note::Reboot {
+                boot_dir: site.dir.join("systemd"),
+            });
         } else if !waiting.is_empty() {
             for step in &waiting {
-                eprintln!(
-                    "\ndemo: step {step} waits for an operator; the demo approves it as one would:\n  upshift approve {run} {step} --reason \"...\"\n"
-                );
-                cli::approve(
-                    &journal,
+                note(Note::Approving {
+                    run,
+                    step: step.clone(),
+                });
+                crate::app::decisions::approve(
+                    &ws,
                     run,
                     step,
                     "approved by the upshift demo (stand-in operator)",
                 )?;
+                note(Note::Approved { run });
             }
         } else {
             break;
         }
-        exit = cli::resume_run(&journal, Some(&run.to_string()), false, false, &session)?.1;
+        exit = resume(&ws, Some(&run.to_string()), false, false, session)?
+            .1
+            .exit();
     }
-    let code = match &exit {
-        Exit::Finished(upshift_journal::Outcome::Succeeded) => cli::code::OK,
-        Exit::Paused(reason) => {
-            eprintln!("demo: the run paused: {reason}");
-            cli::code::PAUSED
-        }
-        _ => cli::code::FAILED,
-    };
-    if code == cli::code::OK {
-        let _ = std::fs::write(dir.join("standins.stop"), "");
+    if exit == Exit::Finished(Outcome::Succeeded) {
+        let _ = std::fs::write(site.dir.join("standins.stop"), "");
     }
-    let j = journal.display();
-    eprintln!(
-        "\ndemo: run {run} {}.\n  journal: {j}\n  site:    {}\nLook at it:\n  upshift status {run} --journal {j}\n  upshift log {run} --journal {j}\n  upshift report {run} --journal {j} -o report.html\n  upshift run {} --site {} --dry-run   (every command line, no action)",
-        match &exit {
-            Exit::Finished(o) => crate::report::outcome_word(*o).to_string(),
-            Exit::Paused(_) => "paused".into(),
-            Exit::Interrupted | Exit::Rebooting(_) => "interrupted".into(),
-        },
-        dir.display(),
-        plan_path.display(),
-        site.display()
-    );
-    Ok(code)
+    Ok((run, exit))
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
-use upshift_journal::{Actor, Decision, Envelope, Event, Journal, JournalError, Outcome, RunId};
+use upshift_journal::{Actor, Envelope, Event, Journal, JournalError, Outcome, RunId};
 use upshift_steps::{Registry, Step, StepContext, StepError, StepOutcome};
 
 use crate::decide::{End, decide};
@@ -77,6 +77,16 @@ pub trait Observer: Send + Sync {
 pub struct Quiet;
 impl Observer for Quiet {}
 
+/// Where operator decisions for a live run come from. The engine polls it
+/// every 500 ms and journals what it hands over; the application layer's
+/// inbox folder ([`crate::app::inbox::DirInbox`]) is the implementation,
+/// handed in through [`Config::inbox`] so the engine does not depend on it.
+pub trait Inbox: Send + Sync {
+    /// Takes (and removes) the decisions queued for `run`, oldest first, as
+    /// the events that record them.
+    fn take(&self, run: RunId) -> Vec<Event>;
+}
+
 /// Engine settings.
 pub struct Config {
     /// Step kinds.
@@ -91,8 +101,8 @@ pub struct Config {
     pub actor: Actor,
     /// UI.
     pub observer: Arc<dyn Observer>,
-    /// Folder polled for operator decisions while the run is live.
-    pub inbox: Option<PathBuf>,
+    /// Polled for operator decisions while the run is live.
+    pub inbox: Option<Arc<dyn Inbox>>,
     /// The journal folder (for the resume-at-boot task).
     pub journal_dir: Option<PathBuf>,
     /// Where the resume-at-boot task goes (tests, demo).
@@ -316,6 +326,8 @@ fn commit(
         && let Some(pos) = batch.iter().position(|e| e.seq + 1 >= k)
     {
         journal.append(&batch[..=pos]).map_err(Arc::new)?;
+        // layout: allow(print) — the process aborts on the next line; there
+        // is no caller left to return this to.
         eprintln!(
             "upshift: failpoint: aborting after event {k} (seq {})",
             batch[pos].seq
@@ -1114,10 +1126,10 @@ impl Engine {
     }
 
     fn read_inbox(&self) -> Vec<Event> {
-        let Some(dir) = &self.cfg.inbox else {
-            return Vec::new();
-        };
-        read_inbox_dir(&dir.join(self.run.to_string()))
+        match &self.cfg.inbox {
+            Some(inbox) => inbox.take(self.run),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -1125,63 +1137,6 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.writer.close();
     }
-}
-
-/// Reads and removes queued decisions from an inbox folder, oldest first.
-pub fn read_inbox_dir(dir: &std::path::Path) -> Vec<Event> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        if let Ok(text) = std::fs::read_to_string(&f)
-            && let Ok(req) = serde_json::from_str::<InboxDecision>(&text)
-        {
-            out.extend(decision_events(req.decision, req.actor, req.reason));
-        }
-        let _ = std::fs::remove_file(&f);
-    }
-    out
-}
-
-/// A decision queued for a live engine.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct InboxDecision {
-    /// The decision.
-    pub decision: Decision,
-    /// Who.
-    pub actor: Actor,
-    /// Why.
-    pub reason: String,
-}
-
-/// The events that record an operator decision.
-pub fn decision_events(decision: Decision, actor: Actor, reason: String) -> Vec<Event> {
-    let mut out = vec![Event::OperatorDecision {
-        decision: decision.clone(),
-        actor,
-        reason: reason.clone(),
-    }];
-    match decision {
-        Decision::Skip { step } => out.push(Event::StepSkipped { step, reason }),
-        Decision::Abort => out.push(Event::RunFinished {
-            outcome: Outcome::Aborted,
-        }),
-        Decision::Rollback => out.push(Event::RollbackStarted {
-            reason: if reason.is_empty() {
-                "operator asked for a rollback".into()
-            } else {
-                reason
-            },
-        }),
-        _ => {}
-    }
-    out
 }
 
 fn humantime_text(d: Duration) -> String {

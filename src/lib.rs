@@ -1,12 +1,18 @@
 //! upshift: runs long, interruptible upgrade procedures as a journaled
 //! dependency graph of steps.
 //!
-//! - [`plan`]: TOML plan → validated DAG ([`plan::Plan`]).
-//! - [`state`]: [`state::RunState`], a pure fold over a run's events.
-//! - [`decide`]: the scheduler's decisions, a pure function of plan + state.
-//! - [`engine`]: the tokio executor and the group-commit journal writer.
-//! - [`cli`], [`ui`], [`logging`], [`report`]: the command line and what it shows.
-//! - [`support`]: export/import, replay, HTML report, diff, `--follow`.
+//! Layers, each depending only on those below it (`tests/layout.rs` checks):
+//!
+//! - [`cli`] (clap types and dispatch) → [`commands`] (command bodies and
+//!   everything they print) → [`app`] (workspace, runs, sessions,
+//!   decisions, inbox), [`support`] (export, replay, report, diff,
+//!   follow), `demo` → [`engine`] (tokio executor, group-commit writer) →
+//!   [`decide`] and [`state`] (pure) → [`plan`] (TOML → validated DAG),
+//!   [`rules`], [`diagnostics`], [`refs`].
+//! - [`ui`]: the terminal (progress bars, `status --follow`);
+//!   [`report`]: text/JSON renderings of events and state;
+//!   [`error`]: the one error type and the exit codes; [`logging`],
+//!   [`reboot`].
 //!
 //! ```
 //! use upshift::plan::{parse, LoadOptions};
@@ -24,7 +30,9 @@
 //! assert_eq!(plan.order, ["a", "b"]);
 //! ```
 
+pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod decide;
 #[cfg(feature = "demo")]
 pub mod demo;

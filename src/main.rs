@@ -1,4 +1,5 @@
-//! The `upshift` binary: thin glue over the library.
+//! The `upshift` binary: thin glue over the library. Errors are printed
+//! here, once, and mapped to their exit code.
 
 use std::process::ExitCode;
 
@@ -12,8 +13,8 @@ fn main() -> ExitCode {
     match upshift::cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("upshift: {}", e.message);
-            ExitCode::from(e.code)
+            eprintln!("upshift: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

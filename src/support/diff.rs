@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::timeline::{spans, step_totals};
 use super::{Loaded, duration_text};
-use crate::cli::{CliError, JournalArg, code};
 use crate::report::{status_word, step_word};
 use crate::state::{CompStatus, RunState};
 
@@ -230,22 +229,6 @@ pub fn diff_text(d: &Diff) -> String {
         "\n{n} step(s) differ in outcome or attempts (marked *)\n"
     ));
     out
-}
-
-/// `upshift diff A B [--json]`.
-pub fn diff_cmd(a: &str, b: &str, json: bool, journal: &JournalArg) -> Result<u8, CliError> {
-    let la = super::load(a, journal)?;
-    let lb = super::load(b, journal)?;
-    let d = diff(&la, &lb);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&d).expect("serializable")
-        );
-    } else {
-        print!("{}", diff_text(&d));
-    }
-    Ok(code::OK)
 }
 
 #[cfg(test)]

@@ -33,14 +33,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use upshift_journal::{Envelope, Event, Journal, codec};
 
-use super::{Loaded, Origin, failed, usage};
-use crate::cli::{CliError, JournalArg, code};
+use crate::error::{Error, Result};
 use crate::plan::SecretRef;
 use crate::state::RunState;
 
@@ -218,7 +217,7 @@ fn os_release() -> Option<String> {
 
 /// The fingerprint of this machine and of the run.
 pub fn fingerprint(events: &[Envelope], state: &RunState, store: &str) -> Fingerprint {
-    let me = crate::cli::actor();
+    let me = crate::app::identity::actor();
     let mut versions = BTreeSet::new();
     let mut hosts = BTreeSet::new();
     for e in events {
@@ -282,21 +281,21 @@ pub fn build(
     damaged: Option<String>,
     store: &str,
     secrets: &[SecretValue],
-) -> Result<Vec<u8>, CliError> {
+) -> Result<Vec<u8>, Error> {
     let Some(first) = events.first() else {
-        return Err(usage("the run has no events: nothing to export"));
+        return Err(Error::usage("the run has no events: nothing to export"));
     };
     let run = first.run;
     let state = RunState::from_events(events);
     let mut records = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
         if e.run != run || e.seq != i as u64 {
-            return Err(failed(format!(
+            return Err(Error::failed(format!(
                 "event {i} is seq {} of run {}: not a contiguous run",
                 e.seq, e.run
             )));
         }
-        let rec = codec::encode(e).map_err(|err| failed(format!("seq {}: {err}", e.seq)))?;
+        let rec = codec::encode(e).map_err(|err| Error::failed(format!("seq {}: {err}", e.seq)))?;
         records.push((e.seq, rec));
     }
     if let Some((seq, name)) = find_secret(&records, secrets) {
@@ -310,7 +309,7 @@ pub fn build(
                 s
             })
             .unwrap_or_default();
-        return Err(failed(format!(
+        return Err(Error::failed(format!(
             "refusing to export run {run}: event seq {seq} ({what}) contains the value of secret {name}\n  the engine redacts secrets it knows; this value reached the journal some other way. Nothing was written."
         )));
     }
@@ -357,26 +356,26 @@ pub fn build(
     gz.write_all(head.as_bytes())
         .and_then(|_| gz.write_all(&payload))
         .and_then(|_| gz.finish().map(|_| ()))
-        .map_err(|e| failed(format!("compressing the export: {e}")))?;
+        .map_err(|e| Error::failed(format!("compressing the export: {e}")))?;
     Ok(out)
 }
 
-fn bad(path: &Path, what: impl std::fmt::Display) -> CliError {
-    failed(format!(
+fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::failed(format!(
         "{}: not a valid upshift export: {what}",
         path.display()
     ))
 }
 
 /// Reads and verifies an export file: its manifest and every event.
-pub fn read_file(path: &Path) -> Result<(Manifest, Vec<Envelope>), CliError> {
+pub fn read_file(path: &Path) -> Result<(Manifest, Vec<Envelope>), Error> {
     let file = std::fs::File::open(path)
-        .map_err(|e| failed(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| Error::failed(format!("cannot open {}: {e}", path.display())))?;
     read(path, std::io::BufReader::new(file))
 }
 
 /// Reads and verifies an export from any reader (`path` names it in errors).
-pub fn read(path: &Path, mut input: impl BufRead) -> Result<(Manifest, Vec<Envelope>), CliError> {
+pub fn read(path: &Path, mut input: impl BufRead) -> Result<(Manifest, Vec<Envelope>), Error> {
     let magic = input.fill_buf().map_err(|e| bad(path, e))?;
     if !magic.starts_with(&[0x1f, 0x8b]) {
         return Err(bad(path, "it is not gzip-compressed"));
@@ -398,7 +397,7 @@ pub fn read(path: &Path, mut input: impl BufRead) -> Result<(Manifest, Vec<Envel
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| bad(path, "no format version after the magic"))?;
     if format == 0 || format > EXPORT_FORMAT {
-        return Err(failed(format!(
+        return Err(Error::failed(format!(
             "{}: export format {format}; this upshift reads formats 1..={EXPORT_FORMAT} (upgrade upshift to read it)",
             path.display()
         )));
@@ -507,51 +506,12 @@ impl<'a> Frames<'a> {
     }
 }
 
-/// `upshift export RUN [-o FILE]`.
-pub fn export_cmd(
-    run: &str,
-    output: Option<PathBuf>,
-    journal: &JournalArg,
-) -> Result<u8, CliError> {
-    let loaded: Loaded = super::load(run, journal)?;
-    let Origin::Journal(dir) = &loaded.origin else {
-        return Err(usage(format!(
-            "{run} is already an export file; export reads a run from a journal"
-        )));
-    };
-    let store = super::open_reader(dir).map(|j| j.kind()).unwrap_or("redb");
-    let state = RunState::from_events(&loaded.events);
-    let (secrets, notes) = resolvable_secrets(&state);
-    for n in &notes {
-        eprintln!("note: {n}");
-    }
-    let bytes = build(&loaded.events, loaded.damage.clone(), store, &secrets)?;
-    let out = output.unwrap_or_else(|| PathBuf::from(format!("upshift-{}.export", loaded.run)));
-    let tmp = out.with_extension("export.tmp");
-    std::fs::write(&tmp, &bytes)
-        .and_then(|_| std::fs::rename(&tmp, &out))
-        .map_err(|e| failed(format!("cannot write {}: {e}", out.display())))?;
-    eprintln!(
-        "exported run {} ({} events, plan \"{}\"; checked {} secret value(s)) to {} ({} bytes)\n  support reads it with: upshift replay {} --explain; upshift report {} -o report.html",
-        loaded.run,
-        loaded.events.len(),
-        state.plan_name,
-        secrets.len(),
-        out.display(),
-        bytes.len(),
-        out.display(),
-        out.display()
-    );
-    println!("{}", out.display());
-    Ok(code::OK)
-}
-
 /// Events per commit when importing (bounded memory per transaction).
 const IMPORT_BATCH: usize = 2000;
 
 /// Writes an export's events into a journal, unchanged (same run id, seqs
 /// and times). Importing the same file twice is a no-op.
-pub fn import(journal: &mut Journal, events: &[Envelope]) -> Result<bool, CliError> {
+pub fn import(journal: &mut Journal, events: &[Envelope]) -> Result<bool, Error> {
     let Some(first) = events.first() else {
         return Ok(false);
     };
@@ -567,7 +527,7 @@ pub fn import(journal: &mut Journal, events: &[Envelope]) -> Result<bool, CliErr
         {
             return Ok(false);
         }
-        return Err(usage(format!(
+        return Err(Error::usage(format!(
             "this journal already holds run {} with {have} events that differ from the export; import into another journal (--journal DIR)",
             first.run
         )));
@@ -576,41 +536,6 @@ pub fn import(journal: &mut Journal, events: &[Envelope]) -> Result<bool, CliErr
         journal.append(batch)?;
     }
     Ok(true)
-}
-
-/// `upshift import FILE [--journal DIR]`.
-pub fn import_cmd(file: &Path, journal: &JournalArg) -> Result<u8, CliError> {
-    let (manifest, events) = read_file(file)?;
-    let dir = journal.dir();
-    let mut j = Journal::open(&dir)?;
-    let fresh = import(&mut j, &events)?;
-    let run = &manifest.run;
-    let fp = &manifest.fingerprint;
-    eprintln!(
-        "{} run {run} ({} events, plan \"{}\") from {} (exported {} on {} by {}, upshift {}) into {}",
-        if fresh {
-            "imported"
-        } else {
-            "already imported:"
-        },
-        events.len(),
-        manifest.plan_name,
-        file.display(),
-        manifest.exported_at,
-        fp.exported_on,
-        fp.exported_by,
-        fp.upshift_version,
-        dir.display()
-    );
-    if let Some(d) = &manifest.damaged {
-        eprintln!("note: the customer's journal was damaged after the last event: {d}");
-    }
-    eprintln!(
-        "  look at it with: upshift replay {run} --journal {d} --explain; upshift status {run} --journal {d}\n  do not `upshift resume` it here: that would run the customer's steps on this machine",
-        d = dir.display()
-    );
-    println!("{run}");
-    Ok(code::OK)
 }
 
 #[cfg(test)]
@@ -701,7 +626,11 @@ mod tests {
         gz.write_all(b"UPSHIFT-EXPORT 9\n{}\n").unwrap();
         let bytes = gz.finish().unwrap();
         let err = read(Path::new("x"), &bytes[..]).unwrap_err();
-        assert!(err.message.contains("upgrade upshift"), "{}", err.message);
+        assert!(
+            err.message().contains("upgrade upshift"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]
@@ -724,14 +653,14 @@ mod tests {
         }];
         let err = build(&ev, None, "memory", &secrets).unwrap_err();
         assert!(
-            err.message.contains("event seq 1 (note)"),
+            err.message().contains("event seq 1 (note)"),
             "{}",
-            err.message
+            err.message()
         );
         assert!(
-            err.message.contains("secret pw (env PW)"),
+            err.message().contains("secret pw (env PW)"),
             "{}",
-            err.message
+            err.message()
         );
         let clean = sample(10, "nothing here");
         assert!(build(&clean, None, "memory", &secrets).is_ok());

@@ -12,7 +12,9 @@
 //! Every tool reads a run from a journal (`RUN`, an id or unique prefix) or
 //! from an export file (`FILE`), through [`load`]; all of them fold events
 //! with [`crate::state::RunState`] and ask [`crate::decide::decide`], so
-//! what support sees is what the engine saw.
+//! what support sees is what the engine saw. The tools take the
+//! application layer's [`Workspace`] and return data (documents, views,
+//! text); the command layer (`src/commands/support.rs`) writes and prints.
 //!
 //! ```
 //! use upshift::support::timeline::spans;
@@ -30,9 +32,10 @@
 
 use std::path::{Path, PathBuf};
 
-use upshift_journal::{Envelope, Journal, RunId};
+use upshift_journal::{Envelope, RunId};
 
-use crate::cli::{CliError, JournalArg, code};
+use crate::app::Workspace;
+use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::state::RunState;
 
@@ -42,22 +45,6 @@ pub mod follow;
 pub mod replay;
 pub mod report_html;
 pub mod timeline;
-
-/// A usage error (exit 2).
-pub(crate) fn usage(m: impl Into<String>) -> CliError {
-    CliError {
-        code: code::USAGE,
-        message: m.into(),
-    }
-}
-
-/// A failure (exit 1).
-pub(crate) fn failed(m: impl Into<String>) -> CliError {
-    CliError {
-        code: code::FAILED,
-        message: m.into(),
-    }
-}
 
 /// Where a run was read from.
 #[derive(Debug, Clone)]
@@ -103,15 +90,15 @@ impl Loaded {
 
 /// Reads a run: `source` is an export file if such a file exists, else a
 /// run id (or unique prefix) in the journal. A damaged journal yields its
-/// intact events and says so on stderr (support wants what is readable).
-pub fn load(source: &str, journal: &JournalArg) -> Result<Loaded, CliError> {
+/// intact events and the damage in [`Loaded::damage`] (support wants what
+/// is readable).
+pub fn load(source: &str, ws: &Workspace) -> Result<Loaded> {
     let path = Path::new(source);
     if path.is_file() {
         let (manifest, events) = export::read_file(path)?;
-        let run = manifest
-            .run
-            .parse::<RunId>()
-            .map_err(|e| failed(format!("{}: bad run id in manifest: {e}", path.display())))?;
+        let run = manifest.run.parse::<RunId>().map_err(|e| {
+            Error::failed(format!("{}: bad run id in manifest: {e}", path.display()))
+        })?;
         return Ok(Loaded {
             run,
             events,
@@ -119,54 +106,28 @@ pub fn load(source: &str, journal: &JournalArg) -> Result<Loaded, CliError> {
             origin: Origin::Export(path.to_path_buf(), Box::new(manifest)),
         });
     }
-    let dir = journal.dir();
-    let j = open_reader(&dir)?;
-    let run = crate::cli::pick_run(&j, Some(source), false).map_err(|e| {
+    let j = ws.open_reader()?;
+    let run = crate::app::workspace::pick_run(&j, Some(source), false).map_err(|e| {
         if source.contains('.') || source.contains('/') || source.contains('\\') {
-            usage(format!("{source}: no such export file, and {}", e.message))
+            Error::usage(format!("{source}: no such export file, and {e}"))
         } else {
             e
         }
     })?;
     let (events, err) = j.read_run_salvage(run);
     let damage = err.map(|e| e.to_string());
-    if let Some(d) = &damage {
-        eprintln!(
-            "warning: {d}\n  showing the {} intact events before the damage",
-            events.len()
-        );
-    }
     Ok(Loaded {
         run,
         events,
-        origin: Origin::Journal(dir),
+        origin: Origin::Journal(ws.dir().to_path_buf()),
         damage,
     })
-}
-
-/// Opens a journal for reading beside a live engine; with sled, which
-/// locks its directory, explains why that cannot work while a run is live.
-pub fn open_reader(dir: &Path) -> Result<Journal, CliError> {
-    match Journal::open_read_only(dir) {
-        Ok(j) => Ok(j),
-        Err(e) => {
-            if upshift_journal::Backend::detect(dir) == upshift_journal::Backend::Sled
-                && crate::cli::live_pid(dir).is_some()
-            {
-                Err(failed(format!(
-                    "{e}\n  this journal uses the sled backend, which locks its directory while an engine writes: it cannot be read beside a live run. Wait for the run to stop, or use the default redb backend (it lets readers follow a live run)."
-                )))
-            } else {
-                Err(e.into())
-            }
-        }
-    }
 }
 
 /// The plan the run pinned last (after any accepted plan change), parsed
 /// with this upshift's step kinds.
 pub fn pinned_plan(state: &RunState) -> Result<Plan, String> {
-    crate::cli::pinned_plan(state).map_err(|e| e.to_string())
+    crate::app::workspace::pinned_plan(state).map_err(|e| e.to_string())
 }
 
 /// The first `n` characters of a hash (or any text), for display.

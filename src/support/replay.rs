@@ -9,8 +9,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use upshift_journal::{Actor, Envelope, Event, Outcome};
 
-use super::{Loaded, failed, usage};
-use crate::cli::{CliError, JournalArg, code};
 use crate::decide::{End, decide};
 use crate::plan::Plan;
 use crate::report::{log_line, outcome_word, status_word, step_word};
@@ -577,82 +575,6 @@ pub fn explain_text(ex: &Explanation) -> String {
         }
     }
     out
-}
-
-/// `upshift replay FILE|RUN [--at SEQ] [--explain] [--json]`.
-pub fn replay_cmd(
-    source: &str,
-    at: Option<u64>,
-    explain_next: bool,
-    json: bool,
-    journal: &JournalArg,
-) -> Result<u8, CliError> {
-    let loaded: Loaded = super::load(source, journal)?;
-    let events = &loaded.events;
-    let Some(last) = events.last() else {
-        return Err(failed("the run has no events"));
-    };
-    let full = RunState::from_events(events);
-    let order = super::pinned_plan(&full)
-        .map(|p| p.order)
-        .unwrap_or_default();
-    if explain_next {
-        if at.is_some() {
-            return Err(usage(
-                "--explain works from the last event; give --at or --explain, not both",
-            ));
-        }
-        let ex = explain(events, Utc::now());
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&ex).expect("serializable")
-            );
-        } else {
-            print!("{}", explain_text(&ex));
-        }
-        return Ok(code::OK);
-    }
-    let v = match at {
-        Some(seq) => state_at(events, seq).ok_or_else(|| {
-            usage(format!(
-                "--at {seq}: the run has events 0..={} (from {})",
-                last.seq,
-                loaded.origin.describe()
-            ))
-        })?,
-        None => view(last, full),
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).expect("serializable")
-        );
-        return Ok(code::OK);
-    }
-    if at.is_none() {
-        // The whole story first, then where it ended.
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        for e in events {
-            if writeln!(out, "{}", log_line(e)).is_err() {
-                return Ok(code::OK);
-            }
-        }
-        let _ = writeln!(out);
-    }
-    print!("{}", view_text(&v, &order));
-    if let Some(d) = &loaded.damage {
-        println!("\nnote: the journal is damaged after seq {}: {d}", last.seq);
-    }
-    if at.is_none() {
-        println!(
-            "\n(replayed {} events from {}; `--at SEQ` shows any earlier point, `--explain` what resume would do)",
-            events.len(),
-            loaded.origin.describe()
-        );
-    }
-    Ok(code::OK)
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ use serde::Serialize;
 use upshift_journal::{Envelope, Event};
 
 use super::timeline::{Session, Span, SpanEnd, SpanKind, sessions, spans, step_totals};
-use super::{Loaded, duration_text, failed, html_escape};
-use crate::cli::{CliError, JournalArg, code};
+use super::{Loaded, duration_text, html_escape};
+use crate::error::Error;
 use crate::plan::Plan;
 use crate::report::{event_line, status_word, step_word};
 use crate::state::{CompStatus, RunState, StepStatus};
@@ -588,10 +588,10 @@ fn site_of(plan: Option<&Plan>, state: &RunState, hosts: &BTreeSet<String>) -> S
 }
 
 /// Renders the report of a run.
-pub fn render(loaded: &Loaded) -> Result<String, CliError> {
+pub fn render(loaded: &Loaded) -> Result<String, Error> {
     let events = &loaded.events;
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
-        return Err(failed("the run has no events: nothing to report"));
+        return Err(Error::failed("the run has no events: nothing to report"));
     };
     let (t0, t1) = (first.time, last.time.max(first.time));
     let state = RunState::from_events(events);
@@ -799,25 +799,6 @@ pub fn render(loaded: &Loaded) -> Result<String, CliError> {
         t0.timestamp_millis()
     );
     Ok(html)
-}
-
-/// `upshift report RUN|FILE -o report.html`.
-pub fn report_cmd(source: &str, output: &Path, journal: &JournalArg) -> Result<u8, CliError> {
-    let loaded = super::load(source, journal)?;
-    let html = render(&loaded)?;
-    let tmp = output.with_extension("html.tmp");
-    std::fs::write(&tmp, &html)
-        .and_then(|_| std::fs::rename(&tmp, output))
-        .map_err(|e| failed(format!("cannot write {}: {e}", output.display())))?;
-    eprintln!(
-        "report of run {} ({} events) written to {} ({} KiB); open it in any browser, offline",
-        loaded.run,
-        loaded.events.len(),
-        output.display(),
-        html.len() / 1024
-    );
-    println!("{}", output.display());
-    Ok(code::OK)
 }
 
 const CSS: &str = r#"

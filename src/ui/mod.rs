@@ -1,5 +1,10 @@
 //! What an operator sees while a run goes: progress bars on a terminal,
-//! plain lines otherwise. Only the CLI knows the terminal.
+//! plain lines otherwise. Only this module knows the terminal (whether
+//! stderr is one, indicatif); the engine reports through
+//! [`crate::engine::Observer`], which [`Ui`] implements.
+//!
+//! - [`Ui`]: the live run (`run`, `resume`, `rollback`, `demo`).
+//! - [`follow`]: `status --follow` beside a live engine.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -11,6 +16,8 @@ use upshift_journal::{Envelope, Event};
 
 use crate::engine::Observer;
 use crate::state::RunState;
+
+pub mod follow;
 
 /// Shows progress on stderr and records events in the run's log (tracing).
 pub struct Ui {

@@ -1,0 +1,168 @@
+//! `upshift check`, `upshift graph` and the text of `upshift run --dry-run`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::app::workspace::load_plan;
+use crate::error::{Result, code};
+use crate::plan::Plan;
+
+use super::parse_vars;
+
+/// Graph output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphFormat {
+    /// Indented text, one step per line, in run order.
+    Text,
+    /// Graphviz DOT.
+    Dot,
+}
+
+/// `upshift check PLAN [--site FILE] [--var K=V]`.
+pub fn check(plan: &Path, vars: &[String], site: Option<&Path>) -> Result<u8> {
+    let vars = parse_vars(vars)?;
+    let p = load_plan(plan, &vars, site)?;
+    println!(
+        "{}: ok — plan \"{}\", {} steps, {} dependencies",
+        plan.display(),
+        p.name,
+        p.steps.len(),
+        p.steps.values().map(|s| s.needs.len()).sum::<usize>()
+    );
+    Ok(code::OK)
+}
+
+/// `upshift graph PLAN [--format text|dot]`.
+pub fn graph(plan: &Path, format: GraphFormat, site: Option<&Path>) -> Result<u8> {
+    let p = load_plan(plan, &BTreeMap::new(), site)?;
+    print!("{}", graph_text(&p, format));
+    Ok(code::OK)
+}
+
+/// `--dry-run`: each step's description, in dependency order. Secrets show
+/// as placeholders, outputs of earlier steps as what they will be.
+pub fn dry_run_text(p: &Plan) -> String {
+    let registry = upshift_steps::registry();
+    let mut out = format!(
+        "plan \"{}\" — {} steps (dry run: nothing runs, nothing is journaled)\n",
+        p.name,
+        p.order.len()
+    );
+    let placeholder_secret = |n: &str| Some(format!("<secret {n}>"));
+    let placeholder_output = |s: &str, n: &str| Some(format!("<{n} of {s}>"));
+    static NO_SITE: BTreeMap<String, toml::Value> = BTreeMap::new();
+    let resolver = crate::refs::MapResolver {
+        vars: &p.vars,
+        site: p.site.as_ref().map(|s| &s.values).unwrap_or(&NO_SITE),
+        secrets: &placeholder_secret,
+        outputs: &placeholder_output,
+    };
+    for (i, id) in p.order.iter().enumerate() {
+        let def = &p.steps[id];
+        let needs = if def.needs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (after {})",
+                def.needs.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        out.push_str(&format!("\n{}. {id} [{}]{needs}\n", i + 1, def.body.kind));
+        if let Some(d) = &def.description {
+            out.push_str(&format!("   {d}\n"));
+        }
+        let describe = |body: &crate::plan::Body| -> Vec<String> {
+            let with = crate::plan::expand_target(&body.with, &p.targets)
+                .and_then(|w| crate::refs::substitute_table(&w, &resolver).map_err(|b| b.message));
+            match with.map(|w| registry[body.kind.as_str()].build(&w)) {
+                Ok(Ok(step)) => step.describe(),
+                Ok(Err(e)) => vec![format!("(cannot describe: {e})")],
+                Err(e) => vec![format!("(cannot describe: {e})")],
+            }
+        };
+        for l in describe(&def.body) {
+            out.push_str(&format!("   {l}\n"));
+        }
+        if let Some(c) = &def.compensate {
+            out.push_str(&format!("   on rollback [{}]:\n", c.kind));
+            for l in describe(c) {
+                out.push_str(&format!("     {l}\n"));
+            }
+        }
+        let mut policy = Vec::new();
+        if def.retry.attempts > 1 {
+            policy.push(format!("up to {} attempts", def.retry.attempts));
+        }
+        if let Some(t) = def.timeout {
+            policy.push(format!("timeout {}", humantime::format_duration(t)));
+        }
+        if !def.locks.is_empty() {
+            policy.push(format!("locks {}", def.locks.join(", ")));
+        }
+        policy.push(format!(
+            "on failure {}",
+            serde_json::to_string(&def.on_failure)
+                .unwrap_or_default()
+                .trim_matches('"')
+        ));
+        out.push_str(&format!("   ({})\n", policy.join("; ")));
+    }
+    out
+}
+
+/// The plan's dependency graph as text or Graphviz DOT.
+pub fn graph_text(p: &Plan, format: GraphFormat) -> String {
+    match format {
+        GraphFormat::Dot => {
+            let mut out = format!(
+                "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
+                p.name.replace('"', "'")
+            );
+            for id in &p.order {
+                let def = &p.steps[id];
+                out.push_str(&format!(
+                    "  \"{id}\" [label=\"{id}\\n{}\"];\n",
+                    def.body.kind
+                ));
+                for n in &def.needs {
+                    out.push_str(&format!("  \"{n}\" -> \"{id}\";\n"));
+                }
+            }
+            out.push_str("}\n");
+            out
+        }
+        GraphFormat::Text => {
+            let mut out = String::new();
+            // Level = longest path from a root, so parallel steps share a level.
+            let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+            for id in &p.order {
+                let l = p.steps[id]
+                    .needs
+                    .iter()
+                    .map(|n| level[n.as_str()] + 1)
+                    .max()
+                    .unwrap_or(0);
+                level.insert(id, l);
+            }
+            for id in &p.order {
+                let def = &p.steps[id];
+                let l = level[id.as_str()];
+                let needs = if def.needs.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "  ← {}",
+                        def.needs.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                out.push_str(&format!(
+                    "{:indent$}{id} [{}]{needs}\n",
+                    "",
+                    def.body.kind,
+                    indent = l * 2
+                ));
+            }
+            out
+        }
+    }
+}
