@@ -79,7 +79,7 @@ impl Observer for Quiet {}
 
 /// Where operator decisions for a live run come from. The engine polls it
 /// every 500 ms and journals what it hands over; the application layer's
-/// inbox folder ([`crate::app::inbox::DirInbox`]) is the implementation,
+/// inbox folder (`app::inbox::DirInbox`) is the implementation,
 /// handed in through [`Config::inbox`] so the engine does not depend on it.
 pub trait Inbox: Send + Sync {
     /// Takes (and removes) the decisions queued for `run`, oldest first, as
