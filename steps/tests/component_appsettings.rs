@@ -322,10 +322,39 @@ async fn compare_carry_over_copies_lost_keys_only() {
     );
 }
 
-// ---- property: a no-op edit is byte-identical ----
+// ---- properties: random files, random edits, against a reference model ----
+//
+// A file is generated from a small structure (`Gen`), so the expected result
+// of an edit can be computed on the structure and rendered with the same
+// code: the edit must produce exactly those bytes (byte-exact everywhere
+// outside the edited elements), and reading the result back must give the
+// reference model's list of entries.
+
+use upshift_steps::kinds::component::xml::escape;
 
 fn value_text() -> impl Strategy<Value = String> {
-    proptest::string::string_regex("[a-zA-Z0-9 ,=;:/._é-]{0,12}").unwrap()
+    proptest::string::string_regex("[a-zA-Z0-9 ,=;:/._é&<>'\"-]{0,12}").unwrap()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// `<add ... />`
+    SpacedSlash,
+    /// `<add .../>`
+    Slash,
+    /// `<add ...></add >`
+    EndTag,
+}
+
+#[derive(Debug, Clone)]
+struct GenEntry {
+    key: String,
+    /// The value and its raw (escaped) text; `None`: no value attribute.
+    value: Option<(String, String)>,
+    value_first: bool,
+    close: Close,
+    quote: u8,
+    indent: String,
 }
 
 #[derive(Debug, Clone)]
@@ -334,8 +363,16 @@ struct Gen {
     crlf: bool,
     decl: bool,
     indent: String,
-    entries: Vec<(String, String, bool, bool, u8)>,
+    entries: Vec<GenEntry>,
     comment: Option<String>,
+}
+
+fn close_gen() -> impl Strategy<Value = Close> {
+    prop_oneof![
+        Just(Close::SpacedSlash),
+        Just(Close::Slash),
+        Just(Close::EndTag)
+    ]
 }
 
 fn config_gen() -> impl Strategy<Value = Gen> {
@@ -351,21 +388,36 @@ fn config_gen() -> impl Strategy<Value = Gen> {
         proptest::collection::vec(
             (
                 "[A-Za-z][A-Za-z0-9]{0,8}",
-                value_text(),
+                proptest::option::weighted(0.9, value_text()),
                 any::<bool>(),
-                any::<bool>(),
+                close_gen(),
                 prop_oneof![Just(b'"'), Just(b'\'')],
             ),
-            0..6,
+            0..7,
         ),
-        proptest::option::of(value_text()),
+        proptest::option::of("[a-zA-Z0-9 ]{0,12}"),
     )
         .prop_map(|(bom, crlf, decl, indent, entries, comment)| Gen {
             bom,
             crlf,
             decl,
+            entries: entries
+                .into_iter()
+                .map(|(key, value, value_first, close, quote)| GenEntry {
+                    // Written with a numeric reference for `&`, to check
+                    // that untouched entities stay as they are.
+                    value: value.map(|v| {
+                        let raw = escape(&v, quote, false).replace("&amp;", "&#38;");
+                        (v, raw)
+                    }),
+                    key,
+                    value_first,
+                    close,
+                    quote,
+                    indent: indent.repeat(2),
+                })
+                .collect(),
             indent,
-            entries,
             comment,
         })
 }
@@ -384,21 +436,20 @@ fn render(g: &Gen) -> Vec<u8> {
         s.push_str(&format!("{}<!-- {c} -->{nl}", g.indent));
     }
     s.push_str(&format!("{}<appSettings >{nl}", g.indent));
-    for (k, v, value_first, self_closing, q) in &g.entries {
-        let q = *q as char;
-        let v = upshift_steps::kinds::component::xml::escape(v, q as u8, false)
-            .replace("&amp;", "&#38;");
-        let attrs = if *value_first {
-            format!("value={q}{v}{q}  key={q}{k}{q}")
-        } else {
-            format!("key={q}{k}{q} value={q}{v}{q}")
+    for e in &g.entries {
+        let q = e.quote as char;
+        let k = &e.key;
+        let attrs = match &e.value {
+            None => format!("key={q}{k}{q}"),
+            Some((_, raw)) if e.value_first => format!("value={q}{raw}{q}  key={q}{k}{q}"),
+            Some((_, raw)) => format!("key={q}{k}{q} value={q}{raw}{q}"),
         };
-        let close = if *self_closing {
-            " />".to_string()
-        } else {
-            "></add >".to_string()
+        let close = match e.close {
+            Close::SpacedSlash => " />",
+            Close::Slash => "/>",
+            Close::EndTag => "></add >",
         };
-        s.push_str(&format!("{0}{0}<add {attrs}{close}{nl}", g.indent));
+        s.push_str(&format!("{}<add {attrs}{close}{nl}", e.indent));
     }
     s.push_str(&format!(
         "{}</appSettings>{nl}</configuration>{nl}",
@@ -407,28 +458,156 @@ fn render(g: &Gen) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// The reference model of an edit, on the structure: every entry of a set
+/// key gets the value; absent keys are appended after the entries that stay,
+/// written like the last original entry (its indentation and quote; `/>` or
+/// ` />`); removed keys lose every entry. Returns the new structure and the
+/// number of changes (values set, keys added, entries removed).
+fn model_edit(g: &Gen, set: &[(String, String)], remove: &[String]) -> (Gen, usize) {
+    let mut out = g.clone();
+    let mut changes = 0;
+    let mut added = Vec::new();
+    for (k, v) in set {
+        let mut any = false;
+        for e in out
+            .entries
+            .iter_mut()
+            .filter(|e| e.key.eq_ignore_ascii_case(k))
+        {
+            any = true;
+            if e.value.as_ref().map(|x| &x.0) != Some(v) {
+                // A value-less <add> gets its value after the key.
+                e.value_first &= e.value.is_some();
+                e.value = Some((v.clone(), escape(v, e.quote, false)));
+                changes += 1;
+            }
+        }
+        if !any {
+            added.push((k.clone(), v.clone()));
+        }
+    }
+    let before = out.entries.len();
+    out.entries
+        .retain(|e| !remove.iter().any(|r| r.eq_ignore_ascii_case(&e.key)));
+    changes += before - out.entries.len() + added.len();
+    let (quote, close, indent) = match g.entries.last() {
+        Some(last) => (
+            last.quote,
+            if last.close == Close::SpacedSlash {
+                Close::SpacedSlash
+            } else {
+                Close::Slash
+            },
+            last.indent.clone(),
+        ),
+        None => (
+            b'"',
+            Close::SpacedSlash,
+            format!(
+                "{}{}",
+                g.indent,
+                if g.indent.contains('\t') { "\t" } else { "  " }
+            ),
+        ),
+    };
+    for (k, v) in added {
+        out.entries.push(GenEntry {
+            value: Some((v.clone(), escape(&v, quote, false))),
+            key: k,
+            value_first: false,
+            close,
+            quote,
+            indent: indent.clone(),
+        });
+    }
+    (out, changes)
+}
+
+/// A random mix of edits for a file: remove some of its keys (and an absent
+/// one), set others (to a new value or the one they have), add new keys.
+fn edits_gen() -> impl Strategy<Value = (Gen, Vec<(String, String)>, Vec<String>)> {
+    (
+        config_gen(),
+        proptest::collection::vec(0u8..4, 7),
+        proptest::collection::vec(value_text(), 7),
+        proptest::collection::vec(("[A-Za-z][A-Za-z0-9]{0,8}", value_text()), 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|(g, what, values, new_keys, remove_absent)| {
+            let mut set: Vec<(String, String)> = Vec::new();
+            let mut remove: Vec<String> = Vec::new();
+            let taken = |k: &str, set: &[(String, String)], remove: &[String]| {
+                set.iter().any(|(s, _)| s.eq_ignore_ascii_case(k))
+                    || remove.iter().any(|r| r.eq_ignore_ascii_case(k))
+            };
+            for (i, e) in g.entries.iter().enumerate() {
+                if taken(&e.key, &set, &remove) {
+                    continue;
+                }
+                match what[i] {
+                    0 => remove.push(e.key.clone()),
+                    1 => set.push((e.key.clone(), values[i].clone())),
+                    // The value .NET reads now (a no-op unless duplicates differ).
+                    2 => set.push((
+                        e.key.clone(),
+                        e.value.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+                    )),
+                    _ => {}
+                }
+            }
+            for (k, v) in new_keys {
+                if !taken(&k, &set, &remove)
+                    && !g.entries.iter().any(|e| e.key.eq_ignore_ascii_case(&k))
+                {
+                    set.push((k, v));
+                }
+            }
+            if remove_absent {
+                remove.push("NoSuchKeyAnywhere".into());
+            }
+            (g, set, remove)
+        })
+}
+
+fn read_back(bytes: &[u8]) -> Vec<(String, Option<String>)> {
+    Doc::parse(bytes.to_vec())
+        .unwrap()
+        .entries()
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect()
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(400))]
 
     #[test]
-    fn noop_edit_is_byte_identical(g in config_gen()) {
+    fn random_set_and_remove_match_the_model_byte_for_byte((g, set, remove) in edits_gen()) {
         let bytes = render(&g);
         let doc = Doc::parse(bytes.clone()).unwrap();
-        // Set every key to the value .NET would read, remove an absent key.
-        let set: Vec<(String, String)> = doc
-            .entries()
+        let edited = doc.edit(&set, &remove).unwrap();
+        let (want, changes) = model_edit(&g, &set, &remove);
+        let want_bytes = render(&want);
+        prop_assert_eq!(
+            String::from_utf8_lossy(&edited.bytes),
+            String::from_utf8_lossy(&want_bytes),
+            "set {:?} remove {:?}", set, remove
+        );
+        prop_assert_eq!(edited.changes.len(), changes);
+        // Read back: the entries the model has, in its order, and the probe
+        // finds every wanted value.
+        let model: Vec<(String, Option<String>)> = want
+            .entries
             .iter()
-            .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
-            .filter(|(k, _)| doc.entries().iter().filter(|e| e.key.eq_ignore_ascii_case(k)).all(|e| e.value.is_some()))
+            .map(|e| (e.key.clone(), e.value.as_ref().map(|v| v.0.clone())))
             .collect();
-        // Only keys whose duplicates agree can be a no-op.
-        let set: Vec<(String, String)> = set
-            .into_iter()
-            .filter(|(k, v)| doc.entries().iter().filter(|e| e.key.eq_ignore_ascii_case(k)).all(|e| e.value.as_deref() == Some(v)))
-            .collect();
-        let edited = doc.edit(&set, &["NoSuchKeyAnywhere".to_string()]).unwrap();
-        prop_assert!(edited.changes.is_empty());
-        prop_assert_eq!(edited.bytes, bytes);
+        prop_assert_eq!(read_back(&edited.bytes), model);
+        let again = Doc::parse(edited.bytes.clone()).unwrap();
+        prop_assert!(again.differences(&set, &remove).is_empty());
+        // The same edit again changes nothing.
+        let twice = again.edit(&set, &remove).unwrap();
+        prop_assert!(twice.changes.is_empty());
+        prop_assert_eq!(twice.bytes, edited.bytes);
     }
 
     #[test]
@@ -446,4 +625,21 @@ proptest! {
         let back = again.edit(&[], &["Zz9New".to_string()]).unwrap();
         prop_assert_eq!(back.bytes, bytes);
     }
+}
+
+#[tokio::test]
+async fn adding_keys_while_removing_the_last_one_works_through_the_step() {
+    let out = run_edit(
+        BOM_CRLF,
+        "set = { CleanupConferences = false, InstanzName = \"NAVY\" }\nremove = [\"Note\"]",
+    )
+    .await;
+    let want = String::from_utf8(BOM_CRLF.to_vec())
+        .unwrap()
+        .replace("value=\"LUCS\"", "value=\"NAVY\"")
+        .replace(
+            "<add key=\"Note\" value=\"a &amp; b &lt;c&gt; &#x41;\"/>",
+            "<add key=\"CleanupConferences\" value=\"false\"/>",
+        );
+    assert_eq!(String::from_utf8(out).unwrap(), want);
 }

@@ -274,7 +274,8 @@ impl Doc {
                     ),
                 });
             };
-            let (at, text) = insertion(bytes, section, &missing, nl, self.ascii_only);
+            let removed = |e: &Entry| remove.iter().any(|k| e.key.eq_ignore_ascii_case(k));
+            let (at, text) = insertion(bytes, section, &removed, &missing, nl, self.ascii_only);
             // An insertion at the end of the start tag replaces its `/>`.
             splices.push((at, text));
             for (k, v) in &missing {
@@ -349,9 +350,18 @@ fn unit_for(indent: &[u8]) -> &'static [u8] {
 }
 
 /// Where and what to insert for keys absent from the section.
+///
+/// The new lines are written like the section's last `<add>` (its
+/// indentation, quote character and `/>` or ` />`), whether or not that one
+/// is being removed, and go after the last `<add>` that stays. When every
+/// `<add>` goes (or there was none), they go before `</appSettings>`. So an
+/// insertion never lands inside a range that a removal deletes: those two
+/// edits used to collide when the last `<add>` was removed and a key added
+/// in the same step.
 fn insertion(
     bytes: &[u8],
     section: &Section,
+    removed: &dyn Fn(&Entry) -> bool,
     missing: &[(&str, &str)],
     nl: &[u8],
     ascii_only: bool,
@@ -377,29 +387,37 @@ fn insertion(
         out
     };
     let section_indent = indentation(bytes, section.start.start).unwrap_or(b"");
-    if let Some(last) = section.entries.last() {
-        // After the last <add>, on a new line with its indentation.
-        let indent = indentation(bytes, last.element.start)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_else(|| [section_indent, unit_for(section_indent)].concat());
+    let default_indent = [section_indent, unit_for(section_indent)].concat();
+    // The style to copy: the last <add>, kept or not.
+    let (indent, quote, spaced) = match section.entries.last() {
+        Some(last) => (
+            indentation(bytes, last.element.start)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_else(|| default_indent.clone()),
+            last.quote,
+            last.spaced_slash,
+        ),
+        None => (default_indent.clone(), b'"', true),
+    };
+    if let Some(anchor) = section.entries.iter().rev().find(|e| !removed(e)) {
+        // After the last <add> that stays, on a new line.
         let mut text = nl.to_vec();
-        text.extend(line(&indent, last.quote, last.spaced_slash));
-        let at = last.element.end;
+        text.extend(line(&indent, quote, spaced));
+        let at = anchor.element.end;
         return (at..at, text);
     }
-    let child_indent = [section_indent, unit_for(section_indent)].concat();
     match &section.end {
         Some(end) => match indentation(bytes, end.start) {
             // `</appSettings>` on its own line: the new lines go before it.
             Some(end_indent) => {
-                let mut text = line(&child_indent, b'"', true);
+                let mut text = line(&indent, quote, spaced);
                 text.extend_from_slice(nl);
                 let at = end.start - end_indent.len();
                 (at..at, text)
             }
             None => {
                 let mut text = nl.to_vec();
-                text.extend(line(&child_indent, b'"', true));
+                text.extend(line(&indent, quote, spaced));
                 text.extend_from_slice(nl);
                 text.extend_from_slice(section_indent);
                 let at = end.start;
@@ -412,7 +430,7 @@ fn insertion(
             let slash = tag.len() - 2; // the `/>`
             let mut text = b">".to_vec();
             text.extend_from_slice(nl);
-            text.extend(line(&child_indent, b'"', true));
+            text.extend(line(&indent, quote, spaced));
             text.extend_from_slice(nl);
             text.extend_from_slice(section_indent);
             text.extend_from_slice(b"</appSettings>");
@@ -720,6 +738,32 @@ mod tests {
         assert_eq!(
             edit(input, &[], &["b"]),
             "<appSettings>\n  <add key=\"A\" value=\"1\"/>\n</appSettings>"
+        );
+    }
+
+    #[test]
+    fn adds_and_removes_the_last_entry_in_one_edit() {
+        // Found by an outside test: the insertion after the last <add> fell
+        // inside that <add>'s removal ("overlapping edits").
+        let input = "<appSettings>\n  <add key=\"A\" value=\"1\"/>\n  <add key=\"B\" value=\"2\" />\n</appSettings>";
+        assert_eq!(
+            edit(input, &[("C", "3")], &["B"]),
+            "<appSettings>\n  <add key=\"A\" value=\"1\"/>\n  <add key=\"C\" value=\"3\" />\n</appSettings>"
+        );
+        // Every <add> removed: the new one takes the last one's style,
+        // before the end tag.
+        assert_eq!(
+            edit(input, &[("C", "3")], &["a", "b"]),
+            "<appSettings>\n  <add key=\"C\" value=\"3\" />\n</appSettings>"
+        );
+        // All on one line.
+        assert_eq!(
+            edit(
+                "<appSettings><add key='A' value='1'/></appSettings>",
+                &[("C", "3")],
+                &["A"]
+            ),
+            "<appSettings>\n  <add key='C' value='3'/>\n</appSettings>"
         );
     }
 
