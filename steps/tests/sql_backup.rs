@@ -73,6 +73,8 @@ async fn a_resumed_backup_keeps_the_verified_file_of_its_run() {
 #[tokio::test]
 async fn names_and_paths_are_quoted() {
     let model = TmDatabaseModel::new("7.0");
+    // The model refuses to back up a database it does not have (911).
+    model.state().database = "T]M".into();
     let server = standin(model.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let w = with(&server, "database = 'T]M'\npath = \"D:\\\\it's.bak\"");
@@ -112,14 +114,18 @@ async fn compensation_restores_the_backup_it_made() {
         .executed
         .iter()
         .filter_map(|t| {
-            [
-                "RESTORE VERIFYONLY",
-                "SINGLE_USER",
-                "RESTORE DATABASE",
-                "MULTI_USER",
-            ]
-            .into_iter()
-            .find(|k| t.contains(k))
+            if t.contains("SINGLE_USER") && t.contains("RESTORE DATABASE") {
+                Some("SINGLE_USER + RESTORE DATABASE")
+            } else {
+                [
+                    "RESTORE VERIFYONLY",
+                    "SINGLE_USER",
+                    "RESTORE DATABASE",
+                    "MULTI_USER",
+                ]
+                .into_iter()
+                .find(|k| t.contains(k))
+            }
         })
         .collect();
     assert_eq!(
@@ -127,8 +133,7 @@ async fn compensation_restores_the_backup_it_made() {
         [
             "RESTORE VERIFYONLY",
             "RESTORE VERIFYONLY",
-            "SINGLE_USER",
-            "RESTORE DATABASE",
+            "SINGLE_USER + RESTORE DATABASE",
             "MULTI_USER"
         ]
     );
@@ -149,7 +154,7 @@ async fn a_failed_restore_still_returns_to_multi_user() {
         .await
         .unwrap()
         .outputs;
-    model.fault("RESTORE DATABASE", 1, || {
+    model.fault_statement("RESTORE DATABASE", 1, || {
         vec![
             Action::Error(Message::error(
                 3159,
@@ -172,8 +177,92 @@ async fn a_failed_restore_still_returns_to_multi_user() {
         "{err:?}"
     );
     let s = model.state();
+    assert_eq!(s.restores, 0);
+    assert_eq!(s.count_executed("SET SINGLE_USER"), 1, "the switch ran");
     assert!(!s.single_user, "back to MULTI_USER after the failure");
     assert_eq!(s.count_executed("MULTI_USER"), 1);
+}
+
+#[tokio::test]
+async fn single_user_and_restore_go_in_one_batch_so_nobody_takes_the_slot() {
+    let model = TmDatabaseModel::new("7.0");
+    // An application that grabs the single connection as soon as a request
+    // leaves the database in SINGLE_USER mode: with the switch and the
+    // RESTORE in two batches, the RESTORE fails with 3101.
+    model.state().single_user_contender = true;
+    let server = standin(model.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = build("sql.backup", &backup_with(&server, ""))
+        .unwrap()
+        .run(&ctx(&dir))
+        .await
+        .unwrap()
+        .outputs;
+    model.state().db.version = "7.2".into();
+    build(
+        "sql.restore",
+        &with(&server, &format!("path = '{}'", out["path"])),
+    )
+    .unwrap()
+    .run(&ctx(&dir))
+    .await
+    .unwrap();
+    let s = model.state();
+    assert_eq!(s.restores, 1);
+    assert_eq!(s.db.version, "7.0");
+    assert!(!s.single_user);
+}
+
+#[tokio::test]
+async fn checksum_is_required_unless_turned_off() {
+    let model = TmDatabaseModel::new("7.0");
+    let server = standin(model.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A backup made elsewhere, without CHECKSUM.
+    let path = "E:/Elsewhere/TM.bak";
+    build(
+        "sql.exec",
+        &with(
+            &server,
+            &format!("sql = \"BACKUP DATABASE [TM] TO DISK = N'{path}' WITH COPY_ONLY, INIT\""),
+        ),
+    )
+    .unwrap()
+    .run(&ctx(&dir))
+    .await
+    .unwrap();
+    let restore = |extra: &str| {
+        build(
+            "sql.restore",
+            &with(&server, &format!("path = '{path}'\n{extra}")),
+        )
+        .unwrap()
+    };
+    let step = restore("");
+    assert!(step.describe().join("\n").contains("3187"));
+    let err = step.run(&ctx(&dir)).await.unwrap_err();
+    assert!(err.to_string().contains("3187"), "{err}");
+    assert_eq!(model.state().count_executed("SINGLE_USER"), 0);
+    restore("checksum = false").run(&ctx(&dir)).await.unwrap();
+    assert_eq!(model.state().restores, 1);
+}
+
+#[tokio::test]
+async fn a_long_step_id_fits_the_description_and_the_backup_is_found_again() {
+    let model = TmDatabaseModel::new("7.0");
+    let server = standin(model.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let step = build("sql.backup", &backup_with(&server, "")).unwrap();
+    let long = format!("backup_{}", "x".repeat(300));
+    let cx = upshift_steps::testing::TestContext::new(&long, dir.path());
+    let first = step.run(&cx).await.unwrap().outputs;
+    let description = model.state().backups[&first["path"]].description.clone();
+    assert_eq!(description.encode_utf16().count(), 255, "{description}");
+    // A resumed run finds its backup set through the same description.
+    let again_cx = upshift_steps::testing::TestContext::new(&long, dir.path());
+    step.run(&again_cx).await.unwrap();
+    assert!(again_cx.output_text().contains("not backing up again"));
+    assert_eq!(model.state().count_executed("BACKUP DATABASE"), 1);
 }
 
 #[tokio::test]

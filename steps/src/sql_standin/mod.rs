@@ -37,10 +37,12 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 
 mod server;
+mod tm_exec;
 mod tm_model;
+mod tsql;
 mod wire;
 
-pub use tm_model::{AgentJob, BackupFile, HistoryRow, TmDatabaseModel, TmState};
+pub use tm_model::{AgentJob, BackupFile, Column, DbContent, HistoryRow, TmDatabaseModel, TmState};
 
 /// The name the stand-in gives itself (LOGINACK program name, server name in
 /// messages), so nobody mistakes it for a real server.
@@ -213,6 +215,9 @@ pub enum Action {
     /// Closes the connection without another byte, as a crashed server or a
     /// cut network would.
     DropConnection,
+    /// Computes more actions when the reply gets here (after a `Delay`, to
+    /// look again at a lock another session holds); they are played next.
+    Then(Box<dyn FnOnce() -> Vec<Action> + Send>),
 }
 
 impl fmt::Debug for Action {
@@ -225,6 +230,7 @@ impl fmt::Debug for Action {
             Action::Delay(d) => write!(f, "Delay({d:?})"),
             Action::Effect(_) => write!(f, "Effect"),
             Action::DropConnection => write!(f, "DropConnection"),
+            Action::Then(_) => write!(f, "Then"),
         }
     }
 }

@@ -392,7 +392,8 @@ impl Session {
     async fn reply(&mut self, actions: Vec<Action>, in_proc: bool) -> std::io::Result<Ended> {
         let mut t = Tokens::default();
         let mut failed = false;
-        for action in actions {
+        let mut actions: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = actions.pop_front() {
             if self.take_attention() {
                 return self.ack_attention(t).await;
             }
@@ -418,6 +419,11 @@ impl Session {
                     failed = true;
                 }
                 Action::Effect(f) => f(),
+                Action::Then(f) => {
+                    for a in f().into_iter().rev() {
+                        actions.push_front(a);
+                    }
+                }
                 Action::DropConnection => {
                     self.end();
                     let _ = self.wr.shutdown().await;

@@ -1,22 +1,26 @@
 //! [`TmDatabaseModel`]: a small in-memory TeamManager database behind the
 //! stand-in. It recognises the statements the `sql.*`/`db.*` step kinds send
-//! and the demo update scripts (`plans/sql/*.sql`) by their shape, not by
-//! parsing T-SQL: anything it does not recognise succeeds and is only
-//! recorded in [`TmState::executed`].
+//! and the update scripts of the demo and the tests, statement by statement
+//! (`tm_exec`); a statement it does not recognise is answered with the error
+//! SQL Server would give (e.g. 102 "Incorrect syntax near ...", 2812 "Could
+//! not find stored procedure ..."), never with silence, so a typo in a
+//! generated statement fails a test.
 //!
 //! Simplifications: one database; a transaction is a snapshot of
 //! [`DbContent`] restored on rollback, on an error inside it (XACT_ABORT) or
-//! when its session ends; `sp_getapplock` never waits (a held lock answers
-//! -1 at once); backups hold a copy of the content, not pages; `RAISERROR`
-//! and `THROW` in a batch fail the whole batch.
+//! when its session ends; the first error ends a batch; backups hold a copy
+//! of the content, not pages (one backup set per file); rows inserted into
+//! tables created by scripts are not kept.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
 
-use super::{Action, ColType, Message, Request, ResultSet, SqlValue, StandinHandler};
+use super::tm_exec::{self, Batch};
+use super::tsql;
+use super::{Action, Message, Request, SqlValue, StandinHandler};
 
 /// One row of `upshift.schema_history`.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,15 +54,47 @@ pub struct AgentJob {
     pub command: String,
 }
 
+/// A column of a table created by a statement (`CREATE TABLE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Its name, as written.
+    pub name: String,
+    /// `NOT NULL` (or part of the primary key).
+    pub not_null: bool,
+    /// `IDENTITY`: the server fills it.
+    pub identity: bool,
+    /// Has a `DEFAULT`.
+    pub default: bool,
+}
+
+impl Column {
+    /// A column.
+    pub fn new(name: &str, not_null: bool, identity: bool, default: bool) -> Column {
+        Column {
+            name: name.to_string(),
+            not_null,
+            identity,
+            default,
+        }
+    }
+}
+
 /// What a database holds that a backup captures and a restore brings back.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DbContent {
-    /// The TM version (what the version query returns).
+    /// The TM version (what the version query returns); empty when
+    /// `[dbo].[DatabaseVersion]` has no row.
     pub version: String,
     /// Whether `upshift.schema_history` exists.
     pub history_exists: bool,
+    /// Its columns, as its `CREATE TABLE` declared them.
+    pub history_columns: Vec<Column>,
     /// Its rows.
     pub history: Vec<HistoryRow>,
+    /// Schemas created by statements (lowercase).
+    pub schemas: BTreeSet<String>,
+    /// Tables created by statements, `schema.name` (lowercase) to columns.
+    pub tables: BTreeMap<String, Vec<Column>>,
 }
 
 /// A backup file on the stand-in's pretend disk.
@@ -75,6 +111,9 @@ pub struct BackupFile {
     /// Whether `RESTORE VERIFYONLY` finds it valid (tests set false to
     /// simulate a damaged file).
     pub valid: bool,
+    /// Whether it was made `WITH CHECKSUM` (a restore or verify `WITH
+    /// CHECKSUM` of a backup without checksums fails with error 3187).
+    pub checksums: bool,
 }
 
 /// A scripted fault: when a request's text contains `pattern`
@@ -92,14 +131,31 @@ pub struct TmState {
     pub db: DbContent,
     /// The database name.
     pub database: String,
-    /// Session holding the `upshift.db.update` application lock.
-    pub app_lock: Option<u16>,
+    /// Application locks (`sp_getapplock`): resource (lowercase) to the
+    /// session holding it. Every lock mode is exclusive here; a request for
+    /// a held lock waits up to its `@LockTimeout`.
+    pub app_locks: BTreeMap<String, u16>,
     /// SQL Agent jobs (msdb).
     pub agent_jobs: Vec<AgentJob>,
     /// Backup files by path.
     pub backups: BTreeMap<String, BackupFile>,
     /// Whether the database is in SINGLE_USER mode.
     pub single_user: bool,
+    /// Another application keeps trying to connect to the database: as soon
+    /// as a request ends with the database in SINGLE_USER mode, it takes the
+    /// one connection, and a RESTORE then fails with 3101 (why SINGLE_USER
+    /// and RESTORE must be sent in one batch).
+    pub single_user_contender: bool,
+    /// The contender holds the single-user connection.
+    pub single_user_taken: bool,
+    /// Procedures that exist besides the ones the model knows (tests):
+    /// lowercase names without schema; they take any arguments and do
+    /// nothing.
+    pub procedures: BTreeSet<String>,
+    /// Pause between an `IF ...` check and the `CREATE` it guards: the
+    /// window in which another session's `CREATE` gets in first (default
+    /// none).
+    pub ddl_delay: Duration,
     /// Every request text the model ran, in order.
     pub executed: Vec<String>,
     /// How often `[Reporting].[usp_DataLoader]` ran.
@@ -110,12 +166,30 @@ pub struct TmState {
     pub stats_delay: Duration,
     /// How long one data loader run takes.
     pub data_loader_delay: Duration,
-    next_backup_set_id: i32,
-    tx: BTreeMap<u16, DbContent>,
+    pub(crate) next_backup_set_id: i32,
+    /// Open transactions: the content before, and the nesting level.
+    pub(crate) tx: BTreeMap<u16, (DbContent, u32)>,
     faults: Vec<Fault>,
+    statement_faults: Vec<Fault>,
 }
 
 impl TmState {
+    /// The actions of a statement fault matching `statement` (its tokens'
+    /// text, separated by spaces), if any is left.
+    pub(crate) fn statement_fault(&mut self, statement: &str) -> Option<Vec<Action>> {
+        let l = statement.to_lowercase();
+        let i = self
+            .statement_faults
+            .iter()
+            .position(|f| l.contains(&f.pattern))?;
+        let actions = (self.statement_faults[i].actions)();
+        self.statement_faults[i].times -= 1;
+        if self.statement_faults[i].times == 0 {
+            self.statement_faults.remove(i);
+        }
+        Some(actions)
+    }
+
     /// How many executed requests contain `needle` (case-insensitive).
     pub fn count_executed(&self, needle: &str) -> usize {
         let n = needle.to_lowercase();
@@ -143,10 +217,14 @@ impl TmDatabaseModel {
                     ..DbContent::default()
                 },
                 database: "TM".into(),
-                app_lock: None,
+                app_locks: BTreeMap::new(),
                 agent_jobs: Vec::new(),
                 backups: BTreeMap::new(),
                 single_user: false,
+                single_user_contender: false,
+                single_user_taken: false,
+                procedures: BTreeSet::new(),
+                ddl_delay: Duration::ZERO,
                 executed: Vec::new(),
                 data_loader_runs: 0,
                 restores: 0,
@@ -155,6 +233,7 @@ impl TmDatabaseModel {
                 next_backup_set_id: 1,
                 tx: BTreeMap::new(),
                 faults: Vec::new(),
+                statement_faults: Vec::new(),
             })),
         }
     }
@@ -188,6 +267,31 @@ impl TmDatabaseModel {
                 command: command.to_string(),
             });
         }
+        self
+    }
+
+    /// Like [`TmDatabaseModel::fault`], for one statement of a batch: when
+    /// a statement's tokens, written with single spaces (`RESTORE DATABASE
+    /// TM FROM DISK = x.bak ...`: names and strings unquoted), contain
+    /// `pattern`, it answers with `actions()` instead; the statements before
+    /// it in the batch have run, an error ends the batch.
+    pub fn fault_statement(
+        &self,
+        pattern: &str,
+        times: usize,
+        actions: impl Fn() -> Vec<Action> + Send + 'static,
+    ) {
+        self.state().statement_faults.push(Fault {
+            pattern: pattern.to_lowercase(),
+            actions: Box::new(actions),
+            times,
+        });
+    }
+
+    /// Adds a procedure that exists and does nothing (for scripts that call
+    /// one); `name` without schema.
+    pub fn with_procedure(self, name: &str) -> TmDatabaseModel {
+        self.state().procedures.insert(name.to_lowercase());
         self
     }
 
@@ -225,71 +329,14 @@ impl StandinHandler for TmDatabaseModel {
 
     fn disconnected(&self, session: u16) {
         let mut s = self.state();
-        if s.app_lock == Some(session) {
-            s.app_lock = None;
-        }
+        s.app_locks.retain(|_, owner| *owner != session);
         // An open transaction dies with its session.
-        if let Some(before) = s.tx.remove(&session) {
-            s.db = before;
-        }
-    }
-}
-
-/// The string literals (`N'...'` or `'...'`) in `text`, unescaped, in order.
-fn literals(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\'' {
-            let mut s = String::new();
-            loop {
-                match chars.next() {
-                    None => break,
-                    Some('\'') if chars.peek() == Some(&'\'') => {
-                        chars.next();
-                        s.push('\'');
-                    }
-                    Some('\'') => break,
-                    Some(ch) => s.push(ch),
-                }
-            }
-            out.push(s);
-        }
-    }
-    out
-}
-
-/// The identifier after `keyword` (case-insensitive): `[a]]b]` or `name`.
-fn ident_after(text: &str, keyword: &str) -> Option<String> {
-    let at = text.to_lowercase().find(&keyword.to_lowercase())? + keyword.len();
-    let rest = text[at..].trim_start();
-    if let Some(body) = rest.strip_prefix('[') {
-        let mut s = String::new();
-        let mut it = body.chars().peekable();
-        while let Some(c) = it.next() {
-            if c == ']' {
-                if it.peek() == Some(&']') {
-                    it.next();
-                    s.push(']');
-                } else {
-                    return Some(s);
-                }
-            } else {
-                s.push(c);
-            }
-        }
-        None
-    } else {
-        let s: String = rest
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
-            .collect();
-        (!s.is_empty()).then_some(s)
+        tm_exec::rollback(&mut s, session);
     }
 }
 
 /// SQL `LIKE` with `%`, `_` and `[x]` single-character classes.
-fn like(value: &str, pattern: &str) -> bool {
+pub(crate) fn like(value: &str, pattern: &str) -> bool {
     fn go(v: &[char], p: &[char]) -> bool {
         match p.first() {
             None => v.is_empty(),
@@ -312,120 +359,56 @@ fn like(value: &str, pattern: &str) -> bool {
     go(&v, &p)
 }
 
-fn param_text(req: &Request, name: &str) -> String {
-    req.param(name)
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn one_int(name: &str, value: i32) -> Action {
-    Action::Rows(ResultSet::new(&[(name, ColType::Int)]).row(vec![SqlValue::Int(value)]))
-}
-
-fn stats(actions: &mut Vec<Action>, text: &str, delay: Duration) {
-    let lower = text.to_lowercase();
-    let step = lower
-        .find("stats")
-        .and_then(|i| {
-            lower[i + 5..].trim_start().strip_prefix('=').map(|r| {
-                r.trim_start()
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-            })
-        })
-        .and_then(|d| d.parse::<u32>().ok())
-        .filter(|n| (1..=100).contains(n));
-    if let Some(step) = step {
-        let mut p = step;
-        while p <= 100 {
-            actions.push(Action::Delay(delay));
-            actions.push(Action::Info(Message::info(
-                3211,
-                format!("{p} percent processed."),
-            )));
-            p += step;
-        }
-    }
-}
-
-fn missing_file(path: &str, verb: &str) -> Vec<Action> {
-    vec![
-        Action::Error(Message::error(
-            3201,
-            format!(
-                "Cannot open backup device '{path}'. Operating system error 2(The system cannot find the file specified.)."
-            ),
-        )),
-        Action::Error(Message::error(
-            3013,
-            format!("{verb} is terminating abnormally."),
-        )),
-    ]
-}
-
-/// Parses `WAITFOR DELAY 'hh:mm:ss[.fff]'`.
-fn waitfor(text: &str) -> Option<Duration> {
-    let lower = text.to_lowercase();
-    let at = lower.find("waitfor delay")?;
-    let lit = literals(&text[at..]).into_iter().next()?;
-    let mut secs = 0f64;
-    for part in lit.split(':') {
-        secs = secs * 60.0 + part.trim().parse::<f64>().ok()?;
-    }
-    Some(Duration::from_secs_f64(secs))
-}
-
-/// `RAISERROR(N'text', 16, 1)` or `THROW 51000, N'text', 1`.
-fn raised(text: &str) -> Option<Message> {
-    let lower = text.to_lowercase();
-    if let Some(at) = lower.find("raiserror") {
-        let msg = literals(&text[at..]).into_iter().next().unwrap_or_default();
-        return Some(Message::error(50000, msg));
-    }
-    if let Some(at) = lower.find("throw ") {
-        let rest = &text[at + 6..];
-        let number: u32 = rest
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()?;
-        let msg = literals(rest).into_iter().next().unwrap_or_default();
-        return Some(Message::error(number, msg));
-    }
-    None
-}
-
 /// `EXEC sp_executesql @P1, @P2, @v = @P3, ...` (how `sql.exec` passes
 /// named parameters): the inner statement with its parameters by name.
-fn unnest(req: &Request) -> Option<Request> {
-    let lower = req.text.to_lowercase();
-    let rest = lower.strip_prefix("exec sp_executesql @p1, @p2")?;
-    let inner = req.param("@P1")?.as_str()?.to_string();
-    let mut params = Vec::new();
-    for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, from) = part.split_once('=')?;
-        let value = req.param(from.trim())?.clone();
-        params.push((name.trim().to_string(), value));
+/// A parameter named like sp_executesql's own (`@stmt`, `@params`) or
+/// given twice is error 8143, as on SQL Server.
+fn unnest(req: &Request) -> Result<Option<Request>, Message> {
+    let toks = tsql::tokens(&req.text)?;
+    let mut c = tsql::Cur::new(&toks);
+    if !((c.kw("EXEC") || c.kw("EXECUTE")) && c.kw("sp_executesql")) {
+        return Ok(None);
     }
-    Some(Request {
-        text: inner,
+    let rest = c.rest();
+    let args = tsql::comma_list(rest);
+    let (Some([tsql::Tok::Var(stmt)]), Some([tsql::Tok::Var(_)])) =
+        (args.first().copied(), args.get(1).copied())
+    else {
+        return Ok(None);
+    };
+    let Some(inner) = req.param(stmt).and_then(SqlValue::as_str) else {
+        return Ok(None);
+    };
+    let mut params = Vec::new();
+    let mut names = Vec::new();
+    for a in &args[2..] {
+        let [tsql::Tok::Var(name), eq, tsql::Tok::Var(from)] = a else {
+            return Ok(None);
+        };
+        if !eq.is_op("=") {
+            return Ok(None);
+        }
+        names.push(name.clone());
+        let value = req.param(from).cloned().unwrap_or(SqlValue::Null);
+        params.push((name.clone(), value));
+    }
+    tm_exec::check_executesql_names(&names)?;
+    Ok(Some(Request {
+        text: inner.to_string(),
         params,
         ..req.clone()
-    })
+    }))
 }
 
 fn answer(shared: &Arc<Mutex<TmState>>, s: &mut TmState, req: &Request) -> Vec<Action> {
-    let nested = unnest(req);
+    let nested = match unnest(req) {
+        Ok(n) => n,
+        Err(m) => return vec![Action::Error(m)],
+    };
     let req = nested.as_ref().unwrap_or(req);
-    let text = req.text.as_str();
-    let l = text.to_lowercase();
-    let l = l.trim();
-    s.executed.push(text.to_string());
+    s.executed.push(req.text.clone());
 
+    let l = req.text.to_lowercase();
     if let Some(i) = s.faults.iter().position(|f| l.contains(&f.pattern)) {
         let actions = (s.faults[i].actions)();
         s.faults[i].times -= 1;
@@ -433,290 +416,16 @@ fn answer(shared: &Arc<Mutex<TmState>>, s: &mut TmState, req: &Request) -> Vec<A
             s.faults.remove(i);
         }
         if actions.iter().any(|a| matches!(a, Action::Error(_))) {
-            rollback_doomed(s, req.session);
+            tm_exec::rollback(s, req.session);
         }
         return actions;
     }
 
-    // Transactions (XACT_ABORT semantics: an error dooms the transaction).
-    if l.contains("begin tran") {
-        let snapshot = s.db.clone();
-        s.tx.insert(req.session, snapshot);
-        return vec![Action::Done { rows_affected: 0 }];
-    }
-    if l.starts_with("commit") {
-        s.tx.remove(&req.session);
-        return vec![Action::Done { rows_affected: 0 }];
-    }
-    if l.contains("rollback tran") {
-        if let Some(before) = s.tx.remove(&req.session) {
-            s.db = before;
-        }
-        return vec![Action::Done { rows_affected: 0 }];
-    }
-
-    // Application lock.
-    if l.contains("sp_getapplock") {
-        let granted = match s.app_lock {
-            None => {
-                s.app_lock = Some(req.session);
-                0
-            }
-            Some(owner) if owner == req.session => 1,
-            Some(_) => -1,
-        };
-        return vec![one_int("result", granted)];
-    }
-    if l.contains("sp_releaseapplock") {
-        if s.app_lock == Some(req.session) {
-            s.app_lock = None;
-        }
-        return vec![Action::Done { rows_affected: 0 }];
-    }
-
-    // upshift.schema_history.
-    if l.contains("create table [upshift].[schema_history]") {
-        s.db.history_exists = true;
-        return vec![Action::Done { rows_affected: 0 }];
-    }
-    if l.contains("[upshift].[schema_history]") && l.starts_with("select") {
-        if !s.db.history_exists {
-            return vec![Action::Error(Message::error(
-                208,
-                "Invalid object name 'upshift.schema_history'.",
-            ))];
-        }
-        let mut rs = ResultSet::new(&[
-            ("version", ColType::NVarChar),
-            ("script", ColType::NVarChar),
-            ("checksum", ColType::NVarChar),
-            ("applied_by", ColType::NVarChar),
-            ("applied_at", ColType::DateTime2),
-            ("execution_ms", ColType::BigInt),
-            ("success", ColType::Bit),
-        ]);
-        for h in &s.db.history {
-            rs = rs.row(vec![
-                SqlValue::NVarChar(h.version.clone()),
-                SqlValue::NVarChar(h.script.clone()),
-                SqlValue::NVarChar(h.checksum.clone()),
-                SqlValue::NVarChar(h.applied_by.clone()),
-                SqlValue::DateTime2(h.applied_at),
-                SqlValue::BigInt(h.execution_ms),
-                SqlValue::Bit(h.success),
-            ]);
-        }
-        return vec![Action::Rows(rs)];
-    }
-    if l.starts_with("insert into [upshift].[schema_history]") {
-        if !s.db.history_exists {
-            return vec![Action::Error(Message::error(
-                208,
-                "Invalid object name 'upshift.schema_history'.",
-            ))];
-        }
-        s.db.history.push(HistoryRow {
-            version: param_text(req, "@P1"),
-            script: param_text(req, "@P2"),
-            checksum: param_text(req, "@P3"),
-            run_id: param_text(req, "@P4"),
-            execution_ms: req.param("@P5").and_then(SqlValue::as_i64).unwrap_or(0),
-            success: matches!(req.param("@P6"), Some(SqlValue::Bit(true))),
-            applied_by: req.user.clone(),
-            applied_at: chrono::Utc::now().naive_utc(),
-        });
-        return vec![Action::Done { rows_affected: 1 }];
-    }
-
-    // The TM version.
-    if l.starts_with("select") && l.contains("databaseversion") {
-        return vec![Action::Rows(
-            ResultSet::new(&[("Version", ColType::NVarChar)])
-                .row(vec![SqlValue::NVarChar(s.db.version.clone())]),
-        )];
-    }
-
-    // Update scripts: faults they raise, pauses, and the version they set.
-    let mut actions = Vec::new();
-    if let Some(d) = waitfor(text) {
-        actions.push(Action::Delay(d));
-    }
-    if let Some(m) = raised(text) {
-        actions.push(Action::Error(m));
-        rollback_doomed(s, req.session);
-        return actions;
-    }
-    if let Some(at) = l.find("insert into [dbo].[databaseversion]")
-        && let Some(v) = literals(&text[at..]).into_iter().last().or_else(|| {
-            // VALUES (@v): a parameter of a nested sp_executesql.
-            let after = &l[at..];
-            let name_at = after.find("values")? + after[after.find("values")?..].find('@')?;
-            let name: String = after[name_at..]
-                .chars()
-                .take_while(|c| *c == '@' || c.is_alphanumeric() || *c == '_')
-                .collect();
-            req.param(&name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        })
-    {
-        {
-            let st = shared.clone();
-            actions.push(Action::Effect(Box::new(move || {
-                st.lock().expect("poisoned").db.version = v;
-            })));
-            actions.push(Action::Done { rows_affected: 1 });
-            return actions;
-        }
-    }
-
-    // Backups and restores.
-    if l.starts_with("backup database") {
-        let db = ident_after(text, "backup database").unwrap_or_default();
-        let lits = literals(text);
-        let path = lits.first().cloned().unwrap_or_default();
-        let description = lits.get(1).cloned().unwrap_or_default();
-        stats(&mut actions, text, s.stats_delay);
-        let id = s.next_backup_set_id;
-        s.next_backup_set_id += 1;
-        let file = BackupFile {
-            database: db.clone(),
-            description,
-            backup_set_id: id,
-            content: s.db.clone(),
-            valid: true,
-        };
-        let st = shared.clone();
-        actions.push(Action::Effect(Box::new(move || {
-            st.lock().expect("poisoned").backups.insert(path, file);
-        })));
-        actions.push(Action::Info(Message::info(
-            3014,
-            format!("BACKUP DATABASE successfully processed 1234 pages in 0.100 seconds (96.4 MB/sec). [{db}]"),
-        )));
-        actions.push(Action::Done { rows_affected: 0 });
-        return actions;
-    }
-    if l.contains("msdb.dbo.backupset") {
-        let path = param_text(req, "@P1");
-        let db = param_text(req, "@P2");
-        let desc = param_text(req, "@P3");
-        let mut rs = ResultSet::new(&[("backup_set_id", ColType::Int)]);
-        if let Some(f) = s.backups.get(&path)
-            && f.database.eq_ignore_ascii_case(&db)
-            && f.description == desc
-        {
-            {
-                rs = rs.row(vec![SqlValue::Int(f.backup_set_id)]);
-            }
-        }
-        return vec![Action::Rows(rs)];
-    }
-    if l.starts_with("restore verifyonly") {
-        let path = literals(text).into_iter().next().unwrap_or_default();
-        return match s.backups.get(&path) {
-            Some(f) if f.valid => vec![
-                Action::Info(Message::info(3262, "The backup set on file 1 is valid.")),
-                Action::Done { rows_affected: 0 },
-            ],
-            Some(_) => vec![
-                Action::Error(Message::error(
-                    3189,
-                    "Damage to the backup set was detected.",
-                )),
-                Action::Error(Message::error(
-                    3013,
-                    "VERIFY DATABASE is terminating abnormally.",
-                )),
-            ],
-            None => missing_file(&path, "VERIFY DATABASE"),
-        };
-    }
-    if l.starts_with("restore database") {
-        let path = literals(text).into_iter().next().unwrap_or_default();
-        let Some(file) = s.backups.get(&path).cloned() else {
-            return missing_file(&path, "RESTORE DATABASE");
-        };
-        stats(&mut actions, text, s.stats_delay);
-        let st = shared.clone();
-        actions.push(Action::Effect(Box::new(move || {
-            let mut s = st.lock().expect("poisoned");
-            s.db = file.content;
-            s.restores += 1;
-        })));
-        actions.push(Action::Info(Message::info(
-            3014,
-            "RESTORE DATABASE successfully processed 1234 pages in 0.100 seconds (96.4 MB/sec).",
-        )));
-        actions.push(Action::Done { rows_affected: 0 });
-        return actions;
-    }
-    if l.starts_with("alter database") && l.contains("single_user") {
-        s.single_user = true;
-        return vec![Action::Done { rows_affected: 0 }];
-    }
-    if l.starts_with("alter database") && l.contains("multi_user") {
-        s.single_user = false;
-        return vec![Action::Done { rows_affected: 0 }];
-    }
-
-    // SQL Agent jobs.
-    if l.contains("msdb.dbo.sysjobsteps") {
-        let pattern = param_text(req, "@P1");
-        let mut rs = ResultSet::new(&[
-            ("job_id", ColType::NVarChar),
-            ("name", ColType::NVarChar),
-            ("command", ColType::NVarChar),
-        ]);
-        for j in s.agent_jobs.iter().filter(|j| like(&j.command, &pattern)) {
-            rs = rs.row(vec![
-                SqlValue::NVarChar(j.job_id.clone()),
-                SqlValue::NVarChar(j.name.clone()),
-                SqlValue::NVarChar(j.command.clone()),
-            ]);
-        }
-        return vec![Action::Rows(rs)];
-    }
-    if l.contains("sp_delete_job") {
-        let id = param_text(req, "@P1");
-        let before = s.agent_jobs.len();
-        s.agent_jobs.retain(|j| !j.job_id.eq_ignore_ascii_case(&id));
-        if s.agent_jobs.len() == before {
-            return vec![Action::Error(Message::error(
-                14262,
-                format!("The specified @job_id ('{id}') does not exist."),
-            ))];
-        }
-        return vec![Action::Done { rows_affected: 0 }];
-    }
-
-    // The reporting data loader.
-    if l.contains("usp_dataloader") {
-        s.data_loader_runs += 1;
-        if !s.data_loader_delay.is_zero() {
-            actions.push(Action::Delay(s.data_loader_delay));
-        }
-        actions.push(Action::Done { rows_affected: 0 });
-        return actions;
-    }
-
-    if l.starts_with("select @@trancount") {
-        let n = i32::from(s.tx.contains_key(&req.session));
-        return vec![one_int("n", n)];
-    }
-    if l.contains("@@spid") {
-        return vec![one_int("spid", req.session as i32)];
-    }
-
-    actions.push(Action::Done { rows_affected: 0 });
-    actions
-}
-
-/// XACT_ABORT: an error inside a transaction rolls it back.
-fn rollback_doomed(s: &mut TmState, session: u16) {
-    if let Some(before) = s.tx.remove(&session) {
-        s.db = before;
-    }
+    let statements = match tsql::tokens(&req.text) {
+        Ok(t) => tsql::statements(t),
+        Err(m) => return vec![Action::Error(m)],
+    };
+    tm_exec::run_batch(shared, s, Batch::new(req.clone(), statements))
 }
 
 #[cfg(test)]
@@ -732,19 +441,80 @@ mod tests {
         assert!(!like("abc", "a_d"));
     }
 
+    fn req(text: &str, params: &[(&str, SqlValue)]) -> Request {
+        Request {
+            session: 51,
+            kind: super::super::RequestKind::Batch,
+            text: text.to_string(),
+            declaration: String::new(),
+            params: params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+            user: "upshift".into(),
+            database: "TM".into(),
+        }
+    }
+
+    fn errors(actions: &[Action]) -> Vec<u32> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Error(m) => Some(m.number),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn literals_and_identifiers_unescape() {
-        assert_eq!(
-            literals("BACKUP x TO DISK = N'C:\\it''s.bak' WITH DESCRIPTION = N'd'"),
-            vec!["C:\\it's.bak".to_string(), "d".to_string()]
+    fn unknown_statements_get_sql_server_errors() {
+        let m = TmDatabaseModel::new("7.0");
+        let cases = [
+            ("SELEC 1", 102),
+            ("EXEC [Reporting].[usp_DataLoadr]", 2812),
+            ("SELECT [Versoin] FROM [dbo].[DatabaseVersion]", 207),
+            ("SELECT [Version] FROM [dbo].[DatabaseVersions]", 208),
+            ("SELECT @undeclared", 137),
+            ("GO", 102),
+            (
+                "BACKUP DATABASE [TM] TO DISK = N'x' WITH COPY_ONLY, CHECKSUMS",
+                155,
+            ),
+            (
+                "EXEC sp_getapplock @Resource = N'x', @LockMod = N'Exclusive'",
+                8145,
+            ),
+            ("COMMIT TRANSACTION", 3902),
+            ("SELECT 1; CREATE SCHEMA [s]", 111),
+        ];
+        for (text, number) in cases {
+            let got = errors(&m.handle(&req(text, &[])));
+            assert_eq!(got.first(), Some(&number), "{text}: {got:?}");
+        }
+        // What the kinds send is known.
+        for text in [
+            "SELECT TOP (1) [Version] FROM [dbo].[DatabaseVersion] ORDER BY [Id] DESC",
+            "SET XACT_ABORT ON; BEGIN TRANSACTION;",
+            "SELECT @@TRANCOUNT AS n;",
+            "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;",
+            "EXEC [Reporting].[usp_DataLoader]",
+        ] {
+            let got = errors(&m.handle(&req(text, &[])));
+            assert!(got.is_empty(), "{text}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn sp_executesql_parameters_named_like_its_own_are_refused() {
+        let m = TmDatabaseModel::new("7.0");
+        let r = req(
+            "EXEC sp_executesql @P1, @P2, @STMT = @P3",
+            &[
+                ("@P1", SqlValue::NVarChar("SELECT @stmt".into())),
+                ("@P2", SqlValue::NVarChar("@stmt int".into())),
+                ("@P3", SqlValue::Int(1)),
+            ],
         );
-        assert_eq!(
-            ident_after("BACKUP DATABASE [we]]ird] TO", "backup database").as_deref(),
-            Some("we]ird")
-        );
-        assert_eq!(
-            waitfor("WAITFOR DELAY '00:00:02'"),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(errors(&m.handle(&r)), vec![8143]);
     }
 }

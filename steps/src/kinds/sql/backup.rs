@@ -96,6 +96,38 @@ fn file_in(dir: &str, database: &str, run: &str) -> String {
     format!("{}{sep}{name}", dir.trim_end_matches(['\\', '/']))
 }
 
+/// Longest backup description SQL Server takes: `DESCRIPTION` is at most
+/// 255 characters (`msdb.dbo.backupset.description` is nvarchar(255),
+/// counted in UTF-16 units).
+const DESCRIPTION_MAX_UNITS: usize = 255;
+
+/// The backup set's description: `upshift run <run> step <step>`. With a
+/// step id too long for 255 characters, the id is shortened and the first
+/// 16 hex digits of its SHA-256 appended, so the text stays unique per step
+/// and the msdb lookup, which uses this same function, finds what the
+/// backup wrote.
+pub(crate) fn description(run: &str, step: &str) -> String {
+    let full = format!("upshift run {run} step {step}");
+    if full.encode_utf16().count() <= DESCRIPTION_MAX_UNITS {
+        return full;
+    }
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(step.as_bytes()));
+    let suffix = format!("... #{}", &hash[..16]);
+    let budget = DESCRIPTION_MAX_UNITS - suffix.encode_utf16().count();
+    let mut out = String::new();
+    let mut units = 0;
+    for c in full.chars() {
+        if units + c.len_utf16() > budget {
+            break;
+        }
+        units += c.len_utf16();
+        out.push(c);
+    }
+    out.push_str(&suffix);
+    out
+}
+
 /// The BACKUP statement.
 pub(crate) fn backup_statement(
     database: &str,
@@ -176,7 +208,7 @@ impl Step for Backup {
 
     async fn run(&self, ctx: &dyn StepContext) -> Result<StepOutcome, StepError> {
         let path = self.path(ctx.run_id());
-        let description = format!("upshift run {} step {}", ctx.run_id(), ctx.step_id());
+        let description = description(ctx.run_id(), ctx.step_id());
         let mut sql = self.connection.connect(Some("master")).await?;
         let mut outputs = Outputs::new();
         outputs.insert("path".into(), path.clone());
@@ -235,7 +267,16 @@ impl Step for Backup {
                 "cannot restore: the backup step recorded no `path` output",
             ));
         };
-        restore::restore(&self.connection, &self.database, path, self.limit, ctx).await
+        // upshift's own backups are made WITH CHECKSUM.
+        restore::restore(
+            &self.connection,
+            &self.database,
+            path,
+            true,
+            self.limit,
+            ctx,
+        )
+        .await
     }
 }
 
@@ -251,6 +292,24 @@ mod tests {
             "/var/opt/mssql/backup/TM_r1.bak"
         );
         assert_eq!(file_in("D:\\B", "a/b", "r"), "D:\\B\\a_b_r.bak");
+    }
+
+    #[test]
+    fn descriptions_fit_in_255_characters_and_stay_unique() {
+        let run = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(
+            description(run, "backup"),
+            format!("upshift run {run} step backup")
+        );
+        let long_a = format!("{}a", "x".repeat(300));
+        let long_b = format!("{}b", "x".repeat(300));
+        let (a, b) = (description(run, &long_a), description(run, &long_b));
+        assert_eq!(a.encode_utf16().count(), 255, "{a}");
+        assert_ne!(a, b, "a shared prefix does not make two steps alike");
+        assert_eq!(a, description(run, &long_a), "the lookup finds it again");
+        // Characters outside the BMP count twice.
+        let wide = description(run, &"😀".repeat(200));
+        assert!(wide.encode_utf16().count() <= 255, "{wide}");
     }
 
     #[test]

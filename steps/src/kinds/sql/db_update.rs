@@ -18,15 +18,22 @@
 //! - The step refuses to run when a recorded script's checksum (SHA-256 of
 //!   the file) differs from the file now, or when a script it is about to
 //!   run is already recorded as applied.
-//! - `sp_getapplock` (`@LockOwner = 'Session'`, waiting up to 5 s) keeps two
-//!   runs from updating one database at once; the step releases it when it
-//!   ends, and the server releases it if the session dies.
+//! - `sp_getapplock` (`@LockOwner = 'Session'`, waiting up to
+//!   `lock_timeout`, default 1 minute) keeps two runs from updating one
+//!   database at once. It is taken **before** anything else, the history
+//!   table's creation included: two runs starting together would otherwise
+//!   both find the table missing and the loser would fail for good on
+//!   "There is already an object named 'schema_history'" (2714). The step
+//!   releases the lock when it ends, and the server releases it if the
+//!   session dies. A lock still held by another run after `lock_timeout` is
+//!   a transient failure (the engine retries per the step's policy).
 //! - On resume it reads the database's version and history, not its memory.
 //!
 //! Parameters: `connection`, `scripts_dir`, `target_version`,
 //! `version_query` (default as `db.check`), `expect_path` (optional: the
 //! `path` output of `db.check`; the versions applied must be the end of it),
-//! `command_timeout` (per batch, default "4h"; "0s" = none).
+//! `command_timeout` (per batch, default "4h"; "0s" = none), `lock_timeout`
+//! (default "1m").
 //! Outputs: `from_version`, `version`, `applied` (scripts applied by this
 //! attempt, comma-separated). No compensation: the backup step's restore is
 //! the database phase's rollback. Probe: in place when the database is at
@@ -72,7 +79,16 @@ const HISTORY_SELECT: &str = "SELECT [version], [script], [checksum], [applied_b
 
 const HISTORY_INSERT: &str = "INSERT INTO [upshift].[schema_history] ([version], [script], [checksum], [run_id], [execution_ms], [success], [applied_by], [applied_at]) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, SUSER_SNAME(), SYSUTCDATETIME())";
 
-const LOCK: &str = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = N'upshift.db.update', @LockMode = N'Exclusive', @LockOwner = N'Session', @LockTimeout = 5000; SELECT @r AS result;";
+const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// The application lock, waiting up to `wait` (whole milliseconds; the
+/// number is computed, never taken from text).
+fn lock_statement(wait: Duration) -> String {
+    let ms = wait.as_millis().min(i32::MAX as u128);
+    format!(
+        "DECLARE @r int; EXEC @r = sp_getapplock @Resource = N'upshift.db.update', @LockMode = N'Exclusive', @LockOwner = N'Session', @LockTimeout = {ms}; SELECT @r AS result;"
+    )
+}
 
 const UNLOCK: &str =
     "EXEC sp_releaseapplock @Resource = N'upshift.db.update', @LockOwner = N'Session';";
@@ -90,6 +106,8 @@ struct Params {
     expect_path: Option<String>,
     #[serde(default, with = "crate::params::duration_text::option")]
     command_timeout: Option<Duration>,
+    #[serde(default, with = "crate::params::duration_text::option")]
+    lock_timeout: Option<Duration>,
 }
 
 struct DbUpdate {
@@ -99,6 +117,7 @@ struct DbUpdate {
     query: String,
     expect_path: Option<Vec<String>>,
     limit: Option<Duration>,
+    lock_wait: Duration,
 }
 
 fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
@@ -124,6 +143,7 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
                 .collect()
         }),
         limit: command_limit(p.command_timeout, DEFAULT_LIMIT),
+        lock_wait: p.lock_timeout.unwrap_or(DEFAULT_LOCK_WAIT),
     }))
 }
 
@@ -339,10 +359,11 @@ impl DbUpdate {
     }
 
     async fn update(&self, sql: &mut Sql, ctx: &dyn StepContext) -> Result<Outputs, StepError> {
-        sql.batch(HISTORY_DDL, self.limit)
-            .await
-            .map_err(|e| within(e, "creating upshift.schema_history"))?;
-        let lock = sql.batch(LOCK, self.limit).await?;
+        // The lock first: everything after it, the history table's creation
+        // included, runs for one run at a time.
+        let lock = sql
+            .batch(&lock_statement(self.lock_wait), self.limit)
+            .await?;
         let granted = lock
             .first()
             .and_then(|rs| rs.first())
@@ -350,10 +371,20 @@ impl DbUpdate {
             .unwrap_or(-999);
         if granted < 0 {
             return Err(StepError::transient(format!(
-                "{}: another session holds the upshift.db.update application lock (sp_getapplock returned {granted}): another run is updating this database; this one waits for a retry",
-                sql.label()
+                "{}: another session still holds the upshift.db.update application lock after {} (sp_getapplock returned {granted}): another run is updating this database; this one tries again on a retry (raise `lock_timeout` to wait longer)",
+                sql.label(),
+                humantime::format_duration(self.lock_wait)
             )));
         }
+        if granted == 1 {
+            ctx.output(&format!(
+                "{}: waited for another run's upshift.db.update application lock\n",
+                sql.label()
+            ));
+        }
+        sql.batch(HISTORY_DDL, self.limit)
+            .await
+            .map_err(|e| within(e, "creating upshift.schema_history"))?;
         let history = read_history(sql, self.limit).await?;
         let current = read_version(sql, &self.query, self.limit).await?;
         let scripts = scripts_in(&self.dir)?;
@@ -441,6 +472,10 @@ impl Step for DbUpdate {
             self.dir.display(),
             limit_text(self.limit)
         )];
+        lines.push(format!(
+            "  first: sp_getapplock 'upshift.db.update' (waits up to {} for another run)",
+            humantime::format_duration(self.lock_wait)
+        ));
         match scripts_in(&self.dir) {
             Ok(scripts) => {
                 for s in scripts

@@ -4,7 +4,8 @@
 //! Parameters: `connection`, `sql`, `params` (list of `{ name = "@v", type =
 //! "int", value = 5 }`; types `int`, `bigint`, `nvarchar`, `bit`,
 //! `datetime2`, `varbinary` (hex); no `value` = NULL), `first_row` (bool),
-//! `command_timeout` (default "30m"; "0s" = none).
+//! `command_timeout` (default "30m"; "0s" = none). A parameter may not be
+//! called `@stmt` or `@params` (any case): those are `sp_executesql`'s own.
 //! Outputs: `rows_affected` (first_row = false) or `rows` and `col.<name>`
 //! for each column of the first row (first_row = true).
 
@@ -96,6 +97,26 @@ fn bind(i: usize, p: &ParamSpec) -> Result<Bound, ParamError> {
             format!("parameter name `{}` is not an @name", p.name),
         )
         .hint("write it like name = \"@version\" (letters, digits, _)"));
+    }
+    // The statement runs as `EXEC sp_executesql @P1, @P2, @name = @P3...`:
+    // a parameter called like sp_executesql's own would be "supplied
+    // multiple times" (8143). Renaming it would mean rewriting the plan's
+    // statement text, so it is refused here with the fix.
+    if ["@stmt", "@params"]
+        .iter()
+        .any(|own| p.name.eq_ignore_ascii_case(own))
+    {
+        return Err(ParamError::field(
+            &field,
+            format!(
+                "parameter name `{}` is sp_executesql's own (@stmt and @params are its first two parameters, through which the statement and its declaration travel)",
+                p.name
+            ),
+        )
+        .hint(format!(
+            "rename it in `sql` and in `params`, e.g. `{}_value`",
+            p.name
+        )));
     }
     let text = |v: &toml::Value| match v {
         toml::Value::String(s) => s.clone(),
@@ -310,5 +331,20 @@ mod tests {
             .is_err()
         );
         assert!(build_with("params = [{name = \"@v; DROP\", type = \"int\", value = 1}]").is_err());
+        for own in ["@stmt", "@PARAMS", "@Stmt"] {
+            let Err(e) = build_with(&format!(
+                "params = [{{name = \"{own}\", type = \"int\", value = 1}}]"
+            )) else {
+                panic!("{own} accepted");
+            };
+            assert!(
+                e.message.contains(own) && e.message.contains("sp_executesql"),
+                "{e:?}"
+            );
+            assert_eq!(e.field.as_deref(), Some("params[0]"));
+        }
+        assert!(
+            build_with("params = [{name = \"@statement\", type = \"int\", value = 1}]").is_ok()
+        );
     }
 }

@@ -1,13 +1,20 @@
 //! `sql.restore`: the database phase's rollback. Verifies the backup file,
-//! then `ALTER DATABASE ... SET SINGLE_USER WITH ROLLBACK IMMEDIATE`,
-//! `RESTORE DATABASE ... WITH REPLACE, STATS = 5` (progress reported), and
-//! back to `MULTI_USER`, also when the restore fails.
+//! then, **in one batch**, `ALTER DATABASE ... SET SINGLE_USER WITH
+//! ROLLBACK IMMEDIATE` and `RESTORE DATABASE ... WITH REPLACE, CHECKSUM,
+//! STATS = 5` (progress reported), and back to `MULTI_USER`, also when the
+//! restore fails. One batch, because between two batches another
+//! connection can take the single-user slot and the RESTORE then fails with
+//! 3101 ("Exclusive access could not be obtained").
 //!
 //! Parameters: `connection` (the step connects to `master`), `database`
 //! (default: the connection's), `path` (the backup file on the SQL Server
-//! machine, e.g. `${steps.backup.outputs.path}`), `command_timeout` (default
-//! "12h"; "0s" = none). Outputs: `path`, `database`. The same restore is the
-//! compensation of `sql.backup`.
+//! machine, e.g. `${steps.backup.outputs.path}`), `checksum` (default
+//! true: `WITH CHECKSUM` on the verify and the restore, which SQL Server
+//! refuses with error 3187 for a backup made without checksums; upshift's
+//! own backups always have them; set false for a backup made elsewhere
+//! without `CHECKSUM`), `command_timeout` (default "12h"; "0s" = none).
+//! Outputs: `path`, `database`. The same restore is the compensation of
+//! `sql.backup`.
 
 use std::time::Duration;
 
@@ -33,14 +40,21 @@ struct Params {
     connection: ConnectionParams,
     database: Option<String>,
     path: String,
+    #[serde(default = "yes")]
+    checksum: bool,
     #[serde(default, with = "crate::params::duration_text::option")]
     command_timeout: Option<Duration>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 struct Restore {
     connection: ConnectionParams,
     database: String,
     path: String,
+    checksum: bool,
     limit: Option<Duration>,
 }
 
@@ -57,19 +71,38 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
         connection: p.connection,
         database,
         path: p.path,
+        checksum: p.checksum,
         limit: command_limit(p.command_timeout, DEFAULT_LIMIT),
     }))
 }
 
-/// The statements of a restore, in order: verify, single user, restore,
-/// multi user.
-pub(crate) fn statements(database: &str, path: &str) -> Result<[String; 4], StepError> {
+/// The batches of a restore, in order: verify; single user and restore
+/// (one batch); multi user. `checksum` adds `WITH CHECKSUM` to the verify
+/// and the restore.
+///
+/// The single-user switch is skipped when the database does not exist (a
+/// restore may recreate a dropped one), and the restore is skipped when the
+/// switch failed (`@@ERROR`): SQL Server goes on with the next statement
+/// after most errors, and the error of the switch is what the operator must
+/// see.
+pub(crate) fn statements(
+    database: &str,
+    path: &str,
+    checksum: bool,
+) -> Result<[String; 3], StepError> {
     let db = quote::ident(database).map_err(StepError::fatal)?;
+    let name = quote::literal(database).map_err(StepError::fatal)?;
     let file = quote::literal(path).map_err(StepError::fatal)?;
+    let (verify_with, restore_with) = if checksum {
+        (" WITH CHECKSUM", "REPLACE, CHECKSUM, STATS = 5")
+    } else {
+        ("", "REPLACE, STATS = 5")
+    };
     Ok([
-        format!("RESTORE VERIFYONLY FROM DISK = {file} WITH CHECKSUM"),
-        format!("ALTER DATABASE {db} SET SINGLE_USER WITH ROLLBACK IMMEDIATE"),
-        format!("RESTORE DATABASE {db} FROM DISK = {file} WITH REPLACE, CHECKSUM, STATS = 5"),
+        format!("RESTORE VERIFYONLY FROM DISK = {file}{verify_with}"),
+        format!(
+            "IF DB_ID({name}) IS NOT NULL ALTER DATABASE {db} SET SINGLE_USER WITH ROLLBACK IMMEDIATE;\nIF @@ERROR = 0 RESTORE DATABASE {db} FROM DISK = {file} WITH {restore_with};"
+        ),
         format!("ALTER DATABASE {db} SET MULTI_USER"),
     ])
 }
@@ -80,10 +113,11 @@ pub(crate) async fn restore(
     connection: &ConnectionParams,
     database: &str,
     path: &str,
+    checksum: bool,
     limit: Option<Duration>,
     ctx: &dyn StepContext,
 ) -> Result<(), StepError> {
-    let [verify, single, restore, multi] = statements(database, path)?;
+    let [verify, restore, multi] = statements(database, path, checksum)?;
     let mut sql = connection.connect(Some("master")).await?;
     sql.batch(&verify, limit).await.map_err(|e| {
         within(
@@ -91,7 +125,6 @@ pub(crate) async fn restore(
             &format!("the backup {path} does not verify; the database was not touched"),
         )
     })?;
-    sql.batch(&single, limit).await?;
     let result = sql
         .batch_with_progress(&restore, limit, &|p| {
             ctx.progress(p, 100, &format!("restore {p}%"))
@@ -126,8 +159,20 @@ impl Step for Restore {
             self.path,
             limit_text(self.limit)
         )];
-        if let Ok(stmts) = statements(&self.database, &self.path) {
-            lines.extend(stmts.iter().map(|s| format!("  {s}")));
+        if let Ok(stmts) = statements(&self.database, &self.path, self.checksum) {
+            lines.extend(
+                stmts
+                    .iter()
+                    .flat_map(|s| s.lines())
+                    .map(|s| format!("  {s}")),
+            );
+        }
+        if self.checksum {
+            lines.push(
+                "  WITH CHECKSUM: a backup made without checksums is refused (error 3187); \
+                 upshift's own backups have them; set checksum = false for one made elsewhere without"
+                    .into(),
+            );
         }
         lines
     }
@@ -137,6 +182,7 @@ impl Step for Restore {
             &self.connection,
             &self.database,
             &self.path,
+            self.checksum,
             self.limit,
             ctx,
         )
