@@ -1142,6 +1142,16 @@ fn select(s: &TmState, b: &Batch, c: &mut Cur<'_>) -> R<Flow> {
         }
         rows = next;
     }
+    // Names are bound whether or not there are rows (SQL Server checks
+    // them when it compiles the statement).
+    let nulls: Vec<Vec<SqlValue>> = sources
+        .iter()
+        .map(|src| vec![SqlValue::Null; src.view.columns.len()])
+        .collect();
+    let null_row: Vec<&Vec<SqlValue>> = nulls.iter().collect();
+    for cond in &conditions {
+        conjunction(s, b, cond, &sources, &null_row)?;
+    }
     let mut kept = Vec::new();
     for r in rows {
         let mut ok = true;

@@ -40,6 +40,18 @@ pub const DEFAULT_VERSION_QUERY: &str =
 
 const DEFAULT_LIMIT: Duration = Duration::from_secs(5 * 60);
 
+/// The dry-run line naming the version query, marked as an assumption when
+/// it is the default one.
+pub(crate) fn version_query_line(query: &str) -> String {
+    if query == DEFAULT_VERSION_QUERY {
+        format!(
+            "  version query: {query} (ASSUMPTION: the manual does not name TM's version table; set `version_query` for a real TM database)"
+        )
+    } else {
+        format!("  version query: {query}")
+    }
+}
+
 /// Compares dotted versions numerically part by part (`7.10` > `7.9`);
 /// missing parts count as 0, non-numeric parts compare as text.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
@@ -254,7 +266,11 @@ impl Step for DbCheck {
                 self.target,
                 limit_text(self.limit)
             ),
-            format!("  update path: {}", self.path.versions.join(" -> ")),
+            version_query_line(&self.query),
+            format!(
+                "  update path (from the plan): {}",
+                self.path.versions.join(" -> ")
+            ),
             format!(
                 "  older than {}: stop and contact support",
                 self.path.oldest_supported

@@ -472,6 +472,7 @@ impl Step for DbUpdate {
             self.dir.display(),
             limit_text(self.limit)
         )];
+        lines.push(super::db_check::version_query_line(&self.query));
         lines.push(format!(
             "  first: sp_getapplock 'upshift.db.update' (waits up to {} for another run)",
             humantime::format_duration(self.lock_wait)
