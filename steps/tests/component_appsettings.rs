@@ -310,7 +310,7 @@ async fn compare_fail_mode_fails_on_lost_keys() {
 
 #[tokio::test]
 async fn compare_carry_over_copies_lost_keys_only() {
-    let (r, _, file) = compare(NEW, OLD, "carry_over").await;
+    let (r, _, file) = compare(NEW, OLD, "carry_over\"\nchanged = \"keep-new").await;
     let o = r.unwrap().outputs;
     assert_eq!(o["carried_over"], "UserDomain");
     assert_eq!(
@@ -319,6 +319,176 @@ async fn compare_carry_over_copies_lost_keys_only() {
             "<add key=\"EnableReporting\" value=\"true\"/>\n",
             "<add key=\"EnableReporting\" value=\"true\"/>\n  <add key=\"UserDomain\" value=\"corp.local\"/>\n"
         )
+    );
+}
+
+struct CompareWorld {
+    _dir: tempfile::TempDir,
+    new: PathBuf,
+    work: PathBuf,
+    step: Box<dyn Step>,
+}
+
+fn compare_world(new: &str, old: &str, with_rest: &str) -> CompareWorld {
+    let dir = tempfile::tempdir().unwrap();
+    let newf = dir.path().join("AppSettings.config");
+    let oldf = dir.path().join("AppSettings.config.bak");
+    std::fs::write(&newf, new).unwrap();
+    std::fs::write(&oldf, old).unwrap();
+    let step = step(
+        "config.compare",
+        &format!(
+            "file = {}\nbackup = {}\n{with_rest}",
+            toml_path(&newf),
+            toml_path(&oldf)
+        ),
+    );
+    CompareWorld {
+        work: dir.path().join("work"),
+        new: newf,
+        _dir: dir,
+        step,
+    }
+}
+
+#[tokio::test]
+async fn compare_pauses_on_changed_values_listing_both_then_keeps_the_file_as_approved() {
+    let w = compare_world(NEW, OLD, "mode = \"carry_over\"");
+    assert!(
+        w.step
+            .describe()
+            .join("\n")
+            .contains("wait for an operator"),
+        "{:?}",
+        w.step.describe()
+    );
+    let first = TestContext::new("cmp", &w.work);
+    let Err(StepError::WaitForOperator { reason }) = w.step.run(&first).await else {
+        panic!("no pause");
+    };
+    assert!(
+        reason.contains("PortNumberToAdd: backup \"3500\" -> new \"3600\""),
+        "{reason}"
+    );
+    assert!(reason.contains("keep-old"), "{reason}");
+    // Nothing was written while waiting.
+    assert_eq!(std::fs::read_to_string(&w.new).unwrap(), NEW);
+
+    // An approval that answers something else (resume = "ask") is not
+    // taken as the answer to this question.
+    let mut other = TestContext::new("cmp", &w.work);
+    other.approved = true;
+    assert!(matches!(
+        w.step.run(&other).await,
+        Err(StepError::WaitForOperator { .. })
+    ));
+
+    // `upshift approve`: the step runs again with its checkpoint.
+    let mut approved = TestContext::new("cmp", &w.work);
+    approved.approved = true;
+    approved.resume = first.last_checkpoint();
+    let out = w.step.run(&approved).await.unwrap().outputs;
+    assert_eq!(out["carried_over"], "UserDomain");
+    assert_eq!(out["kept_new"], "PortNumberToAdd");
+    assert_eq!(out["kept_old"], "");
+    let file = std::fs::read_to_string(&w.new).unwrap();
+    assert!(file.contains("value=\"3600\""), "{file}");
+    assert!(
+        file.contains("key=\"UserDomain\" value=\"corp.local\""),
+        "{file}"
+    );
+    assert_eq!(w.step.probe(&approved).await.unwrap(), Probe::InPlace);
+}
+
+#[tokio::test]
+async fn compare_after_the_operator_edited_the_file_keeps_the_edit() {
+    let w = compare_world(NEW, OLD, "mode = \"carry_over\"\nchanged = \"pause\"");
+    let first = TestContext::new("cmp", &w.work);
+    assert!(w.step.run(&first).await.is_err());
+    // The operator wants the old port back, and sets it before approving.
+    std::fs::write(&w.new, NEW.replace("3600", "3500")).unwrap();
+    let mut approved = TestContext::new("cmp", &w.work);
+    approved.approved = true;
+    approved.resume = first.last_checkpoint();
+    let out = w.step.run(&approved).await.unwrap().outputs;
+    assert_eq!(out["changed"], "");
+    assert!(
+        std::fs::read_to_string(&w.new)
+            .unwrap()
+            .contains("value=\"3500\"")
+    );
+}
+
+#[tokio::test]
+async fn compare_keep_old_puts_old_values_back_byte_exactly_and_undoes_on_rollback() {
+    let w = compare_world(NEW, OLD, "mode = \"carry_over\"\nchanged = \"keep-old\"");
+    let mut ctx = TestContext::new("cmp", &w.work);
+    assert!(matches!(
+        w.step.probe(&ctx).await.unwrap(),
+        Probe::Differs(m) if m.contains("UserDomain") && m.contains("PortNumberToAdd")
+    ));
+    let out = w.step.run(&ctx).await.unwrap().outputs;
+    assert_eq!(out["kept_old"], "PortNumberToAdd");
+    assert_eq!(out["carried_over"], "UserDomain");
+    let want = NEW.replace("3600", "3500").replace(
+        "<add key=\"EnableReporting\" value=\"true\"/>\n",
+        "<add key=\"EnableReporting\" value=\"true\"/>\n  <add key=\"UserDomain\" value=\"corp.local\"/>\n",
+    );
+    assert_eq!(std::fs::read_to_string(&w.new).unwrap(), want);
+    assert_eq!(w.step.probe(&ctx).await.unwrap(), Probe::InPlace);
+    assert!(w.step.has_compensation());
+    ctx.recorded = out;
+    w.step.compensate(&ctx).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&w.new).unwrap(), NEW);
+}
+
+#[tokio::test]
+async fn compare_keep_new_and_ignore() {
+    let w = compare_world(
+        NEW,
+        OLD,
+        "mode = \"fail\"\nchanged = \"keep-new\"\nignore = [\"userdomain\"]",
+    );
+    let out = w
+        .step
+        .run(&TestContext::new("cmp", &w.work))
+        .await
+        .unwrap()
+        .outputs;
+    assert_eq!(out["lost"], "", "an ignored key is not lost");
+    assert_eq!(out["kept_new"], "PortNumberToAdd");
+    assert_eq!(std::fs::read_to_string(&w.new).unwrap(), NEW);
+    // Ignoring the changed key: nothing to pause for.
+    let w = compare_world(
+        NEW,
+        OLD,
+        "mode = \"carry_over\"\nignore = [\"PortNumberToAdd\"]",
+    );
+    let out = w
+        .step
+        .run(&TestContext::new("cmp", &w.work))
+        .await
+        .unwrap()
+        .outputs;
+    assert_eq!(out["changed"], "");
+    assert_eq!(out["carried_over"], "UserDomain");
+}
+
+#[test]
+fn compare_changed_needs_a_mode_that_acts() {
+    assert!(
+        build_err(
+            "config.compare",
+            "file = \"a\"\nbackup = \"b\"\nchanged = \"keep-old\""
+        )
+        .contains("report")
+    );
+    assert!(
+        build_err(
+            "config.compare",
+            "file = \"a\"\nbackup = \"b\"\nmode = \"carry_over\"\nchanged = \"keep_old\""
+        )
+        .contains("keep-old")
     );
 }
 

@@ -41,7 +41,10 @@ async fn typos_in_statements_fail_with_sql_server_errors() {
             "error 155",
         ),
         ("ALTER DATABASE [TN] SET MULTI_USER", "error 5011"),
-        ("INSERT INTO [upshift].[schema_history] ([version]) VALUES (N'1')", "error 208"),
+        (
+            "INSERT INTO [upshift].[schema_history] ([version]) VALUES (N'1')",
+            "error 208",
+        ),
     ] {
         let message = exec_error(&model, sql).await;
         assert!(message.contains(error), "{sql}: {message}");

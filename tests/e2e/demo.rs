@@ -103,9 +103,16 @@ fn a_crashed_demo_is_finished_by_upshift_resume() {
             break;
         }
         r.expect(3);
-        if r.stderr.contains("fe_bind_https") {
-            sb.run(&["approve", &run, "fe_bind_https", "--journal", j])
-                .expect(0);
+        // Every step the pause names as waiting (`upshift approve RUN STEP`):
+        // the FE HTTPS binding, and config.compare's changed values.
+        let waiting: std::collections::BTreeSet<&str> = r
+            .stderr
+            .split("`upshift approve ")
+            .skip(1)
+            .filter_map(|rest| rest.split('`').next()?.split_whitespace().nth(1))
+            .collect();
+        for step in waiting {
+            sb.run(&["approve", &run, step, "--journal", j]).expect(0);
         }
     }
     assert!(last.is_some(), "the run did not finish");

@@ -1,15 +1,29 @@
 //! `config.compare`: compares a newly installed `AppSettings.config` with
-//! the copy saved at uninstall, so that no setting is silently lost (the
-//! manual's "compare the new AppSettings.config with the backup copy").
+//! the copy saved at uninstall, so that no setting is silently lost or
+//! silently changed (the manual: "compare data from new AppSettings.config
+//! ... with the backup copy that was saved during uninstalling TM-FE").
 //!
 //! Parameters: `file` (the new file), `backup` (the saved copy), `mode` =
-//! `"report"` (default) | `"fail"` (fail when a key was lost) |
-//! `"carry_over"` (copy lost keys into the new file, by the same splicing
-//! code as `config.appsettings`). Outputs: `lost`, `added`, `changed`
-//! (comma lists of keys), `carried_over` (comma list), `backup_of_file` (the
-//! copy of `file` taken before carrying over, empty otherwise). The table of
-//! differences goes to the step's output. Compensation (carry_over only):
-//! restores `file` from `backup_of_file`.
+//! `"report"` (default: change nothing, never stop) | `"fail"` (fail when a
+//! key was lost) | `"carry_over"` (copy lost keys into the new file, by the
+//! same splicing code as `config.appsettings`); `changed` (with `fail` and
+//! `carry_over`) = `"pause"` (default) | `"keep-old"` | `"keep-new"`: what
+//! to do with values the installer changed; `ignore` (keys not compared,
+//! e.g. the ones a `config.appsettings` step of the plan sets on purpose).
+//!
+//! With `changed = "pause"` and changed values, the step waits for an
+//! operator, listing each key with both values. Approving (`upshift
+//! approve`) keeps what the file holds at that moment: the installer's
+//! values, unless the operator edited the file meanwhile to keep some old
+//! ones. Lost keys are carried over after the approval.
+//!
+//! Outputs: `lost`, `added`, `changed` (comma lists of keys, as compared
+//! before the step wrote anything), `carried_over`, `kept_old`, `kept_new`
+//! (comma lists), `backup_of_file` (the copy of `file` taken before writing,
+//! empty otherwise). The table of differences goes to the step's output.
+//! Compensation (when the step wrote): restores `file` from
+//! `backup_of_file`. Probe: no key of the backup lost (`carry_over`), and
+//! the old values in place (`keep-old`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +54,18 @@ fn report() -> Mode {
     Mode::Report
 }
 
+/// What to do with a value the installer changed.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+enum Changed {
+    /// Wait for an operator, listing each key with both values.
+    Pause,
+    /// Put the backup's value back.
+    KeepOld,
+    /// Keep the installer's value (report it).
+    KeepNew,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
@@ -47,16 +73,36 @@ struct Params {
     backup: PathBuf,
     #[serde(default = "report")]
     mode: Mode,
+    changed: Option<Changed>,
+    #[serde(default)]
+    ignore: Vec<String>,
 }
 
 struct Compare {
     p: Params,
+    /// `None` in report mode.
+    changed: Option<Changed>,
 }
 
 fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
     let p: Params = parse_params(with)?;
-    Ok(Box::new(Compare { p }))
+    let changed = match (p.mode, p.changed) {
+        (Mode::Report, Some(_)) => {
+            return Err(ParamError::field(
+                "changed",
+                "`changed` does nothing with mode = \"report\", which only reports",
+            )
+            .hint("use mode = \"carry_over\" (or \"fail\") with changed = \"pause\", \"keep-old\" or \"keep-new\""));
+        }
+        (Mode::Report, None) => None,
+        (_, c) => Some(c.unwrap_or(Changed::Pause)),
+    };
+    Ok(Box::new(Compare { p, changed }))
 }
+
+/// Checkpoint mark: the step paused for its changed values, so an approval
+/// is an answer to that (and not, say, to a `resume = "ask"`).
+const PAUSED_MARK: &str = "changed";
 
 /// The differences between two sets of settings (as .NET reads them: the
 /// last `<add>` of a key wins; keys compared case-insensitively).
@@ -67,10 +113,17 @@ struct Diff {
     changed: Vec<(String, String, String)>,
 }
 
-fn settings(file: &Path) -> Result<BTreeMap<String, (String, String)>, StepError> {
+fn settings(
+    file: &Path,
+    ignore: &[String],
+) -> Result<BTreeMap<String, (String, String)>, StepError> {
     let doc = load_doc(file)?;
     let mut out = BTreeMap::new();
-    for e in doc.entries() {
+    for e in doc
+        .entries()
+        .iter()
+        .filter(|e| !ignore.iter().any(|i| i.eq_ignore_ascii_case(&e.key)))
+    {
         out.insert(
             e.key.to_ascii_lowercase(),
             (e.key.clone(), e.value.clone().unwrap_or_default()),
@@ -139,25 +192,77 @@ fn keys<T>(items: &[T], key: impl Fn(&T) -> &str) -> String {
     items.iter().map(key).collect::<Vec<_>>().join(",")
 }
 
+impl Compare {
+    fn diff(&self) -> Result<Diff, StepError> {
+        Ok(diff(
+            &settings(&self.p.backup, &self.p.ignore)?,
+            &settings(&self.p.file, &self.p.ignore)?,
+        ))
+    }
+
+    /// Whether this run is the answer to this step's own pause.
+    fn approved_pause(ctx: &dyn StepContext) -> bool {
+        ctx.approved()
+            && ctx.resume_from().is_some_and(|c| {
+                super::decode_lines(&c).get("paused").map(String::as_str) == Some(PAUSED_MARK)
+            })
+    }
+
+    fn pause_reason(&self, d: &Diff) -> String {
+        let mut r = format!(
+            "{}: the installer changed {} value(s) compared with the backup {}:\n",
+            self.p.file.display(),
+            d.changed.len(),
+            self.p.backup.display()
+        );
+        for (k, o, n) in &d.changed {
+            r.push_str(&format!(
+                "  {k}: backup {} -> new {}\n",
+                shown_value(k, o),
+                shown_value(k, n)
+            ));
+        }
+        r.push_str(&format!(
+            "Approving keeps what {} holds then: the new values, unless you set old ones in the file first. \
+             To decide in the plan instead: changed = \"keep-old\" or \"keep-new\".",
+            self.p.file.display()
+        ));
+        r
+    }
+}
+
 #[async_trait::async_trait]
 impl Step for Compare {
     fn describe(&self) -> Vec<String> {
-        vec![format!(
+        let mut lines = vec![format!(
             "compare {} with {} ({})",
             self.p.file.display(),
             self.p.backup.display(),
             match self.p.mode {
-                Mode::Report => "report differences",
+                Mode::Report => "report differences, change nothing",
                 Mode::Fail => "fail if a key was lost",
                 Mode::CarryOver => "copy lost keys into the new file",
             }
-        )]
+        )];
+        if let Some(c) = self.changed {
+            lines.push(format!(
+                "  values the installer changed: {}",
+                match c {
+                    Changed::Pause =>
+                        "wait for an operator, listing each key with both values (approve = keep the file as it is then)",
+                    Changed::KeepOld => "put the backup's values back",
+                    Changed::KeepNew => "keep the new values (reported)",
+                }
+            ));
+        }
+        if !self.p.ignore.is_empty() {
+            lines.push(format!("  not compared: {}", self.p.ignore.join(", ")));
+        }
+        lines
     }
 
     async fn run(&self, ctx: &dyn StepContext) -> Result<StepOutcome, StepError> {
-        let old = settings(&self.p.backup)?;
-        let new = settings(&self.p.file)?;
-        let d = diff(&old, &new);
+        let d = self.diff()?;
         ctx.output(&format!(
             "{} compared with {}:\n{}",
             self.p.file.display(),
@@ -168,48 +273,73 @@ impl Step for Compare {
         outputs.insert("lost".into(), keys(&d.lost, |x| &x.0));
         outputs.insert("added".into(), keys(&d.added, |x| &x.0));
         outputs.insert("changed".into(), keys(&d.changed, |x| &x.0));
-        outputs.insert("carried_over".into(), String::new());
-        outputs.insert("backup_of_file".into(), String::new());
-        match self.p.mode {
-            Mode::Report => {}
-            Mode::Fail if !d.lost.is_empty() => {
-                return Err(StepError::fatal(format!(
-                    "{} lost {} setting(s) present in {}: {} (use mode = \"carry_over\" \
-                     to copy them over, or set them by hand)",
-                    self.p.file.display(),
-                    d.lost.len(),
-                    self.p.backup.display(),
-                    keys(&d.lost, |x| &x.0)
-                )));
+        for k in ["carried_over", "kept_old", "kept_new", "backup_of_file"] {
+            outputs.insert(k.into(), String::new());
+        }
+        let Some(policy) = self.changed else {
+            return Ok(StepOutcome::with_outputs(outputs));
+        };
+        if self.p.mode == Mode::Fail && !d.lost.is_empty() {
+            return Err(StepError::fatal(format!(
+                "{} lost {} setting(s) present in {}: {} (use mode = \"carry_over\" \
+                 to copy them over, or set them by hand)",
+                self.p.file.display(),
+                d.lost.len(),
+                self.p.backup.display(),
+                keys(&d.lost, |x| &x.0)
+            )));
+        }
+        if policy == Changed::Pause && !d.changed.is_empty() && !Self::approved_pause(ctx) {
+            ctx.checkpoint(super::encode_lines(&[("paused", PAUSED_MARK.into())]), 0, 1)
+                .await?;
+            return Err(StepError::WaitForOperator {
+                reason: self.pause_reason(&d),
+            });
+        }
+        let mut set: Vec<(String, String)> = Vec::new();
+        if self.p.mode == Mode::CarryOver {
+            set.extend(d.lost.iter().cloned());
+            outputs.insert("carried_over".into(), keys(&d.lost, |x| &x.0));
+        }
+        match policy {
+            Changed::KeepOld => {
+                set.extend(d.changed.iter().map(|(k, o, _)| (k.clone(), o.clone())));
+                outputs.insert("kept_old".into(), keys(&d.changed, |x| &x.0));
             }
-            Mode::Fail => {}
-            Mode::CarryOver if !d.lost.is_empty() => {
-                let edit = AppSettingsEdit {
-                    file: self.p.file.clone(),
-                    set: d.lost.clone(),
-                    remove: Vec::new(),
-                };
-                let earlier = ctx
-                    .resume_from()
-                    .and_then(|c| super::decode_lines(&c).get("backup").cloned())
-                    .map(PathBuf::from);
-                let applied = edit.apply(ctx, &ctx.work_dir(), earlier, true).await?;
-                outputs.insert("carried_over".into(), keys(&d.lost, |x| &x.0));
-                outputs.insert(
-                    "backup_of_file".into(),
-                    applied
-                        .backup
-                        .map(|b| b.display().to_string())
-                        .unwrap_or_default(),
-                );
+            Changed::KeepNew | Changed::Pause => {
+                if policy == Changed::Pause && !d.changed.is_empty() {
+                    ctx.output("approved by an operator: the file keeps the values it holds now\n");
+                }
+                outputs.insert("kept_new".into(), keys(&d.changed, |x| &x.0));
             }
-            Mode::CarryOver => {}
+        }
+        if !set.is_empty() {
+            let edit = AppSettingsEdit {
+                file: self.p.file.clone(),
+                set,
+                remove: Vec::new(),
+            };
+            let earlier = ctx
+                .resume_from()
+                .and_then(|c| super::decode_lines(&c).get("backup").cloned())
+                .map(PathBuf::from);
+            let applied = edit
+                .apply(ctx, &ctx.work_dir(), earlier.clone(), true)
+                .await?;
+            outputs.insert(
+                "backup_of_file".into(),
+                applied
+                    .backup
+                    .or(earlier)
+                    .map(|b| b.display().to_string())
+                    .unwrap_or_default(),
+            );
         }
         Ok(StepOutcome::with_outputs(outputs))
     }
 
     fn has_compensation(&self) -> bool {
-        self.p.mode == Mode::CarryOver
+        self.p.mode == Mode::CarryOver || self.changed == Some(Changed::KeepOld)
     }
 
     async fn compensate(&self, ctx: &dyn StepContext) -> Result<(), StepError> {
@@ -225,14 +355,25 @@ impl Step for Compare {
     }
 
     async fn probe(&self, _ctx: &dyn StepContext) -> Result<Probe, StepError> {
-        if self.p.mode != Mode::CarryOver {
+        let keep_old = self.changed == Some(Changed::KeepOld);
+        if self.p.mode != Mode::CarryOver && !keep_old {
             return Ok(Probe::Unknown);
         }
-        let d = diff(&settings(&self.p.backup)?, &settings(&self.p.file)?);
-        Ok(if d.lost.is_empty() {
+        let d = self.diff()?;
+        let mut differs = Vec::new();
+        if self.p.mode == Mode::CarryOver && !d.lost.is_empty() {
+            differs.push(format!("lost keys: {}", keys(&d.lost, |x| &x.0)));
+        }
+        if keep_old && !d.changed.is_empty() {
+            differs.push(format!(
+                "values differ from the backup: {}",
+                keys(&d.changed, |x| &x.0)
+            ));
+        }
+        Ok(if differs.is_empty() {
             Probe::InPlace
         } else {
-            Probe::Differs(format!("lost keys: {}", keys(&d.lost, |x| &x.0)))
+            Probe::Differs(differs.join("; "))
         })
     }
 }
