@@ -13,6 +13,7 @@ use crate::{Kind, StepError};
 pub mod appsettings;
 pub mod cert;
 pub mod compare;
+pub mod expect;
 pub mod http;
 pub mod ich;
 pub mod lync;
@@ -26,6 +27,7 @@ pub fn kinds() -> Vec<Arc<dyn Kind>> {
     vec![
         Arc::new(appsettings::KIND),
         Arc::new(compare::KIND),
+        Arc::new(expect::KIND),
         Arc::new(service::KIND),
         Arc::new(msi::INSTALL),
         Arc::new(msi::UNINSTALL),

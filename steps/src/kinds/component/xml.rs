@@ -131,26 +131,33 @@ fn offset_in(base: &str, part: &str) -> Option<usize> {
     (p >= b && p + part.len() <= b + base.len()).then(|| p - b)
 }
 
+/// The text of a config file after its BOM, and the BOM's length; UTF-16
+/// and invalid UTF-8 are refused with the line.
+fn utf8_text(bytes: &[u8]) -> Result<(&str, usize), XmlError> {
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return Err(XmlError {
+            line: 1,
+            message: "the file is UTF-16; only UTF-8 config files are supported \
+                      (save it as UTF-8 first)"
+                .into(),
+        });
+    }
+    let bom = if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        3
+    } else {
+        0
+    };
+    let text = std::str::from_utf8(&bytes[bom..]).map_err(|e| XmlError {
+        line: line_of(bytes, bom + e.valid_up_to()),
+        message: "the file is not valid UTF-8".into(),
+    })?;
+    Ok((text, bom))
+}
+
 impl Doc {
     /// Parses `bytes`; fails with the line of the first problem.
     pub fn parse(bytes: Vec<u8>) -> Result<Doc, XmlError> {
-        if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
-            return Err(XmlError {
-                line: 1,
-                message: "the file is UTF-16; only UTF-8 config files are supported \
-                          (save it as UTF-8 first)"
-                    .into(),
-            });
-        }
-        let bom = if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
-            3
-        } else {
-            0
-        };
-        let text = std::str::from_utf8(&bytes[bom..]).map_err(|e| XmlError {
-            line: line_of(&bytes, bom + e.valid_up_to()),
-            message: "the file is not valid UTF-8".into(),
-        })?;
+        let (text, bom) = utf8_text(&bytes)?;
         let mut ascii_only = false;
         let section = scan(text, bom, &bytes, &mut ascii_only)?;
         Ok(Doc {
@@ -473,6 +480,220 @@ pub fn check_value(value: &str) -> Result<(), String> {
     }
 }
 
+/// A path into an XML document, a small XPath subset:
+/// `/configuration/system.serviceModel/bindings/netTcpBinding/binding[@name='x']/security/@mode`.
+/// Absolute; each step is an element name (local name, prefix ignored; `*`
+/// for any) with optional `[@attribute='value']` predicates; a last step
+/// `@attribute` selects an attribute, otherwise the element's text (trimmed)
+/// is selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XmlPath {
+    steps: Vec<PathStep>,
+    attribute: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PathStep {
+    name: String,
+    predicates: Vec<(String, String)>,
+}
+
+/// What one selected node holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selected {
+    /// The attribute's value or the element's text.
+    Value(String),
+    /// The element is there but has no such attribute.
+    NoAttribute,
+}
+
+impl XmlPath {
+    /// Parses a path; the error says what is wrong and where.
+    pub fn parse(text: &str) -> Result<XmlPath, String> {
+        let bad = |why: &str| format!("`{text}` is not a supported path: {why}");
+        let Some(mut rest) = text.trim().strip_prefix('/') else {
+            return Err(bad("it must start with `/` (from the root element)"));
+        };
+        let mut steps = Vec::new();
+        let mut attribute = None;
+        while !rest.is_empty() {
+            if let Some(a) = rest.strip_prefix('@') {
+                if a.is_empty() || a.contains(['/', '[', ']', '\'', '"']) {
+                    return Err(bad("`@attribute` must be the last step"));
+                }
+                attribute = Some(a.to_string());
+                break;
+            }
+            let end = rest.find(['/', '[']).unwrap_or(rest.len());
+            let name = &rest[..end];
+            if name.is_empty() || name.contains(['@', ']', '\'', '"', ' ']) {
+                return Err(bad(&format!("empty or odd element name near `{rest}`")));
+            }
+            rest = &rest[end..];
+            let mut predicates = Vec::new();
+            while let Some(p) = rest.strip_prefix('[') {
+                let p = p.trim_start();
+                let Some(p) = p.strip_prefix('@') else {
+                    return Err(bad("a predicate is `[@attribute='value']`"));
+                };
+                let eq = p.find('=').ok_or_else(|| bad("a predicate needs `=`"))?;
+                let attr = p[..eq].trim().to_string();
+                let v = p[eq + 1..].trim_start();
+                let q = v
+                    .chars()
+                    .next()
+                    .filter(|c| *c == '\'' || *c == '"')
+                    .ok_or_else(|| bad("a predicate's value is quoted"))?;
+                let close = v[1..]
+                    .find(q)
+                    .ok_or_else(|| bad("a predicate's quote is not closed"))?;
+                let value = v[1..1 + close].to_string();
+                let after = v[1 + close + 1..].trim_start();
+                rest = after
+                    .strip_prefix(']')
+                    .ok_or_else(|| bad("a predicate ends with `]`"))?;
+                predicates.push((attr, value));
+            }
+            steps.push(PathStep {
+                name: name.to_string(),
+                predicates,
+            });
+            match rest.strip_prefix('/') {
+                Some(r) if !r.is_empty() => rest = r,
+                Some(_) => return Err(bad("it ends with `/`")),
+                None if rest.is_empty() => {}
+                None => return Err(bad(&format!("unexpected `{rest}`"))),
+            }
+        }
+        if steps.is_empty() {
+            return Err(bad("no element named"));
+        }
+        Ok(XmlPath { steps, attribute })
+    }
+
+    /// Every node the path selects in `bytes`, in document order.
+    pub fn select(&self, bytes: &[u8]) -> Result<Vec<Selected>, XmlError> {
+        let (text, bom) = utf8_text(bytes)?;
+        let mut reader = Reader::from_str(text);
+        reader.config_mut().check_end_names = true;
+        let err_at = |pos: usize, message: String| XmlError {
+            line: line_of(bytes, bom + pos),
+            message,
+        };
+        // Per open element: whether it continues the path (it and all its
+        // ancestors matched their steps).
+        let mut on_path: Vec<bool> = Vec::new();
+        let mut out = Vec::new();
+        // Depth of the element whose text is being collected, and the text.
+        let mut collecting: Option<(usize, String)> = None;
+        loop {
+            let before = reader.buffer_position() as usize;
+            let event = reader
+                .read_event()
+                .map_err(|e| err_at(reader.error_position() as usize, e.to_string()))?;
+            match event {
+                Event::Start(ref e) | Event::Empty(ref e) => {
+                    let depth = on_path.len();
+                    let parent_ok = on_path.last().copied().unwrap_or(true);
+                    let matched = parent_ok
+                        && depth < self.steps.len()
+                        && self
+                            .step_matches(&self.steps[depth], e)
+                            .map_err(|m| err_at(before, m))?;
+                    let last = matched && depth + 1 == self.steps.len();
+                    let empty = matches!(event, Event::Empty(_));
+                    if last {
+                        match &self.attribute {
+                            Some(a) => out.push(
+                                attr_value(e, a)
+                                    .map_err(|m| err_at(before, m))?
+                                    .map_or(Selected::NoAttribute, Selected::Value),
+                            ),
+                            None if empty => out.push(Selected::Value(String::new())),
+                            None => collecting = Some((depth, String::new())),
+                        }
+                    }
+                    if !empty {
+                        on_path.push(matched);
+                    }
+                }
+                Event::Text(ref t) => {
+                    if let Some((_, buf)) = collecting.as_mut() {
+                        let raw: &str = t;
+                        buf.push_str(
+                            &quick_xml::escape::unescape(raw)
+                                .map_err(|e| err_at(before, e.to_string()))?,
+                        );
+                    }
+                }
+                Event::CData(ref t) => {
+                    if let Some((_, buf)) = collecting.as_mut() {
+                        buf.push_str(&t[..]);
+                    }
+                }
+                Event::GeneralRef(ref r) => {
+                    if let Some((_, buf)) = collecting.as_mut() {
+                        let name: &str = r;
+                        let raw = format!("&{name};");
+                        buf.push_str(
+                            &quick_xml::escape::unescape(&raw)
+                                .map_err(|e| err_at(before, e.to_string()))?,
+                        );
+                    }
+                }
+                Event::End(_) => {
+                    on_path.pop();
+                    if let Some((depth, _)) = &collecting
+                        && *depth == on_path.len()
+                        && let Some((_, buf)) = collecting.take()
+                    {
+                        out.push(Selected::Value(buf.trim().to_string()));
+                    }
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        if !on_path.is_empty() {
+            return Err(XmlError {
+                line: line_of(bytes, bytes.len()),
+                message: "an element is not closed at the end of the file".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn step_matches(&self, step: &PathStep, e: &BytesStart<'_>) -> Result<bool, String> {
+        let name = e.name();
+        let local = name.local_name();
+        let local: &str = local.as_ref();
+        if step.name != "*" && step.name != local {
+            return Ok(false);
+        }
+        for (a, v) in &step.predicates {
+            if attr_value(e, a)?.as_deref() != Some(v.as_str()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl std::fmt::Display for XmlPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for s in &self.steps {
+            write!(f, "/{}", s.name)?;
+            for (a, v) in &s.predicates {
+                write!(f, "[@{a}='{v}']")?;
+            }
+        }
+        if let Some(a) = &self.attribute {
+            write!(f, "/@{a}")?;
+        }
+        Ok(())
+    }
+}
+
 struct Open {
     name: String,
     entry: Option<Entry>,
@@ -764,6 +985,57 @@ mod tests {
                 &["A"]
             ),
             "<appSettings>\n  <add key='C' value='3'/>\n</appSettings>"
+        );
+    }
+
+    #[test]
+    fn paths_select_attributes_and_text() {
+        let doc = br#"<?xml version="1.0"?>
+<configuration xmlns:x="urn:x">
+  <system.serviceModel>
+    <bindings>
+      <netTcpBinding>
+        <binding name="a"><security mode="None"/></binding>
+        <binding name="b"><security mode="Transport"/></binding>
+      </netTcpBinding>
+    </bindings>
+    <x:note>  it&apos;s &amp; <![CDATA[<raw>]]> </x:note>
+  </system.serviceModel>
+</configuration>"#;
+        let sel = |p: &str| XmlPath::parse(p).unwrap().select(doc).unwrap();
+        let v = |s: &str| Selected::Value(s.to_string());
+        assert_eq!(
+            sel(
+                "/configuration/system.serviceModel/bindings/netTcpBinding/binding[@name='b']/security/@mode"
+            ),
+            vec![v("Transport")]
+        );
+        assert_eq!(
+            sel("/configuration/*/bindings/netTcpBinding/binding/security/@mode"),
+            vec![v("None"), v("Transport")]
+        );
+        assert_eq!(
+            sel("/configuration/system.serviceModel/note"),
+            vec![v("it's & <raw>")]
+        );
+        assert_eq!(
+            sel("/configuration/system.serviceModel/bindings/netTcpBinding/binding/@nope"),
+            vec![Selected::NoAttribute, Selected::NoAttribute]
+        );
+        assert!(sel("/configuration/nothing").is_empty());
+        for bad in [
+            "configuration",
+            "/a/",
+            "/a/@b/c",
+            "/a[@b=c]",
+            "/a[@b='c'",
+            "/",
+        ] {
+            assert!(XmlPath::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            XmlPath::parse("/a/b[@n=\"x\"]/@m").unwrap().to_string(),
+            "/a/b[@n='x']/@m"
         );
     }
 
