@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use upshift_steps::testing::TestContext;
-use upshift_steps::{Step, registry};
+use upshift_steps::{Step, StepError, registry};
 
 const CONFIG: &str = "\u{FEFF}<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<configuration>\r\n  <appSettings>\r\n    <!-- Cleanup of old conferences, see the manual -->\r\n    <add key=\"CleanupConferences\" value=\"false\" />\r\n    <add key=\"LogLevel\" value=\"Debug\" />\r\n  </appSettings>\r\n</configuration>\r\n";
 
@@ -19,6 +19,20 @@ impl World {
     /// An ICH folder with its config, and a stand-in systemctl whose
     /// `tm-ich` unit writes `n` conference lines when cleanup is on.
     fn new(n: usize) -> World {
+        World::with_hook(&format!(
+            "echo \"$(date '+%F %T') INFO  Found {n} conferences without expiration time\" >> \"$log\"\n\
+             i=0\n\
+             while [ $i -lt {n} ]; do\n\
+               i=$((i + 1))\n\
+               echo \"$(date '+%F %T') INFO  Conference 'sip:organizer@corp.local;gruu;opaque=app:conf:focus:id:C$i' expiration time set to 2026-12-24 02:31:25\" >> \"$log\"\n\
+               sleep 0.05\n\
+             done\n"
+        ))
+    }
+
+    /// As [`World::new`], with `body` run by the ICH unit when cleanup is
+    /// on (`$log` is the log's path).
+    fn with_hook(body: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("TM-ICH/log")).unwrap();
@@ -36,15 +50,11 @@ impl World {
                 "#!/bin/sh\n\
                  cfg='{cfg}'\nlog='{log}'\n\
                  grep -q 'key=\"CleanupConferences\" value=\"true\"' \"$cfg\" || exit 0\n\
-                 echo \"$(date '+%F %T') INFO  Found {n} conferences without expiration time\" >> \"$log\"\n\
-                 i=0\n\
-                 while [ $i -lt {n} ]; do\n\
-                   i=$((i + 1))\n\
-                   echo \"$(date '+%F %T') INFO  Conference 'sip:organizer@corp.local;gruu;opaque=app:conf:focus:id:C$i' expiration time set to 2026-12-24 02:31:25\" >> \"$log\"\n\
-                   sleep 0.05\n\
-                 done\n",
+                 {body}",
                 cfg = root.join("TM-ICH/TM.ICH.Service.exe.config").display(),
-                log = root.join("TM-ICH/log/ConferenceTerminationLog.txt").display(),
+                log = root
+                    .join("TM-ICH/log/ConferenceTerminationLog.txt")
+                    .display(),
             ),
         )
         .unwrap();
@@ -203,4 +213,101 @@ fn describe_lists_the_plan() {
         d.contains("set appSettings `CleanupConferences` = \"false\""),
         "{d}"
     );
+}
+
+#[tokio::test]
+async fn a_log_that_never_appears_pauses_and_approval_goes_on() {
+    // This ICH writes nothing with the option on (wrong log folder, no
+    // rights, ...).
+    let w = World::with_hook("exit 0\n");
+    let step = w.step("quiet_for = \"600ms\"\nlog_wait = \"200ms\"");
+    let first = w.ctx();
+    let Err(StepError::WaitForOperator { reason }) = step.run(&first).await else {
+        panic!("no pause");
+    };
+    for part in [
+        "ConferenceTerminationLog.txt did not appear within 200ms",
+        "Looked at:",
+        "TM \u{2013} ICH\\log",
+        "the service `tm-ich` runs",
+        "`upshift approve`",
+    ] {
+        assert!(reason.contains(part), "`{part}` missing: {reason}");
+    }
+    // Still on while the operator looks.
+    assert!(
+        w.config()
+            .contains("key=\"CleanupConferences\" value=\"true\"")
+    );
+    assert_eq!(w.restarts(), 1);
+
+    let mut approved = w.ctx();
+    approved.approved = true;
+    approved.resume = first.last_checkpoint();
+    let out = step.run(&approved).await.unwrap();
+    assert_eq!(out.outputs["cleaned"], "0");
+    assert_eq!(out.outputs["finished_by"], "quiet");
+    assert_eq!(w.config(), CONFIG);
+    assert_eq!(w.restarts(), 2);
+}
+
+#[tokio::test]
+async fn errors_in_the_log_are_counted_and_reported() {
+    let w = World::with_hook(
+        "echo \"$(date '+%F %T') INFO  Found 2 conferences without expiration time\" >> \"$log\"\n\
+         echo \"$(date '+%F %T') INFO  Conference 'A' expiration time set to 2026-12-24 02:31:25\" >> \"$log\"\n\
+         echo \"$(date '+%F %T') ERROR Conference 'B' could not be updated: timeout\" >> \"$log\"\n",
+    );
+    let step = w.step("quiet_for = \"400ms\"");
+    let ctx = w.ctx();
+    let out = step.run(&ctx).await.unwrap().outputs;
+    assert_eq!(out["cleaned"], "1");
+    assert_eq!(out["errors"], "1");
+    assert!(
+        out["error_lines"].contains("Conference 'B' could not be updated"),
+        "{out:?}"
+    );
+    let text = ctx.output_text();
+    assert!(
+        text.contains("1 conferences cleaned, 1 errors (first:"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn disabled_is_a_no_op_that_says_so() {
+    let w = World::new(3);
+    for enabled in ["false", "\"false\""] {
+        let step = w.step(&format!("enabled = {enabled}"));
+        assert!(
+            step.describe()[0].contains("not requested"),
+            "{:?}",
+            step.describe()
+        );
+        let ctx = w.ctx();
+        let out = step.run(&ctx).await.unwrap().outputs;
+        assert_eq!(out["finished_by"], "disabled");
+        assert_eq!(out["cleaned"], "0");
+        assert!(
+            ctx.output_text()
+                .contains("`CleanupConferences` is \"false\""),
+            "{}",
+            ctx.output_text()
+        );
+        assert!(!step.has_compensation());
+    }
+    assert_eq!(w.config(), CONFIG);
+    assert_eq!(w.restarts(), 0);
+}
+
+#[test]
+fn the_dry_run_states_the_assumptions() {
+    let w = World::new(0);
+    let d = w.step("").describe().join("\n");
+    assert!(
+        d.contains("ASSUMPTION (log format, not in the manual)"),
+        "{d}"
+    );
+    assert!(d.contains("pause if no line arrives within 5m"), "{d}");
+    assert!(d.contains("TM \u{2013} ICH"), "{d}");
 }

@@ -4,14 +4,29 @@
 //!
 //! The manual: with `CleanupConferences` on, the ICH service sets an
 //! expiration time on every old conference that has none, about 20 s per
-//! conference, logging to `...\TM-ICH\log\ConferenceTerminationLog.txt`;
-//! afterwards set `<add key="CleanupConferences" value="false"/>` in the
-//! `<appSettings>` of `TM.ICH.Service.exe.config` and restart ICH. The "one
-//! ICH host only" rule is a plan-level check of the engine.
+//! conference; "new log file 'ConferenceTerminationLog.txt' appears in LUCS
+//! folder: C:\Program Files\Luware AG\TM – ICH\log" (sic, with an en dash
+//! and spaces; the config lives in `...\TM-ICH`); it is needed once, for
+//! old conferences, and must be on for one server only. Afterwards set
+//! `<add key="CleanupConferences" value="false"/>` in the `<appSettings>`
+//! of `TM.ICH.Service.exe.config` and restart ICH. The "one ICH host only"
+//! rule is a plan-level check of the engine.
+//!
+//! **Only when asked**: `enabled = false` (e.g. from the site file) makes
+//! the step a no-op that says so (`finished_by = "disabled"`); it touches
+//! neither the config nor the service.
+//!
+//! **The log must appear**: if no line reaches the log within `log_wait`
+//! (default 5m) after ICH restarted with the option on, the step pauses for
+//! an operator, naming where it looked and what to check, instead of
+//! counting 0 cleaned conferences after a quiet period. Approving goes on
+//! following the log and finishes when it is quiet (or the count is
+//! reached), 0 cleaned if it never appears.
 //!
 //! **Log lines.** The manual does not give the log's format, so the parser
-//! is deliberately loose and documented (`docs/steps-components.md`); the
-//! stand-in and tests write this invented format:
+//! is deliberately loose and documented (`docs/steps-components.md`) — an
+//! ASSUMPTION shown in the dry run; the stand-in and tests write this
+//! invented format:
 //! ```text
 //! 2026-11-24 02:31:05.123 INFO  Found 1234 conferences without expiration time
 //! 2026-11-24 02:31:25.456 INFO  Conference 'sip:...;gruu;opaque=app:conf:focus:id:ABC' expiration time set to 2026-12-24 02:31:25
@@ -19,31 +34,36 @@
 //! ```
 //! A line counts as one cleaned conference when it mentions `expiration` and
 //! `set to` or `updated` (and is not an error); `found <n> conference` gives
-//! the total; a line with `error` counts as an error.
+//! the total; a line with `error`, `could not` or `failed` counts as an
+//! error: errors are counted, the first ones kept, and reported in the
+//! outputs and the step's output.
 //!
 //! **Done when** `count` conferences are cleaned, or the log has not grown
 //! for `quiet_for` (default 10m). **Checkpoints**: phase, log byte offset,
 //! counts; a resumed run follows the log from the checkpointed offset (the
-//! quiet timer starts again at the resume). Progress and ETA at
+//! quiet and log-wait timers start again at the resume). Progress and ETA at
 //! `per_conference` (default 20 s) per remaining conference.
 //!
-//! Parameters: `service` (the ICH service or unit name), `config` (default
+//! Parameters: `service` (the ICH service or unit name), `enabled` (default
+//! true; `true`/`false` or their text), `config` (default
 //! `C:\Program Files\Luware AG\TM-ICH\TM.ICH.Service.exe.config`), `log`
 //! (default `log\ConferenceTerminationLog.txt` beside the config), `key`
-//! (default `CleanupConferences`), `quiet_for`, `count`, `expected` (total,
-//! for the ETA), `per_conference`, `poll_interval` (default 5s), `timeout`
-//! (default 48h), `service_timeout` (default 2m), `systemctl` (non-Windows).
-//! Outputs: `cleaned`, `errors`, `total` (0 if unknown), `finished_by`
-//! (`count` | `quiet`), `log_offset`. Compensation: the option off and ICH
+//! (default `CleanupConferences`), `quiet_for`, `log_wait`, `count`,
+//! `expected` (total, for the ETA), `per_conference`, `poll_interval`
+//! (default 5s), `timeout` (default 48h), `service_timeout` (default 2m),
+//! `systemctl` (non-Windows).
+//! Outputs: `cleaned`, `errors`, `error_lines` (the first errors, ` | `
+//! between them), `total` (0 if unknown), `finished_by` (`count` | `quiet`
+//! | `disabled`), `log_offset`. Compensation: the option off and ICH
 //! restarted (if it was on).
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::appsettings::{AppSettingsEdit, load_doc};
+use super::log_watch::{log_size, read_new_lines};
 use super::service::{Backend, ServiceCtl};
 use super::{decode_lines, encode_lines};
 use crate::kinds::KindFn;
@@ -60,9 +80,17 @@ pub const KIND: KindFn = KindFn {
 /// Default ICH config path (the manual's default install folder).
 pub const DEFAULT_CONFIG: &str = r"C:\Program Files\Luware AG\TM-ICH\TM.ICH.Service.exe.config";
 
-/// Upper bound on bytes read from the log per poll (a guard; the rest is
-/// read on the next poll).
-const READ_MAX_BYTES: u64 = 4 << 20;
+/// The log folder as the manual prints it (with an en dash), for messages.
+const MANUAL_LOG_DIR: &str = "C:\\Program Files\\Luware AG\\TM \u{2013} ICH\\log";
+
+/// How many error lines of the log are kept for the outputs.
+const ERROR_LINES_MAX: usize = 5;
+
+/// The assumptions this step relies on, for the dry run.
+const ASSUMPTIONS: &[&str] = &[
+    "ASSUMPTION (log format, not in the manual): a line with `expiration` and `set to`/`updated` is one cleaned conference; `Found <n> conference` is the total; `error`/`could not`/`failed` is an error",
+    "ASSUMPTION (not in the manual): the log gets its first line within `log_wait` of the restart, else the step pauses",
+];
 
 /// What one log line says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,17 +136,32 @@ struct Progress {
     cleaned: u64,
     errors: u64,
     total: u64,
+    /// A line reached the log since the option was turned on.
+    grew: bool,
+    /// The step paused because the log stayed empty (an approval answers
+    /// that).
+    waited: bool,
+    /// The first error lines.
+    error_lines: Vec<String>,
 }
 
 impl Progress {
     fn encode(&self) -> Vec<u8> {
-        encode_lines(&[
-            ("phase", self.phase.clone()),
-            ("offset", self.offset.to_string()),
-            ("cleaned", self.cleaned.to_string()),
-            ("errors", self.errors.to_string()),
-            ("total", self.total.to_string()),
-        ])
+        let mut pairs = vec![
+            ("phase".to_string(), self.phase.clone()),
+            ("offset".to_string(), self.offset.to_string()),
+            ("cleaned".to_string(), self.cleaned.to_string()),
+            ("errors".to_string(), self.errors.to_string()),
+            ("total".to_string(), self.total.to_string()),
+            ("grew".to_string(), u8::from(self.grew).to_string()),
+            ("waited".to_string(), u8::from(self.waited).to_string()),
+        ];
+        for (i, l) in self.error_lines.iter().enumerate() {
+            pairs.push((format!("error.{i}"), l.replace(['\r', '\n'], " ")));
+        }
+        let pairs: Vec<(&str, String)> =
+            pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        encode_lines(&pairs)
     }
 
     fn decode(data: &[u8]) -> Option<Progress> {
@@ -130,6 +173,11 @@ impl Progress {
             cleaned: num("cleaned")?,
             errors: num("errors").unwrap_or(0),
             total: num("total").unwrap_or(0),
+            grew: num("grew") == Some(1),
+            waited: num("waited") == Some(1),
+            error_lines: (0..ERROR_LINES_MAX)
+                .map_while(|i| m.get(&format!("error.{i}")).cloned())
+                .collect(),
         })
     }
 }
@@ -155,11 +203,39 @@ fn default_config() -> PathBuf {
 fn default_key() -> String {
     "CleanupConferences".into()
 }
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+fn yes() -> bool {
+    true
+}
+
+/// `true`/`false`, or their text (a site file may hold either).
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bool(b) => Ok(b),
+        Raw::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" => Ok(true),
+            "false" | "no" | "0" | "" => Ok(false),
+            other => Err(serde::de::Error::custom(format!(
+                "enabled = \"{other}\": write true or false"
+            ))),
+        },
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
     service: String,
+    #[serde(default = "yes", deserialize_with = "lenient_bool")]
+    enabled: bool,
     #[serde(default = "default_config")]
     config: PathBuf,
     log: Option<PathBuf>,
@@ -167,6 +243,8 @@ struct Params {
     key: String,
     #[serde(default = "ten_minutes", with = "duration_text")]
     quiet_for: Duration,
+    #[serde(default = "five_minutes", with = "duration_text")]
+    log_wait: Duration,
     count: Option<u64>,
     expected: Option<u64>,
     #[serde(default = "twenty_seconds", with = "duration_text")]
@@ -181,10 +259,12 @@ struct Params {
 }
 
 struct Cleanup {
+    enabled: bool,
     config: PathBuf,
     log: PathBuf,
     key: String,
     quiet_for: Duration,
+    log_wait: Duration,
     count: Option<u64>,
     expected: Option<u64>,
     per_conference: Duration,
@@ -214,10 +294,12 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
         dir.join("log").join("ConferenceTerminationLog.txt")
     });
     Ok(Box::new(Cleanup {
+        enabled: p.enabled,
         config: p.config,
         log,
         key: p.key,
         quiet_for: p.quiet_for,
+        log_wait: p.log_wait,
         count: p.count,
         expected: p.expected,
         per_conference: p.per_conference,
@@ -230,41 +312,6 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
             poll_interval: Duration::from_millis(500).min(p.poll_interval),
         },
     }))
-}
-
-fn log_size(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-/// Reads complete lines after `offset`; returns them and the new offset
-/// (just past the last newline read).
-fn read_new_lines(path: &Path, offset: u64) -> Result<(Vec<String>, u64), StepError> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
-        Err(e) => {
-            return Err(StepError::fatal(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )));
-        }
-    };
-    let io = |e: std::io::Error| StepError::fatal(format!("reading {}: {e}", path.display()));
-    f.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let mut buf = Vec::new();
-    f.take(READ_MAX_BYTES).read_to_end(&mut buf).map_err(io)?;
-    let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else {
-        return Ok((Vec::new(), offset));
-    };
-    let mut text = &buf[..=last_nl];
-    if offset == 0 {
-        text = text.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(text);
-    }
-    let lines = String::from_utf8_lossy(text)
-        .lines()
-        .map(|l| l.trim_end_matches('\r').to_string())
-        .collect();
-    Ok((lines, offset + last_nl as u64 + 1))
 }
 
 impl Cleanup {
@@ -313,10 +360,54 @@ impl Cleanup {
         ctx.progress(p.cleaned, total, &msg);
     }
 
+    /// Why the log is silent, and what to check, for the pause.
+    fn silent_log_reason(&self) -> String {
+        let exists = self.log.exists();
+        let mut r = format!(
+            "{} {} within {} after {} restarted with `{}` = true.\n\
+             Looked at: {}\n\
+             The manual says the log appears in `{MANUAL_LOG_DIR}` (as printed there, with an en dash).\n\
+             Check: the service `{}` runs; `{}` in {} is true; the service account can write the log folder; the log path (set `log` if your ICH writes elsewhere).",
+            self.log.display(),
+            if exists {
+                "got no new line"
+            } else {
+                "did not appear"
+            },
+            humantime::format_duration(self.log_wait),
+            self.ich.name,
+            self.key,
+            self.log.display(),
+            self.ich.name,
+            self.key,
+            self.config.display(),
+        );
+        // Other places the log may be, named by the manual's chapters.
+        if let Some(root) = self.config.parent().and_then(Path::parent) {
+            for dir in ["TM \u{2013} ICH", "TM-ICH", "LUCS-ICH"] {
+                let candidate = root
+                    .join(dir)
+                    .join("log")
+                    .join("ConferenceTerminationLog.txt");
+                if candidate != self.log && candidate.exists() {
+                    r.push_str(&format!(
+                        "\nThere is a log at {}: if that is the one, set `log` to it.",
+                        candidate.display()
+                    ));
+                }
+            }
+        }
+        r.push_str(
+            "\n`upshift approve` goes on following the log and finishes when it is quiet (0 cleaned if it never appears).",
+        );
+        r
+    }
+
     async fn follow(
         &self,
         ctx: &dyn StepContext,
         p: &mut Progress,
+        accept_silence: bool,
     ) -> Result<&'static str, StepError> {
         let started = tokio::time::Instant::now();
         let mut last_growth = started;
@@ -339,12 +430,16 @@ impl Cleanup {
                         LogLine::Cleaned => p.cleaned += 1,
                         LogLine::Error => {
                             p.errors += 1;
-                            ctx.output(&format!("ICH: {l}\n"));
+                            if p.error_lines.len() < ERROR_LINES_MAX {
+                                p.error_lines.push(l.clone());
+                            }
+                            ctx.output(&format!("ICH error: {l}\n"));
                         }
                         LogLine::Other => {}
                     }
                 }
                 p.offset = offset;
+                p.grew = true;
                 last_growth = tokio::time::Instant::now();
                 ctx.checkpoint(p.encode(), p.cleaned, self.total(p)).await?;
                 self.report(ctx, p);
@@ -355,6 +450,15 @@ impl Cleanup {
                 return Ok("count");
             }
             let now = tokio::time::Instant::now();
+            if !p.grew && !accept_silence && now.duration_since(started) >= self.log_wait {
+                // Nothing at all since the option was turned on: not a
+                // finished cleanup, something to look at.
+                p.waited = true;
+                ctx.checkpoint(p.encode(), p.cleaned, self.total(p)).await?;
+                return Err(StepError::WaitForOperator {
+                    reason: self.silent_log_reason(),
+                });
+            }
             if now.duration_since(last_growth) >= self.quiet_for {
                 return Ok("quiet");
             }
@@ -374,10 +478,17 @@ impl Cleanup {
 #[async_trait::async_trait]
 impl Step for Cleanup {
     fn describe(&self) -> Vec<String> {
+        if !self.enabled {
+            return vec![format!(
+                "conference cleanup not requested (enabled = false): nothing is done; {} and `{}` are left as they are",
+                self.config.display(),
+                self.ich.name
+            )];
+        }
         let mut lines = self.option(true).describe();
         lines.push(format!("restart service `{}`", self.ich.name));
         lines.push(format!(
-            "follow {} until {}",
+            "follow {} until {}; pause if no line arrives within {}",
             self.log.display(),
             match self.count {
                 Some(c) => format!(
@@ -388,20 +499,53 @@ impl Step for Cleanup {
                     "it is quiet for {}",
                     humantime::format_duration(self.quiet_for)
                 ),
-            }
+            },
+            humantime::format_duration(self.log_wait)
         ));
         lines.extend(self.option(false).describe());
         lines.push(format!("restart service `{}`", self.ich.name));
+        lines.push(format!(
+            "  the manual names the log folder `{MANUAL_LOG_DIR}` (with an en dash); this step reads {}",
+            self.log.display()
+        ));
+        lines.extend(ASSUMPTIONS.iter().map(|a| format!("  {a}")));
         lines
     }
 
     async fn run(&self, ctx: &dyn StepContext) -> Result<StepOutcome, StepError> {
+        if !self.enabled {
+            let state = match load_doc(&self.config)
+                .map(|d| d.get(&self.key).map(|v| v.map(str::to_string)))
+            {
+                Ok(Some(Some(v))) => format!("`{}` is {v:?} there", self.key),
+                Ok(_) => format!("`{}` is not set there", self.key),
+                Err(_) => "it could not be read".to_string(),
+            };
+            ctx.output(&format!(
+                "conference cleanup not requested (enabled = false): nothing done; {} left as it is ({state})\n",
+                self.config.display()
+            ));
+            let mut outputs = Outputs::new();
+            for k in ["cleaned", "errors", "total", "log_offset"] {
+                outputs.insert(k.into(), "0".into());
+            }
+            outputs.insert("error_lines".into(), String::new());
+            outputs.insert("finished_by".into(), "disabled".into());
+            return Ok(StepOutcome::with_outputs(outputs));
+        }
         // Fail early, before anything changes, if the config is unreadable.
         load_doc(&self.config)?;
         let mut p = ctx
             .resume_from()
             .and_then(|d| Progress::decode(&d))
             .unwrap_or_default();
+        // An approval answers this step's own pause for a silent log.
+        let accept_silence = p.waited && ctx.approved();
+        if accept_silence {
+            ctx.output(
+                "approved by an operator: following the log without waiting for its first line\n",
+            );
+        }
         if p.phase.is_empty() {
             // Lines already in the log belong to earlier runs.
             p = Progress {
@@ -427,9 +571,9 @@ impl Step for Cleanup {
                 self.ich.ensure(ctx, true).await?;
             }
             self.report(ctx, &p);
-            finished_by = self.follow(ctx, &mut p).await?;
+            finished_by = self.follow(ctx, &mut p, accept_silence).await?;
             ctx.output(&format!(
-                "cleanup finished ({}): {} conferences cleaned, {} errors\n",
+                "cleanup finished ({}): {} conferences cleaned, {} errors{}\n",
                 if finished_by == "count" {
                     "count reached".to_string()
                 } else {
@@ -439,7 +583,15 @@ impl Step for Cleanup {
                     )
                 },
                 p.cleaned,
-                p.errors
+                p.errors,
+                if p.errors > 0 {
+                    format!(
+                        " (first: {}) — check ConferenceTerminationLog.txt",
+                        p.error_lines.join(" | ")
+                    )
+                } else {
+                    String::new()
+                }
             ));
             p.phase = "disabling".into();
             ctx.checkpoint(p.encode(), p.cleaned, self.total(&p))
@@ -452,6 +604,7 @@ impl Step for Cleanup {
         let mut outputs = Outputs::new();
         outputs.insert("cleaned".into(), p.cleaned.to_string());
         outputs.insert("errors".into(), p.errors.to_string());
+        outputs.insert("error_lines".into(), p.error_lines.join(" | "));
         outputs.insert("total".into(), self.total(&p).to_string());
         outputs.insert("finished_by".into(), finished_by.into());
         outputs.insert("log_offset".into(), p.offset.to_string());
@@ -459,10 +612,13 @@ impl Step for Cleanup {
     }
 
     fn has_compensation(&self) -> bool {
-        true
+        self.enabled
     }
 
     async fn compensate(&self, ctx: &dyn StepContext) -> Result<(), StepError> {
+        if !self.enabled {
+            return Ok(());
+        }
         if self.set_option(ctx, false).await? {
             self.ich.restart(ctx).await?;
         }
@@ -470,6 +626,9 @@ impl Step for Cleanup {
     }
 
     async fn probe(&self, _ctx: &dyn StepContext) -> Result<Probe, StepError> {
+        if !self.enabled {
+            return Ok(Probe::Unknown);
+        }
         // The lasting effect of the step is the option being off again.
         let doc = load_doc(&self.config)?;
         Ok(match doc.get(&self.key) {
@@ -514,6 +673,9 @@ mod tests {
             cleaned: 7,
             errors: 1,
             total: 40,
+            grew: true,
+            waited: false,
+            error_lines: vec!["ERROR x could not".into()],
         };
         assert_eq!(Progress::decode(&p.encode()), Some(p));
     }

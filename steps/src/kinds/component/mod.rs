@@ -16,6 +16,7 @@ pub mod compare;
 pub mod expect;
 pub mod http;
 pub mod ich;
+pub mod log_watch;
 pub mod lync;
 pub mod msi;
 pub mod powershell;
@@ -36,6 +37,7 @@ pub fn kinds() -> Vec<Arc<dyn Kind>> {
         Arc::new(lync::KIND),
         Arc::new(http::KIND),
         Arc::new(ich::KIND),
+        Arc::new(log_watch::KIND),
     ]
 }
 
