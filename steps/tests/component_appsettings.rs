@@ -263,25 +263,13 @@ async fn compare(
     String,
     String,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let newf = dir.path().join("AppSettings.config");
-    let oldf = dir.path().join("AppSettings.config.bak");
-    std::fs::write(&newf, new).unwrap();
-    std::fs::write(&oldf, old).unwrap();
-    let s = step(
-        "config.compare",
-        &format!(
-            "file = {}\nbackup = {}\nmode = \"{mode}\"",
-            toml_path(&newf),
-            toml_path(&oldf)
-        ),
-    );
-    let ctx = TestContext::new("cmp", dir.path().join("work"));
-    let r = s.run(&ctx).await;
+    let w = compare_world(new, old, &format!("mode = \"{mode}\""));
+    let ctx = TestContext::new("cmp", &w.work);
+    let r = w.step.run(&ctx).await;
     (
         r,
         ctx.output_text(),
-        std::fs::read_to_string(&newf).unwrap(),
+        std::fs::read_to_string(&w.new).unwrap(),
     )
 }
 

@@ -116,6 +116,19 @@ pub struct BackupFile {
     pub checksums: bool,
 }
 
+/// The actions of the first fault whose pattern `text` contains
+/// (case-insensitive), used up once.
+fn take_fault(faults: &mut Vec<Fault>, text: &str) -> Option<Vec<Action>> {
+    let l = text.to_lowercase();
+    let i = faults.iter().position(|f| l.contains(&f.pattern))?;
+    let actions = (faults[i].actions)();
+    faults[i].times -= 1;
+    if faults[i].times == 0 {
+        faults.remove(i);
+    }
+    Some(actions)
+}
+
 /// A scripted fault: when a request's text contains `pattern`
 /// (case-insensitive), answer with `actions` instead, `times` times.
 struct Fault {
@@ -177,17 +190,7 @@ impl TmState {
     /// The actions of a statement fault matching `statement` (its tokens'
     /// text, separated by spaces), if any is left.
     pub(crate) fn statement_fault(&mut self, statement: &str) -> Option<Vec<Action>> {
-        let l = statement.to_lowercase();
-        let i = self
-            .statement_faults
-            .iter()
-            .position(|f| l.contains(&f.pattern))?;
-        let actions = (self.statement_faults[i].actions)();
-        self.statement_faults[i].times -= 1;
-        if self.statement_faults[i].times == 0 {
-            self.statement_faults.remove(i);
-        }
-        Some(actions)
+        take_fault(&mut self.statement_faults, statement)
     }
 
     /// How many executed requests contain `needle` (case-insensitive).
@@ -408,13 +411,7 @@ fn answer(shared: &Arc<Mutex<TmState>>, s: &mut TmState, req: &Request) -> Vec<A
     let req = nested.as_ref().unwrap_or(req);
     s.executed.push(req.text.clone());
 
-    let l = req.text.to_lowercase();
-    if let Some(i) = s.faults.iter().position(|f| l.contains(&f.pattern)) {
-        let actions = (s.faults[i].actions)();
-        s.faults[i].times -= 1;
-        if s.faults[i].times == 0 {
-            s.faults.remove(i);
-        }
+    if let Some(actions) = take_fault(&mut s.faults, &req.text) {
         if actions.iter().any(|a| matches!(a, Action::Error(_))) {
             tm_exec::rollback(s, req.session);
         }

@@ -67,6 +67,37 @@ pub(crate) fn syntax_error(near: &str) -> Message {
     .severity(15, 1)
 }
 
+/// The text of a quoted string or name starting at `chars[*i]` (the
+/// opening quote), up to `close`, a doubled `close` standing for one;
+/// `*i` ends after the closing quote.
+fn quoted(chars: &[char], i: &mut usize, close: char) -> Result<String, Message> {
+    *i += 1;
+    let mut s = String::new();
+    loop {
+        match chars.get(*i) {
+            None => {
+                return Err(Message::error(
+                    105,
+                    format!("Unclosed quotation mark after the character string '{s}'."),
+                )
+                .severity(15, 1));
+            }
+            Some(&ch) if ch == close && chars.get(*i + 1) == Some(&close) => {
+                s.push(close);
+                *i += 2;
+            }
+            Some(&ch) if ch == close => {
+                *i += 1;
+                return Ok(s);
+            }
+            Some(&ch) => {
+                s.push(ch);
+                *i += 1;
+            }
+        }
+    }
+}
+
 /// Splits `text` into tokens.
 pub(crate) fn tokens(text: &str) -> Result<Vec<Tok>, Message> {
     let chars: Vec<char> = text.chars().collect();
@@ -106,60 +137,10 @@ pub(crate) fn tokens(text: &str) -> Result<Vec<Tok>, Message> {
             if c != '\'' {
                 i += 1;
             }
-            i += 1;
-            let mut s = String::new();
-            loop {
-                match chars.get(i) {
-                    None => {
-                        return Err(Message::error(
-                            105,
-                            format!("Unclosed quotation mark after the character string '{s}'."),
-                        )
-                        .severity(15, 1));
-                    }
-                    Some('\'') if chars.get(i + 1) == Some(&'\'') => {
-                        s.push('\'');
-                        i += 2;
-                    }
-                    Some('\'') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&ch) => {
-                        s.push(ch);
-                        i += 1;
-                    }
-                }
-            }
-            out.push(Tok::Str(s));
+            out.push(Tok::Str(quoted(&chars, &mut i, '\'')?));
         } else if c == '[' || c == '"' {
             let close = if c == '[' { ']' } else { '"' };
-            i += 1;
-            let mut s = String::new();
-            loop {
-                match chars.get(i) {
-                    None => {
-                        return Err(Message::error(
-                            105,
-                            format!("Unclosed quotation mark after the character string '{s}'."),
-                        )
-                        .severity(15, 1));
-                    }
-                    Some(&ch) if ch == close && chars.get(i + 1) == Some(&close) => {
-                        s.push(close);
-                        i += 2;
-                    }
-                    Some(&ch) if ch == close => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&ch) => {
-                        s.push(ch);
-                        i += 1;
-                    }
-                }
-            }
-            out.push(Tok::Ident(s));
+            out.push(Tok::Ident(quoted(&chars, &mut i, close)?));
         } else if c == '@' {
             let start = i;
             i += 1;
