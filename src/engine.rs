@@ -1104,7 +1104,7 @@ impl Engine {
                     output_tail: tail,
                     transient,
                 }];
-                if attempt < policy.attempts && (transient || !policy.only_transient) {
+                if policy.retries(attempt, transient) {
                     ev.push(Event::StepRetryScheduled {
                         step,
                         next_attempt: attempt + 1,

@@ -69,6 +69,13 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Whether a failed `attempt` is tried again (a timeout counts as
+    /// transient). The one rule for "failed for good": the engine schedules
+    /// retries by it and the operator notifications tell by it.
+    pub fn retries(&self, attempt: u32, transient: bool) -> bool {
+        attempt < self.attempts && (transient || !self.only_transient)
+    }
+
     /// Delay before attempt `next` (2, 3, ...).
     pub fn delay_before(&self, next: u32) -> Duration {
         let exp = next.saturating_sub(2).min(20);
@@ -154,6 +161,8 @@ pub struct Plan {
     pub site: Option<Site>,
     /// Reboot policy.
     pub reboot: RebootPolicy,
+    /// `[notify]`, if the plan has one.
+    pub notify: Option<Notify>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +189,20 @@ struct RawPlan {
     targets: BTreeMap<String, Spanned<toml::Table>>,
     #[serde(default)]
     steps: BTreeMap<String, Spanned<RawStep>>,
+    notify: Option<Spanned<RawNotify>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    on: Option<Spanned<Vec<Spanned<String>>>>,
+    webhook: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    attempts: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +299,97 @@ pub enum RebootPolicy {
     Auto,
 }
 
+/// When the plan's `[notify]` tells the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    /// The run waits for an operator: a `manual` step, a `resume = "ask"`
+    /// step, or a paused run.
+    Waiting,
+    /// A step (or a compensation) failed for good: no retry is left.
+    Failed,
+    /// A step asked for a reboot and the run stopped for it.
+    Reboot,
+    /// The run ended: succeeded, failed, aborted or rolled back.
+    Ended,
+}
+
+impl NotifyOn {
+    /// Every trigger, in the order the README lists them.
+    pub const ALL: [NotifyOn; 4] = [
+        NotifyOn::Waiting,
+        NotifyOn::Failed,
+        NotifyOn::Reboot,
+        NotifyOn::Ended,
+    ];
+
+    /// The word used in plans, messages and `UPSHIFT_NOTIFY_EVENT`.
+    pub fn word(self) -> &'static str {
+        match self {
+            NotifyOn::Waiting => "waiting",
+            NotifyOn::Failed => "failed",
+            NotifyOn::Reboot => "reboot",
+            NotifyOn::Ended => "ended",
+        }
+    }
+}
+
+/// The body a `[notify]` webhook is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebhookFormat {
+    /// Microsoft Teams: an Adaptive Card in a `message` envelope, which both
+    /// Teams Workflows ("when a Teams webhook request is received") and the
+    /// older incoming-webhook connector accept.
+    #[default]
+    Teams,
+    /// Microsoft Teams' legacy connector card (`MessageCard`), for tenants
+    /// whose incoming webhooks take nothing else.
+    TeamsMessageCard,
+    /// Plain JSON: every field of the message, plus `text` (so Slack- and
+    /// Mattermost-style webhooks show it as is).
+    Json,
+}
+
+impl WebhookFormat {
+    /// The word used in plans.
+    pub fn word(self) -> &'static str {
+        match self {
+            WebhookFormat::Teams => "teams",
+            WebhookFormat::TeamsMessageCard => "teams-messagecard",
+            WebhookFormat::Json => "json",
+        }
+    }
+}
+
+/// Upper bound on `[notify] attempts`.
+pub const NOTIFY_ATTEMPTS_MAX: u32 = 10;
+/// Upper bound on `[notify] timeout` (one attempt).
+pub const NOTIFY_TIMEOUT_MAX: Duration = Duration::from_secs(120);
+
+/// A plan's `[notify]`: tell the operator, where they are, when the run
+/// needs them or ends. Strings keep their references (`${secrets.x}`):
+/// they are resolved when a run starts, like step parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notify {
+    /// When.
+    pub on: BTreeSet<NotifyOn>,
+    /// An http(s) URL to POST the message to (always a secret reference:
+    /// a webhook's address is its credential).
+    pub webhook: Option<String>,
+    /// The webhook's body.
+    pub format: WebhookFormat,
+    /// A program and its arguments, handed the message as JSON on stdin
+    /// and in `UPSHIFT_NOTIFY_*` variables (never secrets: command lines
+    /// are visible to every user of the machine).
+    pub command: Vec<String>,
+    /// Extra environment for `command` (secrets allowed here).
+    pub env: BTreeMap<String, String>,
+    /// Limit of one attempt.
+    pub timeout: Duration,
+    /// Attempts per message and notifier (backoff doubling from 1 s).
+    pub attempts: u32,
+}
+
 /// Reads and validates a plan file.
 pub fn load(path: &Path, registry: &Registry, opts: &LoadOptions) -> Result<Plan, PlanErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -304,7 +418,7 @@ pub fn parse(
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().to_string();
         let hint = if message.contains("unknown field") {
-            Some("top-level keys are name, description, vars, secrets, locks, targets, steps; step keys are kind, needs, with, retry, timeout, locks, on_failure, resume, compensate, description, host".to_string())
+            Some("top-level keys are name, description, site, rules, reboot, vars, secrets, locks, targets, notify, steps; step keys are kind, needs, with, retry, timeout, locks, on_failure, resume, compensate, description, host; [notify] keys are on, webhook, format, command, env, timeout, attempts".to_string())
         } else if message.contains("missing field") {
             Some("see the plan format in the README".to_string())
         } else {
@@ -424,6 +538,20 @@ pub fn parse(
             RebootPolicy::Ask
         }
     };
+
+    let notify = raw.notify.as_ref().and_then(|n| {
+        check_notify(
+            n,
+            &loc,
+            &NotifyScope {
+                vars: &vars,
+                secrets: &raw.secrets,
+                site: site_values,
+                has_site: site.is_some(),
+            },
+            &mut errors,
+        )
+    });
 
     let ids: BTreeSet<&str> = raw.steps.keys().map(String::as_str).collect();
     let mut steps = BTreeMap::new();
@@ -807,6 +935,7 @@ pub fn parse(
         dependents,
         site,
         reboot,
+        notify,
         name: raw.name.into_inner(),
         path: path.to_path_buf(),
         text: text.to_string(),
@@ -817,6 +946,238 @@ pub fn parse(
         targets,
         steps,
         order,
+    })
+}
+
+/// What a `[notify]` string may refer to.
+struct NotifyScope<'a> {
+    vars: &'a BTreeMap<String, toml::Value>,
+    secrets: &'a BTreeMap<String, Spanned<RawSecret>>,
+    site: &'a BTreeMap<String, toml::Value>,
+    has_site: bool,
+}
+
+/// Validates `[notify]`; every problem goes to `errors`, located.
+fn check_notify(
+    raw: &Spanned<RawNotify>,
+    loc: &Locator<'_>,
+    scope: &NotifyScope<'_>,
+    errors: &mut Vec<PlanError>,
+) -> Option<Notify> {
+    let n = raw.get_ref();
+    let before = errors.len();
+    let mut on = BTreeSet::new();
+    match &n.on {
+        None => on.extend(NotifyOn::ALL),
+        Some(list) if list.get_ref().is_empty() => errors.push(loc.at(
+            list.span(),
+            "[notify] on = [] never notifies",
+            Some("list when to notify: on = [\"waiting\", \"failed\", \"reboot\", \"ended\"], or remove [notify]".into()),
+        )),
+        Some(list) => {
+            for w in list.get_ref() {
+                match NotifyOn::ALL.iter().find(|t| t.word() == w.get_ref()) {
+                    Some(t) => {
+                        on.insert(*t);
+                    }
+                    None => errors.push(loc.at(
+                        w.span(),
+                        format!("[notify] on: `{}` is not a trigger", w.get_ref()),
+                        Some(did_you_mean(
+                            w.get_ref(),
+                            NotifyOn::ALL.iter().map(|t| t.word()),
+                            "triggers",
+                        )),
+                    )),
+                }
+            }
+        }
+    }
+    let format = match n.format.as_ref() {
+        None => WebhookFormat::default(),
+        Some(f) => {
+            let all = [
+                WebhookFormat::Teams,
+                WebhookFormat::TeamsMessageCard,
+                WebhookFormat::Json,
+            ];
+            match all.iter().find(|x| x.word() == f.get_ref()) {
+                Some(x) => *x,
+                None => {
+                    errors.push(loc.at(
+                        f.span(),
+                        format!("[notify] format = \"{}\" is not a format", f.get_ref()),
+                        Some("use \"teams\" (an Adaptive Card: Teams Workflows and incoming webhooks), \"teams-messagecard\" (the legacy connector card) or \"json\"".into()),
+                    ));
+                    WebhookFormat::default()
+                }
+            }
+        }
+    };
+    // A reference in a [notify] string: what exists, and where secrets may go.
+    let check_refs = |s: &Spanned<String>,
+                      what: &str,
+                      secrets_ok: bool,
+                      errors: &mut Vec<PlanError>|
+     -> Vec<Ref> {
+        match refs::refs_in(s.get_ref()) {
+            Err(bad) => {
+                errors.push(loc.at(
+                    s.span(),
+                    format!(
+                        "bad reference `${{{}}}` in [notify] {what}: {}",
+                        bad.text, bad.message
+                    ),
+                    None,
+                ));
+                Vec::new()
+            }
+            Ok(found) => {
+                for r in &found {
+                    let problem = match r {
+                        Ref::Var(v) if !scope.vars.contains_key(v) => Some((
+                            format!("`${{vars.{v}}}` in [notify] {what}: no variable `{v}`"),
+                            format!("add `{v} = ...` under [vars], or give --var {v}=VALUE"),
+                        )),
+                        Ref::Secret(x) if !scope.secrets.contains_key(x) => Some((
+                            format!("`${{secrets.{x}}}` in [notify] {what}: no secret `{x}`"),
+                            format!("declare it: [secrets] {x} = {{ env = \"VAR\" }}"),
+                        )),
+                        Ref::Secret(x) if !secrets_ok => Some((
+                            format!("`${{secrets.{x}}}` in [notify] {what}: a command line is visible to every user of the machine"),
+                            format!("pass it in the command's environment instead: [notify] env = {{ TOKEN = \"${{secrets.{x}}}\" }}"),
+                        )),
+                        Ref::Site(p) if !scope.site.contains_key(p) => Some((
+                            if scope.has_site {
+                                format!("`${{site.{p}}}` in [notify] {what}: the site file has no `{p}`")
+                            } else {
+                                format!("`${{site.{p}}}` in [notify] {what}, but the plan has no site file")
+                            },
+                            "add it to the site file, or write the value".into(),
+                        )),
+                        Ref::Output { .. } | Ref::Item => Some((
+                            format!("[notify] {what} refers to a step's outputs or a foreach item"),
+                            "a notification belongs to the run, not to a step: use vars, secrets or site values".into(),
+                        )),
+                        _ => None,
+                    };
+                    if let Some((message, hint)) = problem {
+                        errors.push(loc.at(s.span(), message, Some(hint)));
+                    }
+                }
+                found
+            }
+        }
+    };
+    let webhook = n.webhook.as_ref().map(|w| {
+        let found = check_refs(w, "webhook", true, errors);
+        if !found.iter().any(|r| matches!(r, Ref::Secret(_))) {
+            errors.push(loc.at(
+                w.span(),
+                "[notify] webhook is written in the plan: a webhook's address is its credential, and the plan text is kept in the journal and in exports",
+                Some("declare it as a secret and refer to it: [secrets] teams_webhook = { env = \"TEAMS_WEBHOOK\" }, then webhook = \"${secrets.teams_webhook}\"".into()),
+            ));
+        } else if !w.get_ref().starts_with("${secrets.")
+            && !w.get_ref().starts_with("http://")
+            && !w.get_ref().starts_with("https://")
+        {
+            errors.push(loc.at(
+                w.span(),
+                "[notify] webhook must be an http:// or https:// URL",
+                Some("write webhook = \"${secrets.NAME}\" with the whole URL in the secret".into()),
+            ));
+        }
+        w.get_ref().clone()
+    });
+    let command = match &n.command {
+        None => Vec::new(),
+        Some(c) if c.get_ref().is_empty() => {
+            errors.push(loc.at(
+                c.span(),
+                "[notify] command = [] names no program",
+                Some("write command = [\"program\", \"arg\", ...]; it gets the message as JSON on stdin".into()),
+            ));
+            Vec::new()
+        }
+        Some(c) => c
+            .get_ref()
+            .iter()
+            .map(|a| {
+                check_refs(a, "command", false, errors);
+                a.get_ref().clone()
+            })
+            .collect(),
+    };
+    let mut env = BTreeMap::new();
+    for (k, v) in &n.env {
+        check_refs(v, &format!("env.{k}"), true, errors);
+        if k.is_empty() || k.contains('=') || k.starts_with("UPSHIFT_NOTIFY_") {
+            errors.push(loc.at(
+                v.span(),
+                format!("[notify] env: `{k}` cannot be set"),
+                Some("names without `=`; UPSHIFT_NOTIFY_* are set by upshift".into()),
+            ));
+        }
+        env.insert(k.clone(), v.get_ref().clone());
+    }
+    if !env.is_empty() && command.is_empty() {
+        errors.push(loc.at(
+            raw.span(),
+            "[notify] env is set but there is no command to hand it to",
+            Some("add command = [...] or remove env".into()),
+        ));
+    }
+    if webhook.is_none() && command.is_empty() && n.command.is_none() {
+        errors.push(loc.at(
+            raw.span(),
+            "[notify] says neither where nor how to notify",
+            Some("add webhook = \"${secrets.NAME}\" (an http(s) URL, e.g. a Teams webhook) and/or command = [\"program\", ...]".into()),
+        ));
+    }
+    let timeout = match &n.timeout {
+        None => Duration::from_secs(10),
+        Some(t) => match upshift_steps::params::parse_duration(t.get_ref()) {
+            Ok(d) if !d.is_zero() && d <= NOTIFY_TIMEOUT_MAX => d,
+            Ok(_) => {
+                errors.push(loc.at(
+                    t.span(),
+                    format!(
+                        "[notify] timeout must be above 0 and at most {}",
+                        humantime::format_duration(NOTIFY_TIMEOUT_MAX)
+                    ),
+                    Some("it bounds one attempt; the default is 10s".into()),
+                ));
+                Duration::from_secs(10)
+            }
+            Err(m) => {
+                errors.push(loc.at(t.span(), m, None));
+                Duration::from_secs(10)
+            }
+        },
+    };
+    let attempts = match &n.attempts {
+        None => 4,
+        Some(a) if (1..=NOTIFY_ATTEMPTS_MAX).contains(a.get_ref()) => *a.get_ref(),
+        Some(a) => {
+            errors.push(loc.at(
+                a.span(),
+                format!(
+                    "[notify] attempts must be 1..={NOTIFY_ATTEMPTS_MAX}, not {}",
+                    a.get_ref()
+                ),
+                Some("attempts counts the first try; the default is 4".into()),
+            ));
+            4
+        }
+    };
+    (errors.len() == before).then_some(Notify {
+        on,
+        webhook,
+        format,
+        command,
+        env,
+        timeout,
+        attempts,
     })
 }
 

@@ -152,6 +152,21 @@ pub fn event_line(e: &Event) -> String {
         Event::SitePinned { path, hash, .. } => {
             format!("{name} {path} ({})", &hash[..hash.len().min(12)])
         }
+        Event::Notified {
+            about,
+            channel,
+            delivered,
+            attempts,
+            detail,
+        } => format!(
+            "{name} {channel} about event {about}: {} after {attempts} attempt(s): {}",
+            if *delivered {
+                "delivered"
+            } else {
+                "NOT delivered"
+            },
+            short(detail, 300)
+        ),
     }
 }
 

@@ -421,7 +421,9 @@ impl RunState {
             Event::RebootRequested { step, .. } => {
                 self.reboot_pending = Some(step.clone());
             }
-            Event::Note { .. } => {}
+            // Notes and notification records do not change where the run
+            // stands.
+            Event::Note { .. } | Event::Notified { .. } => {}
             Event::SitePinned { path, text, hash } => {
                 self.site = Some((path.clone(), text.clone(), hash.clone()));
             }

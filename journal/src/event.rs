@@ -310,6 +310,21 @@ pub enum Event {
         /// SHA-256 of `text`, hex.
         hash: String,
     },
+    /// The operator was told about an event of the run through the plan's
+    /// `[notify]` (or could not be): one per notifier and event, after the
+    /// last attempt. Never holds the webhook's address.
+    Notified {
+        /// Seq of the event the message was about.
+        about: u64,
+        /// Which notifier: `webhook` or `command`.
+        channel: String,
+        /// The receiver accepted it (HTTP 2xx, or the command exited 0).
+        delivered: bool,
+        /// Attempts made.
+        attempts: u32,
+        /// What the receiver answered, or the last error (redacted).
+        detail: String,
+    },
 }
 
 impl Event {
@@ -369,6 +384,12 @@ impl Event {
             Event::OperatorDecision { reason, .. } => f(reason),
             Event::RebootRequested { action, .. } => f(action),
             Event::Note { text } => f(text),
+            Event::Notified {
+                channel, detail, ..
+            } => {
+                f(channel);
+                f(detail);
+            }
             Event::RunStarted { vars, .. } => vars.values_mut().for_each(&mut *f),
             Event::RunResumed { .. }
             | Event::RunFinished { .. }
@@ -404,6 +425,7 @@ impl Event {
             Event::RebootRequested { .. } => "reboot.requested",
             Event::Note { .. } => "note",
             Event::SitePinned { .. } => "run.site_pinned",
+            Event::Notified { .. } => "notified",
         }
     }
 }
