@@ -582,6 +582,13 @@ impl Engine {
         }
     }
 
+    /// A handle to the journal writer, for what is journaled beside the
+    /// scheduler (the operator notifications' deliveries, through the
+    /// non-blocking [`Writer::post`]); such events are folded like any.
+    pub fn writer(&self) -> Writer {
+        self.writer.clone()
+    }
+
     /// Closes the journal cleanly (also done on drop).
     pub fn close(&self) {
         self.writer.close();

@@ -51,8 +51,13 @@ pub fn init(verbose: u8) {
         1 => "info,tiberius=warn",
         _ => "debug",
     };
-    let stderr_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // ureq (the notifications' HTTP client) logs a request's path and
+    // query at trace level, and a webhook's path is its credential: its
+    // logs stop at warnings, whatever RUST_LOG says.
+    let quiet_http = || "ureq=warn".parse().expect("a valid directive");
+    let stderr_filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default))
+        .add_directive(quiet_http());
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -60,7 +65,7 @@ pub fn init(verbose: u8) {
     let file = tracing_subscriber::fmt::layer()
         .with_writer(MakeRunLog)
         .with_ansi(false)
-        .with_filter(EnvFilter::new("info"));
+        .with_filter(EnvFilter::new("info").add_directive(quiet_http()));
     let _ = tracing_subscriber::registry()
         .with(stderr)
         .with(file)

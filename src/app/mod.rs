@@ -9,6 +9,8 @@
 //! - [`decisions`] and [`inbox`]: operator decisions, journaled directly or
 //!   queued for a live engine; the inbox's writer and reader side by side.
 //! - [`identity`]: the OS user and host journaled with every decision.
+//! - [`notify`]: the plan's `[notify]` — a webhook (Teams) or command told
+//!   when the run waits for an operator, fails, needs a reboot or ends.
 //!
 //! Every function returns data or a [`crate::error::Error`]; nothing here
 //! parses arguments or prints. `src/commands/` renders what it returns.
@@ -26,6 +28,7 @@
 pub mod decisions;
 pub mod identity;
 pub mod inbox;
+pub mod notify;
 pub mod run;
 pub mod workspace;
 

@@ -10,6 +10,7 @@ use upshift_journal::{Decision, Envelope, Event, Journal, Outcome, RunId};
 
 use super::decisions::decision_events;
 use super::identity::actor;
+use super::notify::{FINISH_WAIT_MAX, Notifier};
 use super::workspace::{Workspace, fold_run, pick_run, pinned_options, pinned_plan};
 use crate::engine::{self, Config, Engine, Exit, Observer, Quiet};
 use crate::error::{Error, Result};
@@ -64,11 +65,13 @@ pub fn start(
     let secrets = engine::resolve_secrets(&p).map_err(Error::usage)?;
     let j = ws.open()?;
     let run = RunId::new();
+    let mut cfg = config(ws, session);
+    let notify = notifier(&p, &secrets, run, ws, &mut cfg)?;
     started(run);
     let _log = crate::logging::run_log(ws.dir(), run);
-    let mut eng = Engine::new(p, config(ws, session), j, run, &[], secrets);
-    let exit = block_on(eng.start(vars))?;
-    Ok((run, exit))
+    let mut eng = Engine::new(p, cfg, j, run, &[], secrets);
+    let exit = notified(&mut eng, notify, |eng| block_on(eng.start(vars)));
+    Ok((run, exit?))
 }
 
 /// What `resume` found.
@@ -119,14 +122,17 @@ pub fn resume(
             text: format!("could not remove the resume-at-boot task: {e}"),
         }),
     }
-    let mut eng = Engine::with_state(plan, config(ws, session), j, run, state, secrets);
-    let exit = block_on(async {
-        let drift = eng.drift().await;
-        if !drift.is_empty() {
-            let report = drift_text(&drift);
-            let steps: Vec<String> = drift.iter().map(|(s, _)| s.clone()).collect();
-            if !ignore_drift {
-                return eng
+    let mut cfg = config(ws, session);
+    let notify = notifier(&plan, &secrets, run, ws, &mut cfg)?;
+    let mut eng = Engine::with_state(plan, cfg, j, run, state, secrets);
+    let exit = notified(&mut eng, notify, |eng| {
+        block_on(async {
+            let drift = eng.drift().await;
+            if !drift.is_empty() {
+                let report = drift_text(&drift);
+                let steps: Vec<String> = drift.iter().map(|(s, _)| s.clone()).collect();
+                if !ignore_drift {
+                    return eng
                         .stop_paused(
                             vec![Event::Note { text: report.clone() }],
                             format!(
@@ -134,15 +140,16 @@ pub fn resume(
                             ),
                         )
                         .await;
+                }
+                extra.push(Event::Note { text: report });
+                extra.extend(decision_events(
+                    Decision::IgnoreDrift { steps },
+                    actor(),
+                    "resume --ignore-drift".into(),
+                ));
             }
-            extra.push(Event::Note { text: report });
-            extra.extend(decision_events(
-                Decision::IgnoreDrift { steps },
-                actor(),
-                "resume --ignore-drift".into(),
-            ));
-        }
-        eng.resume(extra).await
+            eng.resume(extra).await
+        })
     })?;
     Ok((run, Resumed::Ran(exit)))
 }
@@ -161,8 +168,51 @@ pub fn rollback(
         .map_err(|e| Error::failed(format!("the pinned plan does not validate: {e}")))?;
     let secrets = engine::resolve_secrets(&plan).map_err(Error::usage)?;
     let _log = crate::logging::run_log(ws.dir(), run);
-    let mut eng = Engine::new(plan, config(ws, session), journal, run, history, secrets);
-    block_on(eng.rollback(Vec::new()))
+    let mut cfg = config(ws, session);
+    let notify = notifier(&plan, &secrets, run, ws, &mut cfg)?;
+    let mut eng = Engine::new(plan, cfg, journal, run, history, secrets);
+    notified(&mut eng, notify, |eng| block_on(eng.rollback(Vec::new())))
+}
+
+/// The plan's `[notify]` for this session, if it has one: its observer
+/// takes the place of the session's in `cfg` (and passes everything on).
+fn notifier(
+    plan: &Plan,
+    secrets: &BTreeMap<String, String>,
+    run: RunId,
+    ws: &Workspace,
+    cfg: &mut Config,
+) -> Result<Option<Notifier>> {
+    let n = Notifier::for_session(
+        plan,
+        secrets,
+        run,
+        ws.dir(),
+        actor().host,
+        Arc::clone(&cfg.observer),
+    )?;
+    if let Some(n) = &n {
+        cfg.observer = n.observer();
+    }
+    Ok(n)
+}
+
+/// Drives a session with its notifier: the notifier journals through the
+/// engine's writer, and once the session has stopped, what is still being
+/// sent gets a bounded time before the engine (and its writer) goes.
+fn notified(
+    eng: &mut Engine,
+    notify: Option<Notifier>,
+    session: impl FnOnce(&mut Engine) -> Result<Exit>,
+) -> Result<Exit> {
+    if let Some(n) = &notify {
+        n.attach(eng.writer());
+    }
+    let exit = session(eng);
+    if let Some(n) = notify {
+        n.finish(FINISH_WAIT_MAX);
+    }
+    exit
 }
 
 /// Runs the probe of every completed step of a run (default: the latest);

@@ -107,6 +107,39 @@ pub fn dry_run_text(p: &Plan) -> String {
         ));
         out.push_str(&format!("   ({})\n", policy.join("; ")));
     }
+    if let Some(n) = &p.notify {
+        out.push_str(&notify_text(n, &resolver));
+    }
+    out
+}
+
+/// `[notify]` in the dry run: when, where, how; secrets as placeholders.
+fn notify_text(n: &crate::plan::Notify, resolver: &dyn crate::refs::Resolver) -> String {
+    let show = |s: &str| match crate::refs::substitute_str(s, resolver) {
+        Ok(toml::Value::String(v)) => v,
+        Ok(other) => other.to_string(),
+        Err(e) => format!("(cannot resolve: {})", e.message),
+    };
+    let on: Vec<&str> = n.on.iter().map(|t| t.word()).collect();
+    let mut out = format!(
+        "\nnotify on {} ({} attempt(s) of at most {} each; never delays the run):\n",
+        on.join(", "),
+        n.attempts,
+        humantime::format_duration(n.timeout)
+    );
+    if let Some(w) = &n.webhook {
+        out.push_str(&format!("   POST {} as {}\n", show(w), n.format.word()));
+    }
+    if !n.command.is_empty() {
+        let argv: Vec<String> = n.command.iter().map(|a| show(a)).collect();
+        out.push_str(&format!(
+            "   run {:?} with the message as JSON on stdin and in UPSHIFT_NOTIFY_*\n",
+            argv
+        ));
+        for (k, v) in &n.env {
+            out.push_str(&format!("     env {k} = {}\n", show(v)));
+        }
+    }
     out
 }
 

@@ -7,6 +7,7 @@ mod check;
 mod crash;
 mod demo;
 mod hardening;
+mod notify;
 mod operator;
 mod processes;
 mod reboot_drift;
