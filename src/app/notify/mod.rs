@@ -609,6 +609,115 @@ fn url_pieces(url: &str, parsed: &ureq::http::Uri) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn classifier(on: &[NotifyOn]) -> Classifier {
+        let step = |attempts, on_failure| StepInfo {
+            host: Some("sql01".into()),
+            retry: RetryPolicy {
+                attempts,
+                ..RetryPolicy::default()
+            },
+            on_failure,
+        };
+        Classifier {
+            on: on.iter().copied().collect(),
+            steps: [
+                ("db".to_string(), step(2, OnFailure::Pause)),
+                ("undo".to_string(), step(1, OnFailure::Rollback)),
+            ]
+            .into_iter()
+            .collect(),
+            plan: "TM".into(),
+            host: "jump01".into(),
+            journal: "/j".into(),
+            told: false,
+        }
+    }
+
+    fn env(seq: u64, event: Event) -> Envelope {
+        Envelope {
+            run: RunId::new(),
+            seq,
+            time: chrono::Utc::now(),
+            event,
+        }
+    }
+
+    fn failed(step: &str, attempt: u32) -> Event {
+        Event::StepFailed {
+            step: step.into(),
+            attempt,
+            error: "exit 4".into(),
+            output_tail: String::new(),
+            transient: false,
+        }
+    }
+
+    #[test]
+    fn only_a_failure_with_no_retry_left_is_told() {
+        let mut c = classifier(&NotifyOn::ALL);
+        let st = RunState::default();
+        assert!(c.classify(&env(3, failed("db", 1)), &st).is_none());
+        let m = c.classify(&env(5, failed("db", 2)), &st).expect("told");
+        assert_eq!(
+            (m.on, m.step.as_deref(), m.seq),
+            (NotifyOn::Failed, Some("db"), 5)
+        );
+        assert_eq!(m.step_host.as_deref(), Some("sql01"));
+        assert!(m.next[0].starts_with("upshift retry "), "{:?}", m.next);
+        assert!(m.next[0].ends_with(" db --journal /j"), "{:?}", m.next);
+        // With on_failure = "rollback" the run goes on by itself.
+        let m = c.classify(&env(6, failed("undo", 1)), &st).expect("told");
+        assert!(m.next[0].starts_with("upshift status "), "{:?}", m.next);
+    }
+
+    #[test]
+    fn a_pause_after_a_message_about_the_same_wait_sends_nothing() {
+        let mut c = classifier(&NotifyOn::ALL);
+        let mut st = RunState::default();
+        let wait = Event::StepWaiting {
+            step: "db".into(),
+            reason: "approve".into(),
+        };
+        let paused = Event::RunPaused {
+            reason: "waiting".into(),
+        };
+        assert!(c.classify(&env(1, wait), &st).is_some());
+        assert!(c.classify(&env(2, paused.clone()), &st).is_none());
+        // A later pause (a new session, say drift) is told again.
+        let m = c.classify(&env(3, paused.clone()), &st).expect("told");
+        assert_eq!(m.on, NotifyOn::Waiting);
+        assert!(m.next[0].starts_with("upshift resume "), "{:?}", m.next);
+        // A pause for a reboot is always told, as a reboot.
+        st.reboot_pending = Some("msi".into());
+        let m = c.classify(&env(4, paused), &st).expect("told");
+        assert_eq!((m.on, m.step.as_deref()), (NotifyOn::Reboot, Some("msi")));
+    }
+
+    #[test]
+    fn triggers_not_listed_in_on_are_not_told() {
+        let mut c = classifier(&[NotifyOn::Ended]);
+        let st = RunState::default();
+        assert!(c.classify(&env(1, failed("db", 2)), &st).is_none());
+        // ... and do not count as told: the pause is not told either.
+        assert!(
+            c.classify(&env(2, Event::RunPaused { reason: "x".into() }), &st)
+                .is_none()
+        );
+        let m = c
+            .classify(
+                &env(
+                    3,
+                    Event::RunFinished {
+                        outcome: Outcome::RolledBack,
+                    },
+                ),
+                &st,
+            )
+            .expect("told");
+        assert_eq!(m.outcome.as_deref(), Some("rolled_back"));
+        assert!(m.title.ends_with("run rolled back"), "{}", m.title);
+    }
+
     #[test]
     fn url_pieces_cover_the_token_wherever_it_shows() {
         let url = "https://contoso.webhook.office.com/webhookb2/1a2b3c4d-aaaa@5e6f/IncomingWebhook/0123456789abcdef/77889900?sig=Zm9vYmFyYmF6cXV4";
