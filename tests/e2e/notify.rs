@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use upshift_journal::Event;
 
-use crate::support::{Sandbox, wait_until};
+use crate::support::{Sandbox, all_bytes_under, contains, standin_systemctl, wait_until};
 
 /// The secret part of the webhook URLs below.
 const TOKEN: &str = "hook-T0k3n-5ecret-0123456789";
@@ -160,26 +160,6 @@ fn serve(
     );
 }
 
-fn all_bytes_under(dir: &std::path::Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else if let Ok(b) = std::fs::read(&p) {
-                out.extend(b);
-            }
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
 /// (about, channel, delivered, attempts, detail) of every `notified` event.
 fn notified(sb: &Sandbox, run: &str) -> Vec<(u64, String, bool, u32, String)> {
     sb.events(run)
@@ -210,14 +190,7 @@ fn run_env(sb: &Sandbox, args: &[&str], env: &[(&'static str, String)]) -> crate
 fn each_trigger_fires_once_naming_run_step_host_and_the_command_that_continues() {
     let sb = Sandbox::new();
     let hook = Receiver::start(Answer::Ok);
-    let systemctl = sb.path().join("systemctl-standin");
-    std::fs::write(
-        &systemctl,
-        "#!/bin/sh\n# stand-in for systemctl (test)\nexit 0\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let systemctl = standin_systemctl(&sb);
     let plan = sb.plan(
         "p.toml",
         r#"
@@ -243,7 +216,7 @@ with = { reason = "the installer asked for it" }
 "#,
     );
     let mut env = env_for(&hook);
-    env.push(("UPSHIFT_SYSTEMCTL", systemctl.display().to_string()));
+    env.push(("UPSHIFT_SYSTEMCTL", systemctl));
     env.push((
         "UPSHIFT_SYSTEMD_DIR",
         sb.path().join("units").display().to_string(),

@@ -5,23 +5,7 @@
 
 #![cfg(unix)]
 
-use crate::support::Sandbox;
-
-/// A stand-in for systemctl: records its arguments, does nothing else.
-fn standin_systemctl(sb: &Sandbox) -> String {
-    let path = sb.path().join("systemctl-standin");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\n# stand-in for systemctl (test): records calls, reboots nothing\necho \"$@\" >> {}/systemctl.calls\n",
-            sb.markers().display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.display().to_string()
-}
+use crate::support::{Sandbox, standin_systemctl};
 
 #[test]
 fn a_reboot_registers_resume_at_boot_reboots_and_unregisters_after_the_boot() {

@@ -1,29 +1,9 @@
 //! Secrets never reach the journal, the run log, stdout or stderr, whatever
 //! path the run takes (success, failure with retry, dry run).
 
-use crate::support::Sandbox;
+use crate::support::{Sandbox, all_bytes_under, contains};
 
 const SECRET: &str = "Sup3r-S3cret-Passw0rd";
-
-fn all_bytes_under(dir: &std::path::Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else if let Ok(b) = std::fs::read(&p) {
-                out.extend(b);
-            }
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
 
 #[test]
 fn a_secret_echoed_by_steps_never_reaches_journal_logs_or_terminal() {

@@ -172,3 +172,43 @@ pub fn wait_until(limit: std::time::Duration, mut cond: impl FnMut() -> bool) ->
     }
     cond()
 }
+
+/// Every byte of every file under `dir` (to grep for secrets).
+pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.extend(b);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// A stand-in for systemctl: records its arguments in the marker file
+/// `systemctl.calls`, does nothing else. Returns its path.
+#[cfg(unix)]
+pub fn standin_systemctl(sb: &Sandbox) -> String {
+    let path = sb.path().join("systemctl-standin");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n# stand-in for systemctl (test): records calls, reboots nothing\necho \"$@\" >> {}/systemctl.calls\n",
+            sb.markers().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
