@@ -8,7 +8,7 @@
 #![cfg(unix)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +44,7 @@ struct Request {
 /// a minute, whatever happens).
 struct Receiver {
     addr: SocketAddr,
+    tls: bool,
     got: Arc<Mutex<Vec<Request>>>,
     stop: Arc<AtomicBool>,
 }
@@ -52,6 +53,12 @@ const RECEIVER_LIFE_MAX: Duration = Duration::from_secs(60);
 
 impl Receiver {
     fn start(answer: Answer) -> Receiver {
+        Receiver::start_with(answer, None)
+    }
+
+    /// With `tls`, the receiver speaks HTTPS with that server config.
+    fn start_with(answer: Answer, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
+        let with_tls = tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -65,17 +72,37 @@ impl Receiver {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         let (g, s, n) = (Arc::clone(&g), Arc::clone(&s), Arc::clone(&count));
-                        std::thread::spawn(move || serve(conn, answer, &g, &s, &n));
+                        conn.set_nonblocking(false).unwrap();
+                        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        match &tls {
+                            None => {
+                                std::thread::spawn(move || serve(conn, answer, &g, &s, &n));
+                            }
+                            Some(config) => {
+                                let Ok(tls) = rustls::ServerConnection::new(Arc::clone(config))
+                                else {
+                                    continue;
+                                };
+                                let conn = rustls::StreamOwned::new(tls, conn);
+                                std::thread::spawn(move || serve(conn, answer, &g, &s, &n));
+                            }
+                        }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
-        Receiver { addr, got, stop }
+        Receiver {
+            addr,
+            tls: with_tls,
+            got,
+            stop,
+        }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/hooks/{TOKEN}?sig={TOKEN}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/hooks/{TOKEN}?sig={TOKEN}", self.addr)
     }
 
     fn bodies(&self) -> Vec<serde_json::Value> {
@@ -99,14 +126,12 @@ impl Drop for Receiver {
 }
 
 fn serve(
-    mut conn: TcpStream,
+    mut conn: impl Read + Write,
     answer: Answer,
     got: &Mutex<Vec<Request>>,
     stop: &AtomicBool,
     count: &AtomicUsize,
 ) {
-    conn.set_nonblocking(false).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -158,6 +183,7 @@ fn serve(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = conn.flush();
 }
 
 /// (about, channel, delivered, attempts, detail) of every `notified` event.
@@ -651,4 +677,92 @@ fn check_points_at_bad_notify_keys() {
             .unwrap_or_else(|| panic!("case {i}: no location in {}", r.stderr));
         assert!(line >= 5, "case {i}: line {line}: {}", r.stderr);
     }
+}
+
+/// A self-signed certificate for 127.0.0.1 made by the `openssl` program:
+/// (certificate PEM path, server config). None if there is no openssl.
+fn self_signed(sb: &Sandbox) -> Option<(std::path::PathBuf, Arc<rustls::ServerConfig>)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = (sb.path().join("cert.pem"), sb.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=upshift test receiver"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    let chain = vec![CertificateDer::from_pem_file(&cert).expect("cert.pem")];
+    let key = PrivateKeyDer::from_pem_file(&key).expect("key.pem");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("a server config");
+    Some((cert, Arc::new(config)))
+}
+
+#[test]
+fn https_webhooks_are_verified_against_the_trust_store() {
+    let sb = Sandbox::new();
+    let Some((cert, config)) = self_signed(&sb) else {
+        eprintln!("SKIPPED: https webhook test, because `openssl` could not make a certificate");
+        return;
+    };
+    let hook = Receiver::start_with(Answer::Ok, Some(config));
+    let plan = sb.plan(
+        "p.toml",
+        r#"
+name = "https"
+[secrets]
+hook = { env = "UPSHIFT_TEST_HOOK" }
+[notify]
+webhook = "${secrets.hook}"
+on = ["ended"]
+attempts = 1
+[steps.only]
+kind = "sleep"
+with = { duration = "1ms" }
+"#,
+    );
+    let p = plan.to_str().unwrap();
+    // Trusted (rustls-native-certs reads SSL_CERT_FILE as the trust store):
+    // delivered over TLS.
+    let mut env = env_for(&hook);
+    env.push(("SSL_CERT_FILE", cert.display().to_string()));
+    let r = run_env(&sb, &["run", p], &env);
+    r.expect(0);
+    let n = notified(&sb, &r.run_id());
+    assert!(n[0].2, "{n:?}");
+    assert_eq!(
+        hook.bodies()[0]["attachments"][0]["content"]["type"],
+        "AdaptiveCard"
+    );
+    // Not trusted (the machine's store does not hold the test's CA): the
+    // handshake fails and nothing is sent.
+    let r = run_env(&sb, &["run", p], &env_for(&hook));
+    r.expect(0);
+    let n = notified(&sb, &r.run_id());
+    assert!(!n[0].2, "{n:?}");
+    assert!(n[0].4.to_lowercase().contains("certificate"), "{n:?}");
+    assert_eq!(hook.count(), 1, "nothing reached the untrusted receiver");
 }
