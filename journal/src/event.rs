@@ -316,7 +316,8 @@ pub enum Event {
     Notified {
         /// Seq of the event the message was about.
         about: u64,
-        /// Which notifier: `webhook` or `command`.
+        /// Which notifier: `webhook` or `command` (or `queue`: dropped
+        /// before any attempt, the sender being too far behind).
         channel: String,
         /// The receiver accepted it (HTTP 2xx, or the command exited 0).
         delivered: bool,

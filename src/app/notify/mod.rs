@@ -340,21 +340,22 @@ impl Observer for NotifyObserver {
                 Some(q) => q.try_send(msg),
                 None => Err(TrySendError::Disconnected(msg)),
             };
-            match sent {
-                Ok(()) => {}
-                Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => {
-                    let n = self.shared.dropped.fetch_add(1, Ordering::SeqCst) + 1;
-                    self.shared.journal(
-                        m.seq,
-                        "queue",
-                        false,
-                        0,
-                        &format!(
-                            "not sent: {QUEUE_MESSAGES_MAX} messages were still waiting to be sent ({n} dropped so far)"
-                        ),
-                    );
-                }
-            }
+            let (m, why) = match sent {
+                Ok(()) => return,
+                Err(TrySendError::Full(m)) => (
+                    m,
+                    format!("{QUEUE_MESSAGES_MAX} messages were still waiting to be sent"),
+                ),
+                Err(TrySendError::Disconnected(m)) => (m, "the notifier had stopped".to_string()),
+            };
+            let n = self.shared.dropped.fetch_add(1, Ordering::SeqCst) + 1;
+            self.shared.journal(
+                m.seq,
+                "queue",
+                false,
+                0,
+                &format!("not sent: {why} ({n} dropped in this session)"),
+            );
         }
     }
     fn output(&self, step: &str, text: &str) {
@@ -716,6 +717,64 @@ mod tests {
             .expect("told");
         assert_eq!(m.outcome.as_deref(), Some("rolled_back"));
         assert!(m.title.ends_with("run rolled back"), "{}", m.title);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_stuck_receiver_fills_the_queue_and_the_rest_is_dropped_without_waiting() {
+        let text = r#"
+name = "p"
+[notify]
+command = ["sleep", "3"]
+timeout = "5s"
+attempts = 1
+[steps.a]
+kind = "manual"
+with = { instructions = "x" }
+"#;
+        let plan = crate::plan::parse(
+            Path::new("p.toml"),
+            text,
+            &upshift_steps::registry(),
+            &Default::default(),
+        )
+        .expect("a valid plan");
+        let n = Notifier::for_session(
+            &plan,
+            &BTreeMap::new(),
+            RunId::new(),
+            Path::new("/j"),
+            "h".into(),
+            Arc::new(crate::engine::Quiet),
+        )
+        .expect("built")
+        .expect("the plan has [notify]");
+        let observer = n.observer();
+        let st = RunState::default();
+        let started = Instant::now();
+        for seq in 0..40 {
+            let wait = Event::StepWaiting {
+                step: "a".into(),
+                reason: "x".into(),
+            };
+            observer.event(&env(seq, wait), &st);
+        }
+        // 40 messages were classified and queued or dropped at once, while
+        // the first one's command sleeps.
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let dropped = n.shared.dropped.load(Ordering::SeqCst) as usize;
+        assert!(
+            (40 - QUEUE_MESSAGES_MAX - 1..=40 - QUEUE_MESSAGES_MAX).contains(&dropped),
+            "{dropped} dropped"
+        );
+        // Finishing is bounded too.
+        let started = Instant::now();
+        n.finish(Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
