@@ -416,7 +416,7 @@ with = { duration = "200ms" }
         (channel.as_str(), *delivered, *attempts),
         ("webhook", false, 2)
     );
-    assert!(detail.contains("no answer in time"), "{detail}");
+    assert!(detail.contains("no answer within 2s"), "{detail}");
     // The process waited for the message once the run had paused, bounded
     // by attempts × timeout + backoff (2 + 1 + 2 s), not forever.
     assert!(took < Duration::from_secs(15), "upshift took {took:?}");

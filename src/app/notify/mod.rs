@@ -430,6 +430,7 @@ impl Notifier {
             redact.extend(url_pieces(&url, &parsed));
             channels.push(Channel::Webhook {
                 agent: send::agent(n.timeout).map_err(Error::usage)?,
+                timeout: n.timeout,
                 url,
                 format: n.format,
             });

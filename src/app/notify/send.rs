@@ -37,6 +37,8 @@ pub enum Channel {
         format: WebhookFormat,
         /// The client, with the attempt's timeout.
         agent: ureq::Agent,
+        /// That timeout (for messages).
+        timeout: Duration,
     },
     /// A program, with the message on stdin and in `UPSHIFT_NOTIFY_*`.
     Command {
@@ -61,7 +63,12 @@ impl Channel {
     /// One attempt: what the receiver answered, or why not.
     pub fn send(&self, msg: &Message) -> Result<String, Failure> {
         match self {
-            Channel::Webhook { url, format, agent } => post(agent, url, &msg.body(*format)),
+            Channel::Webhook {
+                url,
+                format,
+                agent,
+                timeout,
+            } => post(agent, url, &msg.body(*format), *timeout),
             Channel::Command { argv, env, timeout } => run(argv, env, msg, *timeout),
         }
     }
@@ -112,7 +119,7 @@ fn tls() -> Result<ureq::tls::TlsConfig, String> {
         .build())
 }
 
-fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<String, Failure> {
+fn post(agent: &ureq::Agent, url: &str, body: &[u8], timeout: Duration) -> Result<String, Failure> {
     let sent = agent
         .post(url)
         .header("Content-Type", "application/json; charset=utf-8")
@@ -125,7 +132,7 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<String, Failure> 
                 ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl
             );
             return Err(Failure {
-                detail: http_error_text(&e),
+                detail: http_error_text(&e, timeout),
                 retry,
                 retry_after: None,
             });
@@ -165,9 +172,12 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<String, Failure> 
 /// An HTTP error in words, without the URL: ureq's own texts may carry it
 /// (`BadUri`), and a webhook's URL is its credential. The worker redacts
 /// every detail again, with the URL's pieces.
-fn http_error_text(e: &ureq::Error) -> String {
+fn http_error_text(e: &ureq::Error, timeout: Duration) -> String {
     match e {
-        ureq::Error::Timeout(t) => format!("no answer in time ({t})"),
+        ureq::Error::Timeout(_) => format!(
+            "no answer within {} (the attempt's timeout)",
+            humantime::format_duration(timeout)
+        ),
         ureq::Error::HostNotFound => "the webhook's host name does not resolve".into(),
         ureq::Error::Io(io) => format!("connection failed: {io}"),
         ureq::Error::ConnectionFailed => "connection failed".into(),
