@@ -766,3 +766,72 @@ with = { duration = "1ms" }
     assert!(n[0].4.to_lowercase().contains("certificate"), "{n:?}");
     assert_eq!(hook.count(), 1, "nothing reached the untrusted receiver");
 }
+
+#[test]
+fn ctrl_c_ends_the_wait_for_a_hanging_receiver_after_the_run_stopped() {
+    use std::io::BufRead;
+    let sb = Sandbox::new();
+    let hook = Receiver::start(Answer::Hang);
+    let plan = sb.plan(
+        "p.toml",
+        r#"
+name = "impatient"
+[secrets]
+hook = { env = "UPSHIFT_TEST_HOOK" }
+[notify]
+webhook = "${secrets.hook}"
+timeout = "20s"
+attempts = 3
+[steps.ask]
+kind = "manual"
+with = { instructions = "x" }
+"#,
+    );
+    let mut child = sb
+        .cmd(&["run", plan.to_str().unwrap()])
+        .env("UPSHIFT_TEST_HOOK", hook.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let run = first.trim().to_string();
+    // The run has paused; upshift now waits (up to a minute) for the
+    // message the hanging receiver never answers.
+    assert!(wait_until(Duration::from_secs(10), || {
+        hook.count() == 1
+            && sb
+                .events(&run)
+                .iter()
+                .any(|e| matches!(e.event, Event::RunPaused { .. }))
+    }));
+    let signalled = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("upshift still waits 10 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(status.code(), Some(3), "the session's own exit: paused");
+    let n = notified(&sb, &run);
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert!(!n[0].2, "{n:?}");
+    assert!(n[0].4.contains("interrupted while waiting"), "{n:?}");
+}

@@ -531,24 +531,66 @@ impl Notifier {
         // Closing the queue ends the thread once it has sent what is in it
         // (the engine, which still holds the observer, sends no more).
         observer.queue.lock().expect("poisoned").take();
-        let finished = done.recv_timeout(wait_max).is_ok();
-        if !finished {
-            let current = *shared.current.lock().expect("poisoned");
-            if let Some((about, channel)) = current {
-                shared.journal(
-                    about,
-                    channel,
-                    false,
-                    0,
-                    &format!(
-                        "still being sent when upshift stopped waiting ({}); not confirmed",
-                        humantime::format_duration(wait_max)
-                    ),
-                );
-            }
-            shared.abandoned.store(true, Ordering::SeqCst);
+        let why = match wait_or_signal(&done, wait_max) {
+            Waited::Done => return,
+            Waited::TimedOut => format!(
+                "upshift stopped waiting after {}",
+                humantime::format_duration(wait_max)
+            ),
+            Waited::Signalled => "upshift was interrupted while waiting".to_string(),
+        };
+        let current = *shared.current.lock().expect("poisoned");
+        if let Some((about, channel)) = current {
+            shared.journal(
+                about,
+                channel,
+                false,
+                0,
+                &format!("still being sent when {why}; not confirmed"),
+            );
         }
+        shared.abandoned.store(true, Ordering::SeqCst);
     }
+}
+
+/// How the wait for the sender thread ended.
+enum Waited {
+    Done,
+    TimedOut,
+    Signalled,
+}
+
+/// Waits for the sender thread to end, at most `wait_max`, and no longer
+/// than the operator wants: Ctrl-C or SIGTERM stop the wait (the engine's
+/// own signal handling has ended with its session).
+fn wait_or_signal(done: &Receiver<()>, wait_max: Duration) -> Waited {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return match done.recv_timeout(wait_max) {
+            Ok(()) => Waited::Done,
+            Err(_) => Waited::TimedOut,
+        };
+    };
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + wait_max;
+        let signal = crate::engine::shutdown_signal();
+        tokio::pin!(signal);
+        loop {
+            match done.try_recv() {
+                Ok(()) | Err(mpsc::TryRecvError::Disconnected) => return Waited::Done,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Waited::TimedOut;
+            }
+            tokio::select! {
+                _ = &mut signal => return Waited::Signalled,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    })
 }
 
 /// Delivers one message through one channel, with retries, and journals
