@@ -359,9 +359,13 @@ pub fn standins_main(dir: &Path) -> Result<()> {
             http_port,
             pid: std::process::id(),
         };
-        let tmp = dir.join("standins.json.tmp");
-        std::fs::write(&tmp, serde_json::to_string(&info).expect("serializable")).map_err(io(dir))?;
-        std::fs::rename(&tmp, dir.join("standins.json")).map_err(io(dir))?;
+        upshift_fsutil::atomic_write(
+            &dir.join("standins.json"),
+            serde_json::to_string(&info)
+                .expect("serializable")
+                .as_bytes(),
+        )
+        .map_err(io(dir))?;
         let mut seen = 0;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;

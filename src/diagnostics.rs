@@ -39,6 +39,21 @@ pub struct PlanError {
     pub hint: Option<String>,
 }
 
+impl PlanError {
+    /// An error about a whole file (no line to point at).
+    pub fn whole_file(file: &Path, message: String, hint: Option<String>) -> PlanError {
+        PlanError {
+            file: file.to_path_buf(),
+            line: 0,
+            col: 0,
+            snippet: String::new(),
+            width: 0,
+            message,
+            hint,
+        }
+    }
+}
+
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
@@ -166,7 +181,7 @@ impl Locator<'_> {
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim(word, c), c))
+        .map(|c| (strsim::levenshtein(word, c), c))
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -182,21 +197,6 @@ pub fn did_you_mean<'a>(
         Some(s) => format!("did you mean `{s}`?"),
         None => format!("{label}: {}", candidates.collect::<Vec<_>>().join(", ")),
     }
-}
-
-/// Levenshtein distance.
-fn strsim(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// Finds where a dotted key of a TOML file is written, as a located error:
@@ -234,14 +234,6 @@ pub fn locate_key(
     }
     match header_span {
         Some(sp) => loc.at(sp, message, hint),
-        None => PlanError {
-            file: file.to_path_buf(),
-            line: 0,
-            col: 0,
-            snippet: String::new(),
-            width: 0,
-            message,
-            hint,
-        },
+        None => PlanError::whole_file(file, message, hint),
     }
 }

@@ -19,7 +19,7 @@ use upshift_journal::{Actor, Envelope, Event, Journal, JournalError, Outcome, Ru
 use upshift_steps::{Registry, Step, StepContext, StepError, StepOutcome};
 
 use crate::decide::{End, decide};
-use crate::plan::{Plan, SecretRef, expand_target};
+use crate::plan::{Plan, expand_target};
 use crate::refs::{self, MapResolver};
 use crate::state::{RunState, StepStatus};
 
@@ -141,7 +141,10 @@ impl Redactor {
     /// Redacts these values (empty and very short values are ignored: they
     /// would mangle ordinary text and carry no secret).
     pub fn new(values: impl IntoIterator<Item = String>) -> Redactor {
-        let mut v: Vec<String> = values.into_iter().filter(|s| s.len() >= 3).collect();
+        let mut v: Vec<String> = values
+            .into_iter()
+            .filter(|s| s.len() >= crate::plan::SECRET_LEN_MIN)
+            .collect();
         // Longest first, so a secret containing another is replaced whole.
         v.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Redactor {
@@ -471,20 +474,10 @@ struct Done {
 
 /// Secret values resolved from their references.
 pub fn resolve_secrets(plan: &Plan) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for (name, r) in &plan.secrets {
-        let v = match r {
-            SecretRef::Env(var) => std::env::var(var).map_err(|_| {
-                format!("secret `{name}`: environment variable {var} is not set (set it in this shell; it is never journaled)")
-            })?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("secret `{name}`: cannot read {}: {e}", path.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-        };
-        out.insert(name.clone(), v);
-    }
-    Ok(out)
+    plan.secrets
+        .iter()
+        .map(|(name, r)| Ok((name.clone(), r.read(name)?)))
+        .collect()
 }
 
 /// Resolves a body's `with` table against the run's values.
@@ -497,13 +490,12 @@ pub fn resolve_with(
     let expanded = expand_target(with, &plan.targets)?;
     let sec = |n: &str| secrets.get(n).cloned();
     let out = |s: &str, n: &str| state.steps.get(s).and_then(|st| st.outputs.get(n).cloned());
-    static NO_SITE: BTreeMap<String, toml::Value> = BTreeMap::new();
-    let resolver = MapResolver {
-        vars: &plan.vars,
-        site: plan.site.as_ref().map(|s| &s.values).unwrap_or(&NO_SITE),
-        secrets: &sec,
-        outputs: &out,
-    };
+    let resolver = MapResolver::new(
+        &plan.vars,
+        plan.site.as_ref().map(|s| &s.values),
+        &sec,
+        &out,
+    );
     let resolved = refs::substitute_table(&expanded, &resolver).map_err(|b| b.message)?;
     // An output reference that did not resolve (its step was skipped, or
     // never produced that output) is an error, not a literal.
@@ -887,7 +879,7 @@ impl Engine {
                                     Ok(r) => r,
                                     Err(_) => Err(StepError::transient(format!(
                                         "timed out after {}; its processes were killed",
-                                        humantime_text(t)
+                                        crate::report::duration_text(t)
                                     ))),
                                 },
                             }
@@ -1143,17 +1135,6 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.writer.close();
-    }
-}
-
-fn humantime_text(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}h{}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{}s", s / 60, s % 60)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
     }
 }
 

@@ -132,6 +132,33 @@ pub enum SecretRef {
     File(PathBuf),
 }
 
+/// Secret values shorter than this are neither redacted nor looked for in
+/// exports: they would match ordinary text and carry no secret.
+pub const SECRET_LEN_MIN: usize = 3;
+
+impl SecretRef {
+    /// Where the value is read, in words: `env VAR`, `file PATH`.
+    pub fn source_text(&self) -> String {
+        match self {
+            SecretRef::Env(var) => format!("env {var}"),
+            SecretRef::File(p) => format!("file {}", p.display()),
+        }
+    }
+
+    /// Reads the value of secret `name` now (a file's trailing newline is
+    /// not part of it); the error says what to do and never holds a value.
+    pub fn read(&self, name: &str) -> Result<String, String> {
+        match self {
+            SecretRef::Env(var) => std::env::var(var).map_err(|_| {
+                format!("secret `{name}`: environment variable {var} is not set (set it in this shell; it is never journaled)")
+            }),
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map(|v| v.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("secret `{name}`: cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
 /// A validated plan.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -393,15 +420,11 @@ pub struct Notify {
 /// Reads and validates a plan file.
 pub fn load(path: &Path, registry: &Registry, opts: &LoadOptions) -> Result<Plan, PlanErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        PlanErrors(vec![PlanError {
-            file: path.to_path_buf(),
-            line: 0,
-            col: 0,
-            snippet: String::new(),
-            width: 0,
-            message: format!("cannot read the plan: {e}"),
-            hint: Some("give the path of a plan .toml file".into()),
-        }])
+        PlanErrors(vec![PlanError::whole_file(
+            path,
+            format!("cannot read the plan: {e}"),
+            Some("give the path of a plan .toml file".into()),
+        )])
     })?;
     parse(path, &text, registry, opts)
 }
@@ -472,27 +495,19 @@ pub fn parse(
             Some(r) if secrets.contains_key(name) => {
                 secrets.insert(name.clone(), r);
             }
-            Some(_) => errors.push(PlanError {
-                file: path.to_path_buf(),
-                line: 0,
-                col: 0,
-                snippet: String::new(),
-                width: 0,
-                message: format!("--secret {name}=...: the plan declares no secret `{name}`"),
-                hint: Some(format!(
+            Some(_) => errors.push(PlanError::whole_file(
+                path,
+                format!("--secret {name}=...: the plan declares no secret `{name}`"),
+                Some(format!(
                     "declared secrets: {}",
                     secrets.keys().cloned().collect::<Vec<_>>().join(", ")
                 )),
-            }),
-            None => errors.push(PlanError {
-                file: path.to_path_buf(),
-                line: 0,
-                col: 0,
-                snippet: String::new(),
-                width: 0,
-                message: format!("--secret {name}={source}: write env:VARIABLE or file:PATH"),
-                hint: None,
-            }),
+            )),
+            None => errors.push(PlanError::whole_file(
+                path,
+                format!("--secret {name}={source}: write env:VARIABLE or file:PATH"),
+                None,
+            )),
         }
     }
 
@@ -524,8 +539,6 @@ pub fn parse(
             None
         }
     };
-    static NO_SITE: BTreeMap<String, toml::Value> = BTreeMap::new();
-    let site_values = site.as_ref().map(|s| &s.values).unwrap_or(&NO_SITE);
     let reboot = match raw
         .reboot
         .as_ref()
@@ -539,6 +552,10 @@ pub fn parse(
         }
     };
 
+    // References and parameters are checked with placeholders for what is
+    // only known at run time.
+    let resolver = MapResolver::placeholders(&vars, site.as_ref().map(|s| &s.values));
+
     let notify = raw.notify.as_ref().and_then(|n| {
         check_notify(
             n,
@@ -546,7 +563,7 @@ pub fn parse(
             &NotifyScope {
                 vars: &vars,
                 secrets: &raw.secrets,
-                site: site_values,
+                site: resolver.site,
                 has_site: site.is_some(),
             },
             &mut errors,
@@ -555,17 +572,6 @@ pub fn parse(
 
     let ids: BTreeSet<&str> = raw.steps.keys().map(String::as_str).collect();
     let mut steps = BTreeMap::new();
-
-    // References and parameters are checked with placeholders for what is
-    // only known at run time.
-    let placeholder_secret = |n: &str| Some(format!("<secret {n}>"));
-    let placeholder_output = |s: &str, n: &str| Some(format!("<output {n} of step {s}>"));
-    let resolver = MapResolver {
-        vars: &vars,
-        site: site_values,
-        secrets: &placeholder_secret,
-        outputs: &placeholder_output,
-    };
 
     for (id, raw_step) in &raw.steps {
         let span = raw_step.span();
@@ -655,7 +661,7 @@ pub fn parse(
                             Some(format!("declare it: [secrets] {n} = {{ env = \"VAR\" }}")),
                         ));
                     }
-                    Ok(Ref::Site(p)) if !site_values.contains_key(&p) => {
+                    Ok(Ref::Site(p)) if !resolver.site.contains_key(&p) => {
                         refs_ok = false;
                         let (msg, hint) = match &site {
                             None => (
@@ -664,7 +670,7 @@ pub fn parse(
                             ),
                             Some(s) => (
                                 format!("`${{site.{p}}}` in step `{id}`: {} has no `{p}`", s.path.display()),
-                                suggest(&p, site_values.keys().map(String::as_str))
+                                suggest(&p, resolver.site.keys().map(String::as_str))
                                     .map(|c| format!("did you mean `{c}`?"))
                                     .unwrap_or_else(|| "add it to the site file".into()),
                             ),
@@ -1231,15 +1237,7 @@ fn read_site(p: &Path, span: Option<Range<usize>>, loc: &Locator<'_>) -> Result<
         );
         match span {
             Some(sp) => loc.at(sp, message, hint),
-            None => PlanError {
-                file: p.to_path_buf(),
-                line: 0,
-                col: 0,
-                snippet: String::new(),
-                width: 0,
-                message,
-                hint,
-            },
+            None => PlanError::whole_file(p, message, hint),
         }
     })
 }

@@ -169,6 +169,46 @@ pub struct MapResolver<'a> {
     pub outputs: &'a dyn Fn(&str, &str) -> Option<String>,
 }
 
+/// No site file: no site values.
+static NO_SITE: BTreeMap<String, toml::Value> = BTreeMap::new();
+
+/// What `${secrets.NAME}` shows where values are not known (checks, dry runs).
+pub fn placeholder_secret(name: &str) -> Option<String> {
+    Some(format!("<secret {name}>"))
+}
+
+/// What `${steps.S.outputs.N}` shows before step S has run.
+pub fn placeholder_output(step: &str, name: &str) -> Option<String> {
+    Some(format!("<output {name} of step {step}>"))
+}
+
+impl<'a> MapResolver<'a> {
+    /// A resolver over a plan's vars and site values (`None`: no site file).
+    pub fn new(
+        vars: &'a BTreeMap<String, toml::Value>,
+        site: Option<&'a BTreeMap<String, toml::Value>>,
+        secrets: &'a dyn Fn(&str) -> Option<String>,
+        outputs: &'a dyn Fn(&str, &str) -> Option<String>,
+    ) -> MapResolver<'a> {
+        MapResolver {
+            vars,
+            site: site.unwrap_or(&NO_SITE),
+            secrets,
+            outputs,
+        }
+    }
+
+    /// A resolver that shows secrets and step outputs as placeholders
+    /// ([`placeholder_secret`], [`placeholder_output`]): what is only
+    /// known at run time.
+    pub fn placeholders(
+        vars: &'a BTreeMap<String, toml::Value>,
+        site: Option<&'a BTreeMap<String, toml::Value>>,
+    ) -> MapResolver<'a> {
+        MapResolver::new(vars, site, &placeholder_secret, &placeholder_output)
+    }
+}
+
 impl Resolver for MapResolver<'_> {
     fn resolve(&self, r: &Ref) -> Option<toml::Value> {
         match r {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use upshift_journal::{Envelope, Event, Outcome};
 
-use crate::plan::Plan;
-use crate::state::{RunState, RunStatus, StepStatus};
+use crate::plan::{OnFailure, Plan};
+use crate::state::{CompStatus, RunState, RunStatus, StepStatus};
 
 fn short(s: &str, n: usize) -> String {
     let one = s.trim().replace('\n', " ⏎ ");
@@ -180,6 +180,21 @@ pub fn log_line(env: &Envelope) -> String {
     )
 }
 
+/// A duration in words, the one way upshift writes them: `850 ms`,
+/// `12.3 s`, `4 min 05 s`, `2 h 03 min`.
+pub fn duration_text(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", d.as_secs_f64())
+    } else if ms < 3_600_000 {
+        format!("{} min {:02} s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{} h {:02} min", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
 /// An outcome in one word.
 pub fn outcome_word(o: Outcome) -> &'static str {
     match o {
@@ -216,6 +231,25 @@ pub fn step_word(s: &StepStatus) -> &'static str {
     }
 }
 
+/// A compensation status word.
+pub fn comp_word(c: &CompStatus) -> &'static str {
+    match c {
+        CompStatus::None => "none",
+        CompStatus::Running => "running",
+        CompStatus::Done => "done",
+        CompStatus::Failed => "failed",
+    }
+}
+
+/// An `on_failure` policy word, as the plan writes it.
+pub fn on_failure_word(p: OnFailure) -> &'static str {
+    match p {
+        OnFailure::Pause => "pause",
+        OnFailure::Rollback => "rollback",
+        OnFailure::Abort => "abort",
+    }
+}
+
 /// One step in `status --json`.
 #[derive(Serialize)]
 pub struct StepJson {
@@ -234,7 +268,7 @@ pub struct StepJson {
     pub error: Option<String>,
     /// Compensation state, during or after a rollback.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub compensation: Option<crate::state::CompStatus>,
+    pub compensation: Option<CompStatus>,
 }
 
 /// `status --json`.
@@ -287,7 +321,7 @@ pub fn status_json(state: &RunState, plan: Option<&Plan>, live: bool) -> StatusJ
                 done: counting.then_some(st.done),
                 total: counting.then_some(st.total),
                 error: st.error.clone(),
-                compensation: (st.compensation != crate::state::CompStatus::None)
+                compensation: (st.compensation != CompStatus::None)
                     .then(|| st.compensation.clone()),
             };
             (id, json)
@@ -325,12 +359,7 @@ pub fn status_text(doc: &StatusJson) -> String {
             line.push_str(&format!(" {d}/{t}"));
         }
         if let Some(c) = &s.compensation {
-            line.push_str(&format!(
-                " compensation {}",
-                serde_json::to_string(c)
-                    .unwrap_or_default()
-                    .trim_matches('"')
-            ));
+            line.push_str(&format!(" compensation {}", comp_word(c)));
         }
         if let Some(e) = &s.error
             && s.state != "succeeded"
@@ -341,4 +370,54 @@ pub fn status_text(doc: &StatusJson) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words are the ones `--json` writes (serde's `snake_case`), so
+    /// text and JSON never name a state differently.
+    #[test]
+    fn durations_read_well() {
+        use std::time::Duration as D;
+        assert_eq!(duration_text(D::from_millis(850)), "850 ms");
+        assert_eq!(duration_text(D::from_millis(12_340)), "12.3 s");
+        assert_eq!(duration_text(D::from_secs(245)), "4 min 05 s");
+        assert_eq!(duration_text(D::from_secs(7380)), "2 h 03 min");
+    }
+
+    #[test]
+    fn words_are_the_json_words() {
+        fn json<T: Serialize>(v: &T) -> String {
+            serde_json::to_value(v)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+        {
+            use StepStatus::*;
+            let some = [Pending, Running, Interrupted, RetryWait];
+            for s in some
+                .into_iter()
+                .chain([Waiting, Failed, Succeeded, Skipped])
+            {
+                assert_eq!(step_word(&s), json(&s));
+            }
+        }
+        {
+            use RunStatus::*;
+            for s in [Running, Paused, Interrupted, Failed, Succeeded, RolledBack] {
+                assert_eq!(status_word(s), json(&s));
+            }
+        }
+        for c in [CompStatus::None, CompStatus::Running, CompStatus::Done] {
+            assert_eq!(comp_word(&c), json(&c));
+        }
+        assert_eq!(comp_word(&CompStatus::Failed), "failed");
+        for p in [OnFailure::Pause, OnFailure::Rollback, OnFailure::Abort] {
+            assert_eq!(on_failure_word(p), json(&p));
+        }
+    }
 }

@@ -103,7 +103,7 @@ pub fn record(
         }
         Err(JournalError::Locked { holder_pid, .. }) => {
             // A live engine holds the journal: queue the decision for it.
-            let j = ws.open_read_only()?;
+            let j = ws.open_reader()?;
             let run = pick_run(&j, Some(run_arg), false)?;
             let history = read_history(&j, run)?;
             let state = RunState::from_events(&history);

@@ -5,7 +5,7 @@
 //! owner.
 //!
 //! Layout: `<journal>/inbox/<run>/<time>-<pid>.json`, one [`InboxDecision`]
-//! per file, written to a `.tmp` name and renamed, so the engine never
+//! per file, written atomically (a hidden `.tmp` name, renamed), so the engine never
 //! reads half a file. The engine polls every 500 ms, journals each
 //! decision with the actor who gave it, and removes the file.
 
@@ -55,11 +55,9 @@ impl DirInbox {
             chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f"),
             std::process::id()
         );
-        let tmp = inbox.join(format!("{name}.tmp"));
         let doc = serde_json::to_string(decision).expect("serializable");
         let path = inbox.join(&name);
-        std::fs::write(&tmp, doc)
-            .and_then(|_| std::fs::rename(&tmp, &path))
+        upshift_fsutil::atomic_write_private(&path, doc.as_bytes())
             .map_err(|e| Error::failed(format!("{}: {e}", inbox.display())))?;
         Ok(path)
     }

@@ -40,11 +40,6 @@ impl Workspace {
         Ok(Journal::open(&self.dir)?)
     }
 
-    /// Opens the journal for reading beside a live engine.
-    pub fn open_read_only(&self) -> Result<Journal> {
-        Ok(Journal::open_read_only(&self.dir)?)
-    }
-
     /// Opens the journal for reading beside a live engine; with sled,
     /// which locks its directory, explains why that cannot work while a
     /// run is live.

@@ -76,3 +76,21 @@ pub fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>> {
         })
         .collect()
 }
+
+/// Prints a document: pretty JSON with `--json`, else its text rendering.
+pub fn print_doc<T: serde::Serialize>(doc: &T, json: bool, text: impl FnOnce(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(doc).expect("serializable")
+        );
+    } else {
+        print!("{}", text(doc));
+    }
+}
+
+/// Writes an output file (export, report) atomically; the error names it.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    upshift_fsutil::atomic_write(path, bytes)
+        .map_err(|e| Error::failed(format!("cannot write {}: {e}", path.display())))
+}

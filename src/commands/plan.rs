@@ -48,15 +48,8 @@ pub fn dry_run_text(p: &Plan) -> String {
         p.name,
         p.order.len()
     );
-    let placeholder_secret = |n: &str| Some(format!("<secret {n}>"));
-    let placeholder_output = |s: &str, n: &str| Some(format!("<{n} of {s}>"));
-    static NO_SITE: BTreeMap<String, toml::Value> = BTreeMap::new();
-    let resolver = crate::refs::MapResolver {
-        vars: &p.vars,
-        site: p.site.as_ref().map(|s| &s.values).unwrap_or(&NO_SITE),
-        secrets: &placeholder_secret,
-        outputs: &placeholder_output,
-    };
+    let resolver =
+        crate::refs::MapResolver::placeholders(&p.vars, p.site.as_ref().map(|s| &s.values));
     for (i, id) in p.order.iter().enumerate() {
         let def = &p.steps[id];
         let needs = if def.needs.is_empty() {
@@ -101,9 +94,7 @@ pub fn dry_run_text(p: &Plan) -> String {
         }
         policy.push(format!(
             "on failure {}",
-            serde_json::to_string(&def.on_failure)
-                .unwrap_or_default()
-                .trim_matches('"')
+            crate::report::on_failure_word(def.on_failure)
         ));
         out.push_str(&format!("   ({})\n", policy.join("; ")));
     }

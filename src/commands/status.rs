@@ -17,7 +17,7 @@ pub fn status(ws: &Workspace, run: Option<&str>, json: bool, follow: bool) -> Re
         return status_follow(ws, run);
     }
     let live = ws.live_pid();
-    let j = ws.open_read_only()?;
+    let j = ws.open_reader()?;
     let run = pick_run(&j, run, false)?;
     let state = fold_run(&j, run)?;
     let plan = pinned_plan(&state).ok();
@@ -26,20 +26,13 @@ pub fn status(ws: &Workspace, run: Option<&str>, json: bool, follow: bool) -> Re
         plan.as_ref(),
         live.is_some() && state.outcome.is_none(),
     );
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).expect("serializable")
-        );
-    } else {
-        print!("{}", status_text(&doc));
-    }
+    super::print_doc(&doc, json, status_text);
     Ok(code::OK)
 }
 
 /// `upshift runs`: every run of the journal, oldest first.
 pub fn runs(ws: &Workspace) -> Result<u8> {
-    let j = ws.open_read_only()?;
+    let j = ws.open_reader()?;
     for run in j.runs()? {
         let (events, err) = j.read_run_salvage(run);
         let st = RunState::from_events(&events);
@@ -62,7 +55,7 @@ pub fn log(ws: &Workspace, run: Option<&str>, follow: bool) -> Result<u8> {
     if follow {
         return log_follow(ws, run);
     }
-    let j = ws.open_read_only()?;
+    let j = ws.open_reader()?;
     let run = pick_run(&j, run, false)?;
     let mut out = std::io::stdout().lock();
     let r = j.scan(run, 0, &mut |env| {

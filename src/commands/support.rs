@@ -13,6 +13,8 @@ use crate::support::export::{build, import as import_events, read_file, resolvab
 use crate::support::replay::{explain, explain_text, state_at, view, view_text};
 use crate::support::{Loaded, Origin, diff::diff as diff_runs, diff::diff_text, report_html};
 
+use super::{print_doc, write_output};
+
 /// Reads a run for a support tool; warns on stderr when the journal is
 /// damaged (the intact events are still shown).
 fn load(source: &str, ws: &Workspace) -> Result<Loaded> {
@@ -45,10 +47,7 @@ pub fn export(ws: &Workspace, run: &str, output: Option<PathBuf>) -> Result<u8> 
     }
     let bytes = build(&loaded.events, loaded.damage.clone(), store, &secrets)?;
     let out = output.unwrap_or_else(|| PathBuf::from(format!("upshift-{}.export", loaded.run)));
-    let tmp = out.with_extension("export.tmp");
-    std::fs::write(&tmp, &bytes)
-        .and_then(|_| std::fs::rename(&tmp, &out))
-        .map_err(|e| Error::failed(format!("cannot write {}: {e}", out.display())))?;
+    write_output(&out, &bytes)?;
     eprintln!(
         "exported run {} ({} events, plan \"{}\"; checked {} secret value(s)) to {} ({} bytes)\n  support reads it with: upshift replay {} --explain; upshift report {} -o report.html",
         loaded.run,
@@ -122,15 +121,7 @@ pub fn replay(
                 "--explain works from the last event; give --at or --explain, not both",
             ));
         }
-        let ex = explain(events, Utc::now());
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&ex).expect("serializable")
-            );
-        } else {
-            print!("{}", explain_text(&ex));
-        }
+        print_doc(&explain(events, Utc::now()), json, explain_text);
         return Ok(code::OK);
     }
     let v = match at {
@@ -179,10 +170,7 @@ pub fn replay(
 pub fn report(ws: &Workspace, source: &str, output: &Path) -> Result<u8> {
     let loaded = load(source, ws)?;
     let html = report_html::render(&loaded)?;
-    let tmp = output.with_extension("html.tmp");
-    std::fs::write(&tmp, &html)
-        .and_then(|_| std::fs::rename(&tmp, output))
-        .map_err(|e| Error::failed(format!("cannot write {}: {e}", output.display())))?;
+    write_output(output, html.as_bytes())?;
     eprintln!(
         "report of run {} ({} events) written to {} ({} KiB); open it in any browser, offline",
         loaded.run,
@@ -198,14 +186,6 @@ pub fn report(ws: &Workspace, source: &str, output: &Path) -> Result<u8> {
 pub fn diff(ws: &Workspace, a: &str, b: &str, json: bool) -> Result<u8> {
     let la = load(a, ws)?;
     let lb = load(b, ws)?;
-    let d = diff_runs(&la, &lb);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&d).expect("serializable")
-        );
-    } else {
-        print!("{}", diff_text(&d));
-    }
+    print_doc(&diff_runs(&la, &lb), json, diff_text);
     Ok(code::OK)
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::timeline::{spans, step_totals};
 use super::{Loaded, duration_text};
-use crate::report::{status_word, step_word};
+use crate::report::{comp_word, status_word, step_word};
 use crate::state::{CompStatus, RunState};
 
 /// One run's side of a step.
@@ -88,12 +88,7 @@ fn side(l: &Loaded) -> (RunSide, RunState, Vec<String>, BTreeMap<String, Side>) 
             let s = st.step(id);
             let mut state = step_word(&s.status).to_string();
             if s.compensation != CompStatus::None {
-                state.push_str(&format!(
-                    "+comp.{}",
-                    serde_json::to_string(&s.compensation)
-                        .unwrap_or_default()
-                        .trim_matches('"')
-                ));
+                state.push_str(&format!("+comp.{}", comp_word(&s.compensation)));
             }
             let ms = totals.get(id).map(|t| t.1.num_milliseconds()).unwrap_or(0);
             (

@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 use upshift_journal::{Envelope, Event, Journal, codec};
 
 use crate::error::{Error, Result};
-use crate::plan::SecretRef;
+use crate::plan::{SECRET_LEN_MIN, SecretRef};
 use crate::state::RunState;
 
 /// First line of every export file, before the format version.
@@ -163,25 +163,16 @@ pub fn resolvable_secrets(state: &RunState) -> (Vec<SecretValue>, Vec<String>) {
     let mut found = Vec::new();
     let mut notes = Vec::new();
     for (name, r) in refs {
-        let (source, value) = match &r {
-            SecretRef::Env(var) => (format!("env {var}"), std::env::var(var).ok()),
-            SecretRef::File(p) => (
-                format!("file {}", p.display()),
-                std::fs::read_to_string(p)
-                    .ok()
-                    .map(|v| v.trim_end_matches(['\r', '\n']).to_string()),
-            ),
-        };
-        match value {
-            // The engine's redactor ignores values this short too: they
-            // would match ordinary text and carry no secret.
-            Some(v) if v.len() >= 3 => found.push(SecretValue {
+        let source = r.source_text();
+        match r.read(&name).ok() {
+            // The engine's redactor ignores values this short too.
+            Some(v) if v.len() >= SECRET_LEN_MIN => found.push(SecretValue {
                 name,
                 source,
                 value: v,
             }),
             Some(_) => notes.push(format!(
-                "secret `{name}` ({source}) is shorter than 3 characters: not checked"
+                "secret `{name}` ({source}) is shorter than {SECRET_LEN_MIN} characters: not checked"
             )),
             None => notes.push(format!(
                 "secret `{name}` ({source}) cannot be read here: the export could not be checked for its value"
@@ -192,7 +183,7 @@ pub fn resolvable_secrets(state: &RunState) -> (Vec<SecretValue>, Vec<String>) {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && memchr::memmem::find(hay, needle).is_some()
 }
 
 /// The first event (seq, secret name) whose stored record holds a secret

@@ -151,34 +151,15 @@ pub(crate) fn html_escape(s: &str) -> String {
     out
 }
 
-/// A duration in words: `850 ms`, `12.3 s`, `4 min 05 s`, `2 h 03 min`.
+/// A span of the journal's clock in words ([`crate::report::duration_text`];
+/// a negative span reads as zero).
 pub fn duration_text(d: chrono::Duration) -> String {
-    let ms = d.num_milliseconds().max(0);
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else if ms < 60_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        format!("{} min {:02} s", ms / 60_000, (ms / 1000) % 60)
-    } else {
-        format!("{} h {:02} min", ms / 3_600_000, (ms / 60_000) % 60)
-    }
+    crate::report::duration_text(d.to_std().unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(duration_text(chrono::Duration::milliseconds(850)), "850 ms");
-        assert_eq!(
-            duration_text(chrono::Duration::milliseconds(12_340)),
-            "12.3 s"
-        );
-        assert_eq!(duration_text(chrono::Duration::seconds(245)), "4 min 05 s");
-        assert_eq!(duration_text(chrono::Duration::seconds(7380)), "2 h 03 min");
-    }
 
     #[test]
     fn short_cuts_on_characters() {

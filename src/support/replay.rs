@@ -11,7 +11,7 @@ use upshift_journal::{Actor, Envelope, Event, Outcome};
 
 use crate::decide::{End, decide};
 use crate::plan::Plan;
-use crate::report::{log_line, outcome_word, status_word, step_word};
+use crate::report::{comp_word, log_line, outcome_word, status_word, step_word};
 use crate::state::{CompStatus, RunState, StepStatus};
 
 /// A checkpoint as shown: its size, and its text if it is short text.
@@ -131,12 +131,7 @@ pub fn view_text(v: &StateView, plan_order: &[String]) -> String {
             line.push_str(&format!(" {}/{}", st.done, st.total));
         }
         if st.compensation != CompStatus::None {
-            line.push_str(&format!(
-                " compensation {}",
-                serde_json::to_string(&st.compensation)
-                    .unwrap_or_default()
-                    .trim_matches('"')
-            ));
+            line.push_str(&format!(" compensation {}", comp_word(&st.compensation)));
         }
         out.push_str(line.trim_end());
         out.push('\n');

@@ -27,7 +27,7 @@ use super::timeline::{Session, Span, SpanEnd, SpanKind, sessions, spans, step_to
 use super::{Loaded, duration_text, html_escape};
 use crate::error::Error;
 use crate::plan::Plan;
-use crate::report::{event_line, status_word, step_word};
+use crate::report::{comp_word, event_line, status_word, step_word};
 use crate::state::{CompStatus, RunState, StepStatus};
 
 /// Progress/checkpoint events kept raw at each end, per step and type.
@@ -233,11 +233,10 @@ fn span_title(s: &Span) -> String {
         SpanKind::Waiting => "waiting for an operator".into(),
         SpanKind::RetryWait => "retry backoff".into(),
     };
-    let how = serde_json::to_string(&s.ended).unwrap_or_default();
     format!(
         "{} — {what}: {} from {} (seq {}..{}), {}",
         s.step,
-        how.trim_matches('"'),
+        s.ended.as_str(),
         s.start.format("%H:%M:%S%.3f"),
         s.start_seq,
         s.end_seq,
@@ -477,12 +476,7 @@ fn dag(plan: Option<&Plan>, order: &[String], state: &RunState) -> String {
         let kind = &plan.steps[id].body.kind;
         let mut word = step_word(&st.status).to_string();
         if st.compensation != CompStatus::None {
-            word = format!(
-                "{word}, comp. {}",
-                serde_json::to_string(&st.compensation)
-                    .unwrap_or_default()
-                    .trim_matches('"')
-            );
+            word = format!("{word}, comp. {}", comp_word(&st.compensation));
         }
         let shown: String = if id.chars().count() > 22 {
             format!("{}…", id.chars().take(21).collect::<String>())
@@ -754,12 +748,7 @@ pub fn render(loaded: &Loaded) -> Result<String, Error> {
             html_escape(&kind),
             step_word(&st.status),
             if st.compensation != CompStatus::None {
-                format!(
-                    ", compensation {}",
-                    serde_json::to_string(&st.compensation)
-                        .unwrap_or_default()
-                        .trim_matches('"')
-                )
+                format!(", compensation {}", comp_word(&st.compensation))
             } else {
                 String::new()
             },

@@ -44,6 +44,21 @@ pub enum SpanEnd {
     Open,
 }
 
+impl SpanEnd {
+    /// The word `--json` writes for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanEnd::Succeeded => "succeeded",
+            SpanEnd::Failed => "failed",
+            SpanEnd::Waiting => "waiting",
+            SpanEnd::Interrupted => "interrupted",
+            SpanEnd::Skipped => "skipped",
+            SpanEnd::Resolved => "resolved",
+            SpanEnd::Open => "open",
+        }
+    }
+}
+
 /// One bar of the timeline.
 #[derive(Debug, Clone, Serialize)]
 pub struct Span {
@@ -388,6 +403,22 @@ pub fn step_totals(spans: &[Span]) -> BTreeMap<String, (u32, chrono::Duration)> 
 mod tests {
     use super::*;
     use upshift_journal::{Actor, RunId};
+
+    #[test]
+    fn end_words_are_the_json_words() {
+        use SpanEnd as E;
+        for e in [
+            E::Succeeded,
+            E::Failed,
+            E::Waiting,
+            E::Interrupted,
+            E::Skipped,
+            E::Resolved,
+            E::Open,
+        ] {
+            assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
+        }
+    }
 
     fn run(events: Vec<(i64, Event)>) -> Vec<Envelope> {
         let run = RunId::new();

@@ -13,7 +13,13 @@ use crate::report::status_json;
 use crate::support::follow::Follower;
 
 /// What a follower shows of a step; a line is printed when it changes.
-type StepSig = (&'static str, u32, Option<u64>, Option<u64>, Option<String>);
+type StepSig = (
+    &'static str,
+    u32,
+    Option<u64>,
+    Option<u64>,
+    Option<&'static str>,
+);
 
 /// Shows the followed run's steps on stderr until the run is over or no
 /// engine works on it. Returns the plan the run pinned (if it parses), for
@@ -71,16 +77,14 @@ pub fn progress(f: &mut Follower) -> Result<Option<Plan>> {
                 s.attempts,
                 s.done,
                 s.total,
-                s.compensation
-                    .as_ref()
-                    .map(|c| serde_json::to_string(c).unwrap_or_default()),
+                s.compensation.as_ref().map(crate::report::comp_word),
             );
             let mut msg = s.state.to_string();
             if s.attempts > 1 {
                 msg.push_str(&format!(" (attempt {})", s.attempts));
             }
             if let Some(c) = &sig.4 {
-                msg.push_str(&format!(" compensation {}", c.trim_matches('"')));
+                msg.push_str(&format!(" compensation {c}"));
             }
             if let Some(e) = &s.error
                 && s.state != "succeeded"

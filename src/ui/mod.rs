@@ -96,7 +96,7 @@ impl Ui {
 }
 
 fn secs(d: Option<Duration>) -> String {
-    d.map(|d| format!(" in {:.1}s", d.as_secs_f64()))
+    d.map(|d| format!(" in {}", crate::report::duration_text(d)))
         .unwrap_or_default()
 }
 
@@ -153,8 +153,8 @@ impl Observer for Ui {
                 delay_ms,
             } => {
                 self.line(format!(
-                    "↻ {step}: attempt {next_attempt} in {:.1}s",
-                    *delay_ms as f64 / 1000.0
+                    "↻ {step}: attempt {next_attempt} in {}",
+                    crate::report::duration_text(Duration::from_millis(*delay_ms))
                 ));
             }
             Event::StepWaiting { step, reason } => {

@@ -96,10 +96,6 @@ impl RedbStore {
     }
 }
 
-fn hex_key(k: &[u8]) -> String {
-    k.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Runs a redb call, turning a panic of redb's (a damaged page it trusted)
 /// into [`JournalError::Damaged`]; a panic of the caller's visitor goes on.
 fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, JournalError>) -> Result<T, JournalError> {
@@ -129,14 +125,7 @@ fn create_atomically(path: &Path) -> Result<(), JournalError> {
         txn.open_table(EVENTS).map_err(|e| map_err(&tmp, e))?;
         txn.commit().map_err(|e| map_err(&tmp, e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| JournalError::io(path, e))?;
-    // Make the rename itself durable (Unix: fsync the folder).
-    #[cfg(unix)]
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
+    upshift_fsutil::rename_durable(&tmp, path).map_err(|e| JournalError::io(path, e))?;
     // Leftovers of creations killed before their rename.
     if let (Some(dir), Some(name)) = (path.parent(), path.file_name())
         && let Ok(rd) = std::fs::read_dir(dir)
@@ -229,8 +218,8 @@ impl JournalStore for RedbStore {
                         path: self.path.clone(),
                         detail: format!(
                             "keys out of order: {} found after {}",
-                            hex_key(k.value()),
-                            hex_key(&from)
+                            hex::encode(k.value()),
+                            hex::encode(from)
                         ),
                     });
                 }

@@ -9,7 +9,7 @@
 //!
 //! `file.restore`: `from` (a copy), `to` (where it goes back), the same way.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -61,25 +61,20 @@ fn verified_copy(from: &Path, to: &Path) -> Result<(String, u64), StepError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StepError::fatal(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let tmp = to.with_extension("upshift-tmp");
-    let io = |e: std::io::Error| StepError::fatal(format!("cannot write {}: {e}", tmp.display()));
-    {
-        let data = std::fs::read(from)
-            .map_err(|e| StepError::fatal(format!("cannot read {}: {e}", from.display())))?;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&data).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    let (got, _) = sha256_of(&tmp)?;
+    let data = std::fs::read(from)
+        .map_err(|e| StepError::fatal(format!("cannot read {}: {e}", from.display())))?;
+    upshift_fsutil::atomic_write(to, &data)
+        .map_err(|e| StepError::fatal(format!("cannot write {}: {e}", to.display())))?;
+    // Read back what is on disk, not the buffer: the copy is what a restore
+    // will use.
+    let (got, _) = sha256_of(to)?;
     if got != want {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(to);
         return Err(StepError::transient(format!(
             "copy of {} does not verify (sha256 {got}, expected {want})",
             from.display()
         )));
     }
-    std::fs::rename(&tmp, to)
-        .map_err(|e| StepError::fatal(format!("cannot rename into {}: {e}", to.display())))?;
     Ok((want, bytes))
 }
 

@@ -151,7 +151,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+        if let Some(i) = memchr::memmem::find(&buf, b"\r\n") {
             return parse_status_line(&String::from_utf8_lossy(&buf[..i]));
         }
         if buf.len() > STATUS_LINE_MAX {

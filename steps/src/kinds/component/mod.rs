@@ -56,45 +56,12 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, StepError> {
     })
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same
-/// folder, flushed to disk, then renamed over the target (keeping the
-/// target's permissions), so a crash leaves either the old or the new file.
+/// Writes `bytes` to `path` atomically ([`upshift_fsutil::atomic_write`]:
+/// the target keeps its permissions; a crash leaves the old or the new
+/// file); the error names the path.
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StepError> {
-    use std::io::Write;
-    let fail = |what: &str, e: std::io::Error| {
-        StepError::fatal(format!("cannot {what} {}: {e}", path.display()))
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(format!(".{name}.upshift-{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        if let Ok(meta) = std::fs::metadata(path) {
-            std::fs::set_permissions(&tmp, meta.permissions())?;
-        }
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable (Unix; on Windows the rename is
-        // journaled by NTFS).
-        #[cfg(unix)]
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail("write", e));
-    }
-    Ok(())
+    upshift_fsutil::atomic_write(path, bytes)
+        .map_err(|e| StepError::fatal(format!("cannot write {}: {e}", path.display())))
 }
 
 /// A timestamped copy of `path` in `dir` (created if needed); returns the

@@ -219,7 +219,7 @@ impl Doc {
     /// Sets and removes keys; returns the new bytes and what changed.
     pub fn edit(&self, set: &[(String, String)], remove: &[String]) -> Result<Edited, XmlError> {
         let bytes = &self.bytes;
-        let nl: &[u8] = if bytes.windows(2).any(|w| w == b"\r\n") {
+        let nl: &[u8] = if memchr::memmem::find(bytes, b"\r\n").is_some() {
             b"\r\n"
         } else {
             b"\n"
