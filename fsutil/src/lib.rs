@@ -5,7 +5,10 @@
 //!   the same folder, flushed, renamed over the target, the rename made
 //!   durable);
 //! - [`rename_durable`]: the rename step alone, for callers that build the
-//!   temporary file themselves (the journal creates a redb file that way).
+//!   temporary file themselves (the journal creates a redb file that way);
+//! - [`create_private_dir_all`] and [`check_private_dir`]: folders only
+//!   their owner may use (the journal folder, its logs, work and inbox), and
+//!   the refusal of one that others may write into.
 //!
 //! Its own crate because the journal, the steps and the engine all need it
 //! and the journal must not depend on the steps crate (nor the steps crate on
@@ -22,8 +25,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod private;
 #[cfg(windows)]
 mod windows;
+
+pub use private::{Insecure, check_private_dir, create_private_dir_all};
+#[cfg(unix)]
+pub use private::{effective_uid, file_uid};
 
 /// Replaces `path` with `bytes` atomically and durably. A file that exists
 /// keeps its permissions; a new one gets the process's defaults (umask,

@@ -77,15 +77,25 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| JournalError::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                let holder_pid = text.split_whitespace().next().and_then(|p| p.parse().ok());
-                return Err(JournalError::Locked { path, holder_pid });
+        let mut tries = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                // A reader asking whether an engine is live (`holder`)
+                // holds a shared lock for an instant: try again briefly
+                // before calling the journal taken.
+                Err(std::fs::TryLockError::WouldBlock) if tries < LOCK_TRIES_MAX => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(JournalError::Locked {
+                        holder_pid: read_pid(&mut file),
+                        path,
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(JournalError::io(&path, e)),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(JournalError::io(&path, e)),
         }
         // Best effort: the lock is what matters, the pid only helps the message.
         let _ = file.set_len(0);
@@ -99,6 +109,33 @@ impl DirLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether a live engine holds the journal in `dir`, without taking the
+    /// lock or writing anything: `Some(pid)` if one does (`Some(None)`: it
+    /// did not say which), `None` if not. Opens the lock file read-only and
+    /// takes a shared lock for an instant, which a writer's exclusive lock
+    /// excludes; never creates the file.
+    pub fn holder(dir: &Path) -> Option<Option<u32>> {
+        let mut file = File::open(dir.join("journal.lock")).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(std::fs::TryLockError::WouldBlock) => Some(read_pid(&mut file)),
+            Err(std::fs::TryLockError::Error(_)) => None,
+        }
+    }
+}
+
+/// How often, and how long apart, a writer tries a lock that a reader's
+/// [`DirLock::holder`] check holds for an instant (at most 100 ms in all).
+const LOCK_TRIES_MAX: u32 = 20;
+const LOCK_RETRY_MS: u64 = 5;
+
+/// The pid a lock holder wrote into the lock file.
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    let _ = file.rewind();
+    let _ = file.read_to_string(&mut text);
+    text.split_whitespace().next().and_then(|p| p.parse().ok())
 }
 
 /// A journal: a store, the directory lock (for writers), and the
@@ -124,8 +161,10 @@ impl Journal {
     }
 
     /// Opens the journal in `dir` for reading, beside a live writer if any
-    /// (redb). With sled, which locks its directory, this fails while a run
-    /// is live.
+    /// (redb), without taking the lock and without writing a byte in `dir`:
+    /// a file whose writer was killed is read from a recovered private copy
+    /// (see [`store::redb::RedbStore::open_read_only`]). With sled, which
+    /// locks (and may write) its directory, this fails while a run is live.
     pub fn open_read_only(dir: &Path) -> Result<Journal, JournalError> {
         let backend = Backend::detect(dir);
         let marker = match backend {
@@ -141,21 +180,12 @@ impl Journal {
                 ),
             });
         }
-        match open_store(dir, backend, false) {
-            Ok(store) => Ok(Journal {
-                store,
-                dir: Some(dir.to_path_buf()),
-                next_seq: HashMap::new(),
-                _lock: None,
-            }),
-            // A file the last writer did not close cleanly (killed) needs a
-            // repair, which only a writer may do. If no writer is live, open
-            // as one: the repair recovers every committed transaction.
-            Err(first) => match Journal::open(dir) {
-                Ok(j) => Ok(j),
-                Err(JournalError::Locked { .. }) | Err(_) => Err(first),
-            },
-        }
+        Ok(Journal {
+            store: open_store(dir, backend, false)?,
+            dir: Some(dir.to_path_buf()),
+            next_seq: HashMap::new(),
+            _lock: None,
+        })
     }
 
     /// A journal in memory, for tests.

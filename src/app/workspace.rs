@@ -105,13 +105,10 @@ pub fn default_journal_dir() -> PathBuf {
     }
 }
 
-/// The pid of a live engine holding the journal in `dir`, if any.
+/// The pid of a live engine holding the journal in `dir`, if any. Reads
+/// only: the lock is tested, never taken ([`upshift_journal::DirLock::holder`]).
 pub fn live_pid(dir: &Path) -> Option<Option<u32>> {
-    match upshift_journal::DirLock::acquire(dir) {
-        Ok(_lock) => None,
-        Err(JournalError::Locked { holder_pid, .. }) => Some(holder_pid),
-        Err(_) => None,
-    }
+    upshift_journal::DirLock::holder(dir)
 }
 
 /// The run `given` (a full id or a unique prefix); without one, the latest

@@ -10,6 +10,7 @@ mod hardening;
 mod notify;
 mod operator;
 mod processes;
+mod read_only;
 mod reboot_drift;
 mod secrets;
 mod support_tools;

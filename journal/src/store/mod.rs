@@ -72,6 +72,17 @@ pub enum JournalError {
         /// Seq offered.
         got: u64,
     },
+    /// A reader found a journal its writer did not close (killed), and
+    /// could not read it from a recovered copy either.
+    #[error(
+        "journal {path} was not closed by its engine (killed?) and needs a recovery that only its writer may do ({detail}); `upshift resume` recovers it (and continues the run), after which reading works again"
+    )]
+    NeedsRecovery {
+        /// The store's file.
+        path: PathBuf,
+        /// Why the copy could not be read.
+        detail: String,
+    },
     /// The handle was opened read-only.
     #[error("journal opened read-only")]
     ReadOnly,

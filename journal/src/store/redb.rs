@@ -35,7 +35,42 @@ enum Handle {
 /// A journal in one redb file.
 pub struct RedbStore {
     db: Handle,
+    /// The journal's file (named in errors, also when reading a copy).
     path: PathBuf,
+    /// The recovered private copy being read, removed on drop (declared
+    /// after `db`, so the database closes first).
+    _copy: Option<PrivateCopy>,
+}
+
+/// A copy of a journal file in a private temporary folder, removed on drop.
+struct PrivateCopy {
+    dir: PathBuf,
+}
+
+impl PrivateCopy {
+    fn of(path: &Path) -> std::io::Result<PrivateCopy> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "upshift-read-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        upshift_fsutil::create_private_dir_all(&dir)?;
+        let copy = PrivateCopy { dir };
+        std::fs::copy(path, copy.file())?;
+        Ok(copy)
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("journal.redb")
+    }
+}
+
+impl Drop for PrivateCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// redb's page cache. Its default (1 GiB) lets a scan of a long run keep
@@ -60,19 +95,43 @@ impl RedbStore {
         Ok(RedbStore {
             db: Handle::Writer(db),
             path: path.to_path_buf(),
+            _copy: None,
         })
     }
 
-    /// Opens an existing file read-only, beside a live writer if there is one.
+    /// Opens an existing file read-only, beside a live writer if there is
+    /// one; never writes to it. A file whose writer died needs a repair
+    /// (redb: "repair aborted" for a reader), and a repair writes: the
+    /// reader repairs a private copy in the temporary folder instead and
+    /// reads that (a snapshot; only a writer's open repairs the journal).
     pub fn open_read_only(path: &Path) -> Result<RedbStore, JournalError> {
-        guard(path, || {
-            let db = builder()
-                .open_read_only(path)
-                .map_err(|e| map_err(path, e))?;
-            Ok(RedbStore {
+        let shared = guard(path, || match builder().open_read_only(path) {
+            Ok(db) => Ok(Some(db)),
+            Err(redb::DatabaseError::RepairAborted) => Ok(None),
+            Err(e) => Err(map_err(path, e)),
+        })?;
+        if let Some(db) = shared {
+            return Ok(RedbStore {
                 db: Handle::Reader(db),
                 path: path.to_path_buf(),
-            })
+                _copy: None,
+            });
+        }
+        let needs = |detail: String| JournalError::NeedsRecovery {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let copy = PrivateCopy::of(path)
+            .map_err(|e| needs(format!("cannot copy it to a temporary folder: {e}")))?;
+        let db = guard(path, || {
+            builder()
+                .open(copy.file())
+                .map_err(|e| needs(format!("its recovered copy: {e}")))
+        })?;
+        Ok(RedbStore {
+            db: Handle::Writer(db),
+            path: path.to_path_buf(),
+            _copy: Some(copy),
         })
     }
 
@@ -169,7 +228,8 @@ impl JournalStore for RedbStore {
     }
 
     fn append(&mut self, batch: &[Envelope]) -> Result<(), JournalError> {
-        let Handle::Writer(db) = &self.db else {
+        // A recovered copy is read, never written.
+        let (Handle::Writer(db), None) = (&self.db, &self._copy) else {
             return Err(JournalError::ReadOnly);
         };
         let records = encode_batch(batch)?;
