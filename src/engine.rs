@@ -83,8 +83,10 @@ impl Observer for Quiet {}
 /// handed in through [`Config::inbox`] so the engine does not depend on it.
 pub trait Inbox: Send + Sync {
     /// Takes (and removes) the decisions queued for `run`, oldest first, as
-    /// the events that record them.
-    fn take(&self, run: RunId) -> Vec<Event>;
+    /// the events that record them. Each is checked against the run as it
+    /// stands now (`plan`, `state`): one that no longer fits is journaled
+    /// as a refusal note instead.
+    fn take(&self, run: RunId, plan: &Plan, state: &RunState) -> Vec<Event>;
 }
 
 /// Engine settings.
@@ -1126,7 +1128,7 @@ impl Engine {
 
     fn read_inbox(&self) -> Vec<Event> {
         match &self.cfg.inbox {
-            Some(inbox) => inbox.take(self.run),
+            Some(inbox) => inbox.take(self.run, &self.plan, &self.state),
             None => Vec::new(),
         }
     }

@@ -9,6 +9,7 @@ use super::identity::actor;
 use super::inbox::InboxDecision;
 use super::workspace::{Workspace, pick_run, pinned_plan, read_history};
 use crate::error::{Error, Result};
+use crate::plan::{Plan, ResumePolicy};
 use crate::report;
 use crate::state::{CompStatus, RunState, StepStatus};
 
@@ -134,7 +135,7 @@ pub enum StepDecision {
 }
 
 /// Decides about one step of a run, after checking that the run has that
-/// step and the decision applies to it.
+/// step and the decision applies to it now ([`check_decision`]).
 pub fn decide_step(
     ws: &Workspace,
     run_arg: &str,
@@ -143,50 +144,17 @@ pub fn decide_step(
     reason: String,
 ) -> Result<(RunId, Recorded)> {
     let step = step.to_string();
+    let decision = match what {
+        StepDecision::Retry => Decision::Retry { step },
+        StepDecision::Skip => Decision::Skip { step },
+        StepDecision::Approve => Decision::Approve { step },
+    };
     record(
         ws,
         run_arg,
         |state, run| {
-            if state.outcome.is_some_and(|o| o != Outcome::Failed) {
-                return Err(Error::usage(format!(
-                    "run {run} already ended ({})",
-                    report::outcome_word(state.outcome.expect("some"))
-                )));
-            }
-            let plan_steps = pinned_plan(state)
-                .map(|p| p.steps.keys().cloned().collect::<Vec<_>>())
-                .unwrap_or_default();
-            if !plan_steps.contains(&step) {
-                let hint =
-                    crate::diagnostics::suggest(&step, plan_steps.iter().map(String::as_str))
-                        .map(|s| format!(" (did you mean `{s}`?)"))
-                        .unwrap_or_default();
-                return Err(Error::usage(format!(
-                    "run {run} has no step `{step}`{hint}"
-                )));
-            }
-            let st = state.step(&step).clone();
-            if st.status == StepStatus::Succeeded && st.compensation != CompStatus::Failed {
-                return Err(Error::usage(format!(
-                    "step `{step}` already succeeded; nothing to decide"
-                )));
-            }
-            if what == StepDecision::Approve
-                && !matches!(
-                    st.status,
-                    StepStatus::Waiting | StepStatus::Interrupted | StepStatus::Pending
-                )
-            {
-                return Err(Error::usage(format!(
-                    "step `{step}` is {}, not waiting for an operator",
-                    report::step_word(&st.status)
-                )));
-            }
-            Ok(match what {
-                StepDecision::Retry => Decision::Retry { step: step.clone() },
-                StepDecision::Skip => Decision::Skip { step: step.clone() },
-                StepDecision::Approve => Decision::Approve { step: step.clone() },
-            })
+            check_decision(pinned_plan(state).ok().as_ref(), state, run, &decision)?;
+            Ok(decision.clone())
         },
         reason,
     )
@@ -200,23 +168,136 @@ pub fn decide_run(
     decision: Decision,
     reason: String,
 ) -> Result<(RunId, Recorded)> {
-    let is_rollback = decision == Decision::Rollback;
     record(
         ws,
         run_arg,
         |state, run| {
+            check_decision(None, state, run, &decision)?;
+            Ok(decision.clone())
+        },
+        reason,
+    )
+}
+
+/// Whether an operator decision fits the run as it stands: the CLI asks
+/// before journaling or queuing it, and the live engine asks again when it
+/// takes the decision from its inbox (the run may have moved on).
+///
+/// An approval counts only for a step that waits for an operator; a retry
+/// only for a step (or a compensation) that failed; a skip not for a step
+/// that already succeeded or was skipped. A refusal names the step's state
+/// and, for a pending step, what it waits for. `plan` (the run's pinned
+/// plan) names the steps and their `needs`; without it those checks are
+/// left out.
+pub fn check_decision(
+    plan: Option<&Plan>,
+    state: &RunState,
+    run: RunId,
+    decision: &Decision,
+) -> Result<()> {
+    let step = match decision {
+        Decision::Retry { step } | Decision::Skip { step } | Decision::Approve { step } => step,
+        Decision::Abort | Decision::Rollback => {
             if let Some(o) = state.outcome
-                && (o != Outcome::Failed || !is_rollback)
+                && (o != Outcome::Failed || *decision != Decision::Rollback)
             {
                 return Err(Error::usage(format!(
                     "run {run} already ended ({})",
                     report::outcome_word(o)
                 )));
             }
-            Ok(decision.clone())
-        },
-        reason,
-    )
+            return Ok(());
+        }
+        _ => return Ok(()),
+    };
+    if state.outcome.is_some_and(|o| o != Outcome::Failed) {
+        return Err(Error::usage(format!(
+            "run {run} already ended ({})",
+            report::outcome_word(state.outcome.expect("some"))
+        )));
+    }
+    if let Some(plan) = plan
+        && !plan.steps.contains_key(step)
+    {
+        let hint = crate::diagnostics::suggest(step, plan.steps.keys().map(String::as_str))
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
+        return Err(Error::usage(format!(
+            "run {run} has no step `{step}`{hint}"
+        )));
+    }
+    let st = state.step(step);
+    let comp_failed = st.compensation == CompStatus::Failed;
+    if st.status == StepStatus::Succeeded && !comp_failed {
+        return Err(Error::usage(format!(
+            "step `{step}` already succeeded; nothing to decide"
+        )));
+    }
+    let fits = match decision {
+        Decision::Approve { .. } => {
+            st.status == StepStatus::Waiting
+                || (st.status == StepStatus::Interrupted
+                    && plan.is_some_and(|p| p.steps[step].resume == ResumePolicy::Ask))
+        }
+        Decision::Retry { .. } => {
+            comp_failed || matches!(st.status, StepStatus::Failed | StepStatus::RetryWait)
+        }
+        _ => st.status != StepStatus::Skipped,
+    };
+    if fits {
+        return Ok(());
+    }
+    let only = match decision {
+        Decision::Approve { .. } => "an approval counts only for a step that waits for an operator",
+        Decision::Retry { .. } => "only a failed step (or a failed compensation) can be retried",
+        _ => "it is already done",
+    };
+    Err(Error::usage(format!(
+        "step `{step}` is {}: {only}",
+        where_step_stands(plan, state, step)
+    )))
+}
+
+/// A step's state in words, with what a pending step waits for:
+/// "pending: it waits for `fe_compare` (running)".
+pub fn where_step_stands(plan: Option<&Plan>, state: &RunState, step: &str) -> String {
+    let st = state.step(step);
+    let word = report::step_word(&st.status);
+    match st.status {
+        StepStatus::Pending => {
+            let waits: Vec<String> = plan
+                .and_then(|p| p.steps.get(step))
+                .map(|def| {
+                    def.needs
+                        .iter()
+                        .filter(|n| {
+                            !matches!(
+                                state.step(n).status,
+                                StepStatus::Succeeded | StepStatus::Skipped
+                            )
+                        })
+                        .map(|n| format!("`{n}` ({})", report::step_word(&state.step(n).status)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if waits.is_empty() {
+                format!("{word} (it has not started)")
+            } else {
+                format!("{word}: it waits for {}", waits.join(", "))
+            }
+        }
+        StepStatus::Running | StepStatus::Interrupted => {
+            format!("{word} (attempt {})", st.attempts)
+        }
+        StepStatus::Failed => format!(
+            "{word} ({})",
+            st.error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or("no error recorded")
+        ),
+        _ => word.to_string(),
+    }
 }
 
 /// Approves a waiting step (as `upshift approve` does).

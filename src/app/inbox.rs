@@ -9,13 +9,15 @@
 //! reads half a file. The engine polls every 500 ms, journals each
 //! decision with the actor who gave it, and removes the file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use upshift_journal::{Actor, Decision, Event, RunId};
 
-use super::decisions::decision_events;
+use super::decisions::{check_decision, decision_events};
 use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::state::{RunState, describe_decision};
 
 /// A decision queued for a live engine.
 #[derive(Serialize, Deserialize)]
@@ -50,10 +52,13 @@ impl DirInbox {
         let inbox = self.run_dir(run);
         std::fs::create_dir_all(&inbox)
             .map_err(|e| Error::failed(format!("{}: {e}", inbox.display())))?;
+        // Time, pid and a counter: unique, and in the order given.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let name = format!(
-            "{}-{}.json",
+            "{}-{}-{:06}.json",
             chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f"),
-            std::process::id()
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let doc = serde_json::to_string(decision).expect("serializable");
         let path = inbox.join(&name);
@@ -63,64 +68,133 @@ impl DirInbox {
     }
 
     /// Reads and removes the decisions queued for `run`, oldest first, as
-    /// the events that record them.
-    pub fn take(&self, run: RunId) -> Vec<Event> {
-        read_inbox_dir(&self.run_dir(run))
+    /// the events that record them. Each is checked again against the run
+    /// as it stands ([`check_decision`]; the run may have moved on since
+    /// the CLI checked it): one that no longer fits becomes a note saying
+    /// why it was refused, and changes nothing.
+    pub fn take(&self, run: RunId, plan: &Plan, state: &RunState) -> Vec<Event> {
+        let Ok(rd) = std::fs::read_dir(self.run_dir(run)) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        let mut out = Vec::new();
+        // Later decisions of the same poll are checked against the run as
+        // the earlier ones leave it.
+        let mut after: Option<RunState> = None;
+        for f in files {
+            if let Ok(text) = std::fs::read_to_string(&f)
+                && let Ok(req) = serde_json::from_str::<InboxDecision>(&text)
+            {
+                let now = after.as_ref().unwrap_or(state);
+                match check_decision(Some(plan), now, run, &req.decision) {
+                    Ok(()) => {
+                        let events = decision_events(req.decision, req.actor, req.reason);
+                        let st = after.get_or_insert_with(|| state.clone());
+                        for e in &events {
+                            st.apply_event(e, chrono::Utc::now(), st.events);
+                        }
+                        out.extend(events);
+                    }
+                    Err(e) => out.push(Event::Note {
+                        text: format!(
+                            "refused a queued decision ({}) by {}@{}: {}",
+                            describe_decision(&req.decision),
+                            req.actor.user,
+                            req.actor.host,
+                            e.message()
+                        ),
+                    }),
+                }
+            }
+            let _ = std::fs::remove_file(&f);
+        }
+        out
     }
 }
 
 impl crate::engine::Inbox for DirInbox {
-    fn take(&self, run: RunId) -> Vec<Event> {
-        DirInbox::take(self, run)
+    fn take(&self, run: RunId, plan: &Plan, state: &RunState) -> Vec<Event> {
+        DirInbox::take(self, run, plan, state)
     }
-}
-
-/// Reads and removes queued decisions from one run's inbox folder, oldest
-/// first.
-pub fn read_inbox_dir(dir: &Path) -> Vec<Event> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        if let Ok(text) = std::fs::read_to_string(&f)
-            && let Ok(req) = serde_json::from_str::<InboxDecision>(&text)
-        {
-            out.extend(decision_events(req.decision, req.actor, req.reason));
-        }
-        let _ = std::fs::remove_file(&f);
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_queued_decision_is_taken_once_as_its_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let inbox = DirInbox::new(dir.path().join("inbox"));
-        let run = RunId::new();
+    fn plan() -> Plan {
+        crate::plan::parse(
+            std::path::Path::new("p.toml"),
+            "name = \"p\"\n[steps.a]\nkind = \"manual\"\nwith = { instructions = \"x\" }\n",
+            &upshift_steps::registry(),
+            &crate::plan::LoadOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn queue(inbox: &DirInbox, run: RunId, decision: Decision) {
         inbox
             .queue(
                 run,
                 &InboxDecision {
-                    decision: Decision::Skip { step: "a".into() },
+                    decision,
                     actor: Actor::default(),
                     reason: "done by hand".into(),
                 },
             )
             .unwrap();
-        let events = inbox.take(run);
+    }
+
+    #[test]
+    fn a_queued_decision_is_taken_once_as_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = DirInbox::new(dir.path().join("inbox"));
+        let run = RunId::new();
+        let (plan, state) = (plan(), RunState::default());
+        queue(&inbox, run, Decision::Skip { step: "a".into() });
+        let events = inbox.take(run, &plan, &state);
         assert_eq!(events.len(), 2, "the decision and the skip: {events:?}");
         assert!(matches!(&events[1], Event::StepSkipped { step, .. } if step == "a"));
-        assert!(inbox.take(run).is_empty(), "taken once");
-        assert!(inbox.take(RunId::new()).is_empty(), "another run's inbox");
+        assert!(inbox.take(run, &plan, &state).is_empty(), "taken once");
+        let other = RunId::new();
+        assert!(
+            inbox.take(other, &plan, &state).is_empty(),
+            "another run's inbox"
+        );
+    }
+
+    #[test]
+    fn a_decision_that_no_longer_fits_becomes_a_refusal_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = DirInbox::new(dir.path().join("inbox"));
+        let run = RunId::new();
+        let (plan, state) = (plan(), RunState::default());
+        queue(&inbox, run, Decision::Approve { step: "a".into() });
+        // The skip is checked against the run as the refused approval left
+        // it (unchanged); a second skip against the run after the first.
+        queue(&inbox, run, Decision::Skip { step: "a".into() });
+        queue(&inbox, run, Decision::Skip { step: "a".into() });
+        let events = inbox.take(run, &plan, &state);
+        let Event::Note { text } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert!(
+            text.contains("refused a queued decision (approve a)")
+                && text.contains("step `a` is pending (it has not started)"),
+            "{text}"
+        );
+        assert!(
+            matches!(&events[2], Event::StepSkipped { .. }),
+            "{events:?}"
+        );
+        assert!(
+            matches!(&events[3], Event::Note { text } if text.contains("is skipped")),
+            "{events:?}"
+        );
+        assert_eq!(events.len(), 4);
     }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod check;
 mod crash;
+mod decision_fit;
 mod demo;
 mod hardening;
 mod notify;
