@@ -449,7 +449,7 @@ impl StepContext for Ctx {
         self.recorded.clone()
     }
     fn work_dir(&self) -> PathBuf {
-        let _ = std::fs::create_dir_all(&self.work_dir);
+        let _ = upshift_fsutil::create_private_dir_all(&self.work_dir);
         self.work_dir.clone()
     }
     fn guard_program(&self) -> Option<PathBuf> {

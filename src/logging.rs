@@ -75,8 +75,14 @@ pub fn init(verbose: u8) {
 /// Opens the run's log file (appending); closed when the guard drops.
 pub fn run_log(dir: &Path, run: RunId) -> RunLogGuard {
     let path = dir.join("logs").join(format!("{run}.log"));
-    let file = std::fs::create_dir_all(dir.join("logs"))
-        .and_then(|_| OpenOptions::new().create(true).append(true).open(&path));
+    // Owner-only, like the journal: a log can name hosts, paths, outputs.
+    let file = upshift_fsutil::create_private_dir_all(&dir.join("logs")).and_then(|_| {
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(&path)
+    });
     match file {
         Ok(f) => {
             if let Ok(mut g) = RUN_LOG.lock() {

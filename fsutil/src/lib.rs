@@ -29,7 +29,9 @@ mod private;
 #[cfg(windows)]
 mod windows;
 
-pub use private::{Insecure, check_private_dir, create_private_dir_all};
+pub use private::{
+    Insecure, Owner, check_private_dir, create_private_dir_all, written_by_owner_or_admin,
+};
 #[cfg(unix)]
 pub use private::{effective_uid, file_uid};
 

@@ -129,6 +129,62 @@ pub fn check_private_dir(dir: &Path) -> Result<(), Insecure> {
     }
 }
 
+/// Who owns a file, as the OS says (not as the file claims).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The account's name, if the OS can name it.
+    pub name: Option<String>,
+    /// The account's id: `uid 1000` (Unix), a SID string (Windows).
+    pub id: String,
+    /// Whether the owner is root / SYSTEM / Administrators.
+    pub admin: bool,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{n} ({})", self.id),
+            None => f.write_str(&self.id),
+        }
+    }
+}
+
+/// Whether `file` was written by the owner of `dir` or by an administrator
+/// (root; on Windows SYSTEM or Administrators), and who its owner is. On
+/// Unix the file's uid decides; on Windows its owner SID.
+pub fn written_by_owner_or_admin(file: &Path, dir: &Path) -> io::Result<(bool, Owner)> {
+    #[cfg(unix)]
+    {
+        let (f, d) = (file_uid(file)?, file_uid(dir)?);
+        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(f))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        let owner = Owner {
+            name,
+            id: format!("uid {f}"),
+            admin: f == 0,
+        };
+        Ok((f == d || f == 0, owner))
+    }
+    #[cfg(windows)]
+    {
+        super::windows::owner_trust(file, dir)
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (file, dir);
+        Ok((
+            true,
+            Owner {
+                name: None,
+                id: "unknown".into(),
+                admin: false,
+            },
+        ))
+    }
+}
+
 /// The owner of a file, for deciding whom to believe: on Unix its uid.
 #[cfg(unix)]
 pub fn file_uid(path: &Path) -> io::Result<u32> {

@@ -227,3 +227,56 @@ pub(crate) fn others_may_write(dir: &Path) -> io::Result<Option<String>> {
     unsafe { LocalFree(sd) };
     result
 }
+
+/// The owner SID of `path` as text, with the descriptor that holds it.
+fn owner_sid(path: &Path) -> io::Result<(PSID, PSECURITY_DESCRIPTOR)> {
+    let w = wide(path);
+    let mut owner: PSID = std::ptr::null_mut();
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `w` is NUL-terminated; `owner` points into `sd`, which the
+    // caller frees with LocalFree.
+    let err = unsafe {
+        GetNamedSecurityInfoW(
+            w.as_ptr(),
+            SE_FILE_OBJECT,
+            OWNER_SECURITY_INFORMATION,
+            &mut owner,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err as i32));
+    }
+    Ok((owner, sd))
+}
+
+/// Whether `file`'s owner is `dir`'s owner, SYSTEM or Administrators.
+pub(crate) fn owner_trust(file: &Path, dir: &Path) -> io::Result<(bool, crate::Owner)> {
+    let (f, f_sd) = owner_sid(file)?;
+    let d = owner_sid(dir);
+    let result = (|| {
+        let (d, d_sd) = d?;
+        // SAFETY: valid SIDs from the descriptors above.
+        let (admin, same) = unsafe {
+            (
+                IsWellKnownSid(f, WinLocalSystemSid) != 0
+                    || IsWellKnownSid(f, WinBuiltinAdministratorsSid) != 0,
+                EqualSid(f, d) != 0,
+            )
+        };
+        // SAFETY: allocated by GetNamedSecurityInfoW.
+        unsafe { LocalFree(d_sd) };
+        let owner = crate::Owner {
+            name: None,
+            id: sid_text(f)?,
+            admin,
+        };
+        Ok((same || admin, owner))
+    })();
+    // SAFETY: allocated by GetNamedSecurityInfoW.
+    unsafe { LocalFree(f_sd) };
+    result
+}

@@ -66,15 +66,18 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock or says who holds it.
+    /// Takes the lock or says who holds it. Creates the folder owner-only
+    /// (Unix 0700, Windows a protected DACL) and refuses one that others
+    /// may write into ([`JournalError::NotPrivate`]).
     pub fn acquire(dir: &Path) -> Result<DirLock, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+        upshift_fsutil::create_private_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+        upshift_fsutil::check_private_dir(dir).map_err(JournalError::NotPrivate)?;
         let path = dir.join("journal.lock");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
             .open(&path)
             .map_err(|e| JournalError::io(&path, e))?;
         let mut tries = 0;

@@ -47,11 +47,24 @@ impl DirInbox {
         self.root.join(run.to_string())
     }
 
-    /// Queues a decision for the engine that runs `run`.
+    /// The folders a decision passes through, each of which must be
+    /// private: the journal folder, `inbox/` and the run's folder.
+    fn check_private(&self, run: RunId) -> std::result::Result<(), upshift_fsutil::Insecure> {
+        let journal = self.root.parent().unwrap_or(&self.root);
+        for dir in [journal, self.root.as_path(), self.run_dir(run).as_path()] {
+            upshift_fsutil::check_private_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a decision for the engine that runs `run` (owner-only
+    /// folders and file; refused if others may write into the inbox).
     pub fn queue(&self, run: RunId, decision: &InboxDecision) -> Result<PathBuf> {
         let inbox = self.run_dir(run);
-        std::fs::create_dir_all(&inbox)
+        upshift_fsutil::create_private_dir_all(&inbox)
             .map_err(|e| Error::failed(format!("{}: {e}", inbox.display())))?;
+        self.check_private(run)
+            .map_err(|e| Error::failed(e.to_string()))?;
         // Time, pid and a counter: unique, and in the order given.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let name = format!(
@@ -68,10 +81,14 @@ impl DirInbox {
     }
 
     /// Reads and removes the decisions queued for `run`, oldest first, as
-    /// the events that record them. Each is checked again against the run
-    /// as it stands ([`check_decision`]; the run may have moved on since
-    /// the CLI checked it): one that no longer fits becomes a note saying
-    /// why it was refused, and changes nothing.
+    /// the events that record them, journaled with the OS account that
+    /// wrote each file (the name inside it is kept as "claimed").
+    ///
+    /// A file is refused (a note says why, the file is removed, nothing
+    /// else changes) when the inbox is not private, when its owner is
+    /// neither the journal's owner nor an administrator, or when the
+    /// decision no longer fits the run as it stands ([`check_decision`];
+    /// the run may have moved on since the CLI checked it).
     pub fn take(&self, run: RunId, plan: &Plan, state: &RunState) -> Vec<Event> {
         let Ok(rd) = std::fs::read_dir(self.run_dir(run)) else {
             return Vec::new();
@@ -85,10 +102,37 @@ impl DirInbox {
         // Later decisions of the same poll are checked against the run as
         // the earlier ones leave it.
         let mut after: Option<RunState> = None;
+        let insecure = self.check_private(run).err();
+        let journal = self.root.parent().unwrap_or(&self.root);
         for f in files {
+            let name = f.file_name().unwrap_or_default().to_string_lossy();
+            let refuse = |why: String| Event::Note {
+                text: format!("refused the decision file {name}: {why}"),
+            };
+            if let Some(e) = &insecure {
+                out.push(refuse(e.to_string()));
+                let _ = std::fs::remove_file(&f);
+                continue;
+            }
+            let writer = match upshift_fsutil::written_by_owner_or_admin(&f, journal) {
+                Ok((true, owner)) => owner,
+                Ok((false, owner)) => {
+                    out.push(refuse(format!(
+                        "written by {owner}, who is neither the journal's owner nor an administrator"
+                    )));
+                    let _ = std::fs::remove_file(&f);
+                    continue;
+                }
+                Err(e) => {
+                    out.push(refuse(format!("its owner cannot be read: {e}")));
+                    let _ = std::fs::remove_file(&f);
+                    continue;
+                }
+            };
             if let Ok(text) = std::fs::read_to_string(&f)
-                && let Ok(req) = serde_json::from_str::<InboxDecision>(&text)
+                && let Ok(mut req) = serde_json::from_str::<InboxDecision>(&text)
             {
+                req.actor.user = os_identity(&writer, &req.actor.user);
                 let now = after.as_ref().unwrap_or(state);
                 match check_decision(Some(plan), now, run, &req.decision) {
                     Ok(()) => {
@@ -113,6 +157,17 @@ impl DirInbox {
             let _ = std::fs::remove_file(&f);
         }
         out
+    }
+}
+
+/// The user journaled for a decision file: the OS account that wrote it,
+/// and the name inside the file when that differs ("claimed").
+fn os_identity(writer: &upshift_fsutil::Owner, claimed: &str) -> String {
+    let os = writer.name.clone().unwrap_or_else(|| writer.id.clone());
+    if claimed == os {
+        os
+    } else {
+        format!("{os} (claimed: {claimed})")
     }
 }
 

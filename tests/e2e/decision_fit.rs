@@ -175,7 +175,7 @@ with = { instructions = "bind the certificate in IIS, then approve" }
     assert_eq!(st["steps"]["bind"]["state"], "waiting", "{st}");
     let log = sb.run(&["log", &run]).stdout;
     assert!(
-        log.contains("refused a queued decision (approve bind) by early@h: step `bind` is pending: it waits for `slow` (running)"),
+        log.contains("refused a queued decision (approve bind) by root (claimed: early)@h: step `bind` is pending: it waits for `slow` (running)"),
         "{log}"
     );
     assert_eq!(decisions_in_log(&sb, &run), 0, "{log}");

@@ -83,6 +83,10 @@ pub enum JournalError {
         /// Why the copy could not be read.
         detail: String,
     },
+    /// The journal folder is not private: others could change the journal
+    /// or its inbox (refused like sshd's StrictModes).
+    #[error("{0}")]
+    NotPrivate(upshift_fsutil::Insecure),
     /// The handle was opened read-only.
     #[error("journal opened read-only")]
     ReadOnly,

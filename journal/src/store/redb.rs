@@ -184,6 +184,13 @@ fn create_atomically(path: &Path) -> Result<(), JournalError> {
         txn.open_table(EVENTS).map_err(|e| map_err(&tmp, e))?;
         txn.commit().map_err(|e| map_err(&tmp, e))?;
     }
+    // Only the owner reads the journal (the folder is owner-only too).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| JournalError::io(&tmp, e))?;
+    }
     upshift_fsutil::rename_durable(&tmp, path).map_err(|e| JournalError::io(path, e))?;
     // Leftovers of creations killed before their rename.
     if let (Some(dir), Some(name)) = (path.parent(), path.file_name())
