@@ -204,12 +204,16 @@ mod tests {
             .unwrap();
     }
 
-    #[test]
-    fn a_queued_decision_is_taken_once_as_its_events() {
+    /// A private folder with an inbox, a run, its plan and its state.
+    fn fixture() -> (tempfile::TempDir, DirInbox, RunId, Plan, RunState) {
         let dir = tempfile::tempdir().unwrap();
         let inbox = DirInbox::new(dir.path().join("inbox"));
-        let run = RunId::new();
-        let (plan, state) = (plan(), RunState::default());
+        (dir, inbox, RunId::new(), plan(), RunState::default())
+    }
+
+    #[test]
+    fn a_queued_decision_is_taken_once_as_its_events() {
+        let (_dir, inbox, run, plan, state) = fixture();
         queue(&inbox, run, Decision::Skip { step: "a".into() });
         let events = inbox.take(run, &plan, &state);
         assert_eq!(events.len(), 2, "the decision and the skip: {events:?}");
@@ -224,10 +228,7 @@ mod tests {
 
     #[test]
     fn a_decision_that_no_longer_fits_becomes_a_refusal_note() {
-        let dir = tempfile::tempdir().unwrap();
-        let inbox = DirInbox::new(dir.path().join("inbox"));
-        let run = RunId::new();
-        let (plan, state) = (plan(), RunState::default());
+        let (_dir, inbox, run, plan, state) = fixture();
         queue(&inbox, run, Decision::Approve { step: "a".into() });
         // The skip is checked against the run as the refused approval left
         // it (unchanged); a second skip against the run after the first.

@@ -6,16 +6,10 @@
 
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::Duration;
 
-use upshift::app::inbox::{DirInbox, InboxDecision};
-use upshift_journal::{Actor, Decision, RunId};
-
-use crate::support::{Sandbox, wait_until};
+use crate::support::{Sandbox, WAIT_FOR_GO};
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -29,66 +23,27 @@ fn is_root() -> bool {
 
 /// A plan whose `gate` waits for an operator while `slow` keeps the
 /// engine live until the `go` marker appears.
-const GATED: &str = r#"
-name = "owners"
-[steps.slow]
-kind = "process"
-with = { program = "sh", args = ["-c", "for i in $(seq 600); do [ -e @M@/go ] && exit 0; sleep 0.05; done; exit 1"] }
-[steps.gate]
-kind = "manual"
-with = { instructions = "approve me" }
-[steps.after]
-kind = "process"
-needs = ["gate", "slow"]
-with = { program = "sh", args = ["-c", "echo after >> @M@/after"] }
-"#;
-
-fn spawn(sb: &Sandbox, plan: &Path) -> (Child, String) {
-    let mut child = sb
-        .cmd(&["run", plan.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().to_string())
-}
-
-fn decision(user: &str) -> InboxDecision {
-    InboxDecision {
-        decision: Decision::Approve {
-            step: "gate".into(),
-        },
-        actor: Actor {
-            user: user.into(),
-            host: "h".into(),
-            pid: 1,
-        },
-        reason: "from the test".into(),
-    }
+fn gated() -> String {
+    format!(
+        "name = \"owners\"\n[steps]\nslow = {WAIT_FOR_GO}\n{}",
+        r#"gate = { kind = "manual", with = { instructions = "approve me" } }
+after = { kind = "process", needs = ["gate", "slow"], with = { program = "true" } }
+"#
+    )
 }
 
 #[test]
 fn the_journal_folder_logs_and_inbox_are_owner_only() {
     let sb = Sandbox::new();
-    let plan = sb.plan("p.toml", GATED);
-    let (mut engine, run) = spawn(&sb, &plan);
+    let plan = sb.plan("p.toml", &gated());
+    let (mut engine, run) = sb.spawn_run(&plan);
     let j = sb.journal();
-    assert!(wait_until(Duration::from_secs(20), || {
-        sb.run(&["status", &run, "--json"])
-            .stdout
-            .contains("\"waiting\"")
-    }));
+    assert!(sb.wait_for_step(&run, "gate", "waiting"));
     sb.run(&["approve", &run, "gate"]).expect(0);
     let inbox_run = j.join("inbox").join(&run);
     assert_eq!(mode(&j.join("inbox")), 0o700);
     assert_eq!(mode(&inbox_run), 0o700);
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::fs::read_dir(&inbox_run).unwrap().count() == 0
-    }));
+    assert!(sb.wait_inbox_taken(&run));
     std::fs::write(sb.markers().join("go"), "").unwrap();
     assert_eq!(
         engine.wait().unwrap().code(),
@@ -111,37 +66,29 @@ fn the_journal_folder_logs_and_inbox_are_owner_only() {
 #[test]
 fn a_journal_folder_or_inbox_others_may_write_is_refused() {
     let sb = Sandbox::new();
-    let plan = sb.plan("p.toml", &GATED.replace("for i", "touch @M@/go; for i"));
+    let plan = sb.plan("p.toml", &gated().replace("for i", "touch @M@/go; for i"));
     let r = sb.run(&["run", plan.to_str().unwrap()]);
     r.expect(3);
     let run = r.run_id();
     let j = sb.journal();
     std::fs::set_permissions(&j, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let refused = sb.run(&["approve", &run, "gate"]);
-    refused.expect(1);
-    assert!(
-        refused
-            .stderr
-            .contains("mode 0777: group and others may write")
-            && refused
-                .stderr
-                .contains(&format!("chmod 700 {}", j.display())),
-        "{}",
-        refused.stderr
-    );
-    let resume = sb.run(&["resume", &run]);
-    resume.expect(1);
-    assert!(
-        resume.stderr.contains("is not private"),
-        "{}",
-        resume.stderr
-    );
+    let approve = ["approve", &run, "gate"];
+    sb.run_refused(&approve, 1, "mode 0777: group and others may write");
+    sb.run_refused(&approve, 1, &format!("chmod 700 {}", j.display()));
+    sb.run_refused(&["resume", &run], 1, "is not private");
     std::fs::set_permissions(&j, std::fs::Permissions::from_mode(0o700)).unwrap();
     // A group-writable inbox: the CLI refuses to queue into it.
     let inbox = j.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::set_permissions(&inbox, std::fs::Permissions::from_mode(0o770)).unwrap();
-    let q = DirInbox::new(&inbox).queue(run.parse().unwrap(), &decision("me"));
+    let q = upshift::app::inbox::DirInbox::new(&inbox).queue(
+        run.parse().unwrap(),
+        &upshift::app::inbox::InboxDecision {
+            decision: upshift_journal::Decision::Abort,
+            actor: upshift_journal::Actor::default(),
+            reason: String::new(),
+        },
+    );
     let e = q.expect_err("refused").to_string();
     assert!(
         e.contains("its group may write") && e.contains("chmod 700"),
@@ -158,30 +105,19 @@ fn a_decision_file_written_by_another_user_is_refused_and_reported() {
         return;
     }
     let sb = Sandbox::new();
-    let plan = sb.plan("p.toml", GATED);
-    let (mut engine, run) = spawn(&sb, &plan);
-    assert!(wait_until(Duration::from_secs(20), || {
-        sb.run(&["status", &run, "--json"])
-            .stdout
-            .contains("\"waiting\"")
-    }));
-    let id: RunId = run.parse().unwrap();
-    let inbox = DirInbox::new(sb.journal().join("inbox"));
+    let plan = sb.plan("p.toml", &gated());
+    let (mut engine, run) = sb.spawn_run(&plan);
+    assert!(sb.wait_for_step(&run, "gate", "waiting"));
     // Another user's file (uid 4242 exists nowhere: the OS still records
     // it as the owner), claiming to be root.
-    let forged = inbox.queue(id, &decision("root")).unwrap();
+    let forged = sb.queue_approve(&run, "gate", "root");
     std::os::unix::fs::chown(&forged, Some(4242), Some(4242)).unwrap();
-    let taken = || {
-        std::fs::read_dir(inbox.run_dir(id))
-            .map(|d| d.count() == 0)
-            .unwrap_or(true)
-    };
-    assert!(wait_until(Duration::from_secs(10), taken), "never taken");
+    assert!(sb.wait_inbox_taken(&run), "never taken");
     assert_eq!(sb.status(&run)["steps"]["gate"]["state"], "waiting");
     // The owner's own decision, claiming another name, is journaled with
     // the OS account that wrote it.
-    inbox.queue(id, &decision("mallory")).unwrap();
-    assert!(wait_until(Duration::from_secs(10), taken), "never taken");
+    sb.queue_approve(&run, "gate", "mallory");
+    assert!(sb.wait_inbox_taken(&run), "never taken");
     std::fs::write(sb.markers().join("go"), "").unwrap();
     assert_eq!(engine.wait().unwrap().code(), Some(0));
     let log = sb.run(&["log", &run]).stdout;

@@ -4,9 +4,7 @@
 //! an engine was SIGKILLed (a journal file that needs a recovery).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -71,50 +69,27 @@ fn assert_each_leaves_the_journal_alone(sb: &Sandbox, run: &str, follow: bool) {
     }
 }
 
-const SLOW_PLAN: &str = r#"
-name = "read only"
-[steps.first]
-kind = "process"
-with = { program = "sh", args = ["-c", "echo first >> @M@/first"] }
-[steps.slow]
-kind = "process"
-needs = ["first"]
-with = { program = "sh", args = ["-c", "sleep 60"] }
+/// `first`, then `slow` (60 s: an engine idle in a step).
+const SLOW_PLAN: &str = r#"name = "read only"
+[steps]
+first = { kind = "process", with = { program = "true" } }
+slow = { kind = "process", needs = ["first"], with = { program = "sleep", args = ["60"] } }
 "#;
-
-fn spawn_run(sb: &Sandbox, plan: &Path) -> (Child, String) {
-    let mut child = sb
-        .cmd(&["run", plan.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().to_string())
-}
 
 #[test]
 fn read_only_commands_change_no_byte_of_the_journal_without_with_and_after_an_engine() {
     let sb = Sandbox::new();
     // No engine: a finished run.
-    let done = sb.plan("done.toml", &SLOW_PLAN.replace("sleep 60", "true"));
+    let done = sb.plan("done.toml", &SLOW_PLAN.replace("\"60\"", "\"0\""));
     let r = sb.run(&["run", done.to_str().unwrap()]);
     r.expect(0);
     assert_each_leaves_the_journal_alone(&sb, &r.run_id(), true);
 
     // A live engine, idle in a slow step (it writes nothing meanwhile).
     let slow = sb.plan("slow.toml", SLOW_PLAN);
-    let (mut engine, run) = spawn_run(&sb, &slow);
+    let (mut engine, run) = sb.spawn_run(&slow);
     assert!(
-        wait_until(Duration::from_secs(20), || {
-            let r = sb.run(&["status", &run, "--json"]);
-            r.code == Some(0)
-                && serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["steps"]["slow"]["state"]
-                    == "running"
-        }),
+        sb.wait_for_step(&run, "slow", "running"),
         "the slow step never started"
     );
     // Let the engine finish writing the start (run log, commit).

@@ -134,6 +134,70 @@ impl Sandbox {
             .expect("read run")
     }
 
+    /// Spawns `upshift run PLAN` and returns the child and its run id (the
+    /// first line it prints).
+    pub fn spawn_run(&self, plan: &Path) -> (std::process::Child, String) {
+        use std::io::BufRead;
+        let mut cmd = self.cmd(&["run", plan.to_str().unwrap()]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn upshift run");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (child, line.trim().to_string())
+    }
+
+    /// Waits (bounded) until `status --json` shows `step` in `state`.
+    pub fn wait_for_step(&self, run: &str, step: &str, state: &str) -> bool {
+        wait_until(std::time::Duration::from_secs(20), || {
+            let r = self.run(&["status", run, "--json"]);
+            r.code == Some(0)
+                && serde_json::from_str::<serde_json::Value>(&r.stdout)
+                    .is_ok_and(|v| v["steps"][step]["state"] == state)
+        })
+    }
+
+    /// The run's inbox, as the CLI writes it.
+    pub fn inbox(&self) -> upshift::app::inbox::DirInbox {
+        upshift::app::inbox::DirInbox::new(self.journal().join("inbox"))
+    }
+
+    /// Queues `approve STEP` for a live run as `user` claims to be; returns
+    /// the file.
+    pub fn queue_approve(&self, run: &str, step: &str, user: &str) -> PathBuf {
+        let decision = upshift::app::inbox::InboxDecision {
+            decision: upshift_journal::Decision::Approve { step: step.into() },
+            actor: upshift_journal::Actor {
+                user: user.into(),
+                host: "h".into(),
+                pid: 1,
+            },
+            reason: "from the test".into(),
+        };
+        self.inbox()
+            .queue(run.parse().expect("run id"), &decision)
+            .expect("queued")
+    }
+
+    /// Waits (bounded) until the live engine has taken every decision
+    /// queued for `run`.
+    pub fn wait_inbox_taken(&self, run: &str) -> bool {
+        let dir = self.inbox().run_dir(run.parse().expect("run id"));
+        wait_until(std::time::Duration::from_secs(10), || {
+            std::fs::read_dir(&dir).map_or(true, |d| d.count() == 0)
+        })
+    }
+
+    /// Runs a command that must fail with `code` and say `says` on stderr.
+    #[track_caller]
+    pub fn run_refused(&self, args: &[&str], code: i32, says: &str) -> Ran {
+        let r = self.run(args);
+        r.expect(code);
+        assert!(r.stderr.contains(says), "upshift {args:?}: {}", r.stderr);
+        r
+    }
+
     /// `status --json` of a run.
     pub fn status(&self, run: &str) -> serde_json::Value {
         let r = self.run(&["status", run, "--json"]);
@@ -192,7 +256,7 @@ pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
 
 /// Whether `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    memchr::memmem::find(hay, needle.as_bytes()).is_some()
 }
 
 /// A stand-in for systemctl: records its arguments in the marker file
@@ -212,3 +276,7 @@ pub fn standin_systemctl(sb: &Sandbox) -> String {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path.display().to_string()
 }
+
+/// A step that keeps a live engine busy until the `go` marker appears (at
+/// most 30 s), as one line of a plan's `[steps]` table.
+pub const WAIT_FOR_GO: &str = r#"{ kind = "process", with = { program = "sh", args = ["-c", "for i in $(seq 600); do [ -e @M@/go ] && exit 0; sleep 0.05; done; exit 1"] } }"#;

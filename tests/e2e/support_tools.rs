@@ -279,21 +279,6 @@ fn a_damaged_or_truncated_export_is_refused() {
     );
 }
 
-/// Spawns `upshift run PLAN` and returns the child and its run id.
-fn spawn_run(sb: &Sandbox, plan: &Path) -> (Child, String) {
-    let mut child = sb
-        .cmd(&["run", plan.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, line.trim().to_string())
-}
-
 /// A foreach whose third item blocks until the `go` marker exists.
 const BLOCKING_PLAN: &str = r#"
 name = "blocking"
@@ -332,7 +317,7 @@ fn checkpoints_of(sb: &Sandbox, run: &str, step: &str) -> usize {
 fn replay_explain_after_a_sigkill_names_the_checkpoint_the_step_resumes_from() {
     let sb = Sandbox::new();
     let plan = sb.plan("p.toml", BLOCKING_PLAN);
-    let (mut child, run) = spawn_run(&sb, &plan);
+    let (mut child, run) = sb.spawn_run(&plan);
     assert!(
         wait_until(Duration::from_secs(60), || checkpoints_of(
             &sb, &run, "loop"
@@ -463,7 +448,7 @@ fn follower(
 fn log_and_status_follow_a_live_run_until_it_finishes() {
     let sb = Sandbox::new();
     let plan = sb.plan("p.toml", BLOCKING_PLAN);
-    let (mut engine, run) = spawn_run(&sb, &plan);
+    let (mut engine, run) = sb.spawn_run(&plan);
     let (mut log, log_out, log_err) = follower(&sb, &["log", &run, "--follow"]);
     let (mut status, status_out, status_err) = follower(&sb, &["status", &run, "--follow"]);
     // While the engine is blocked in item i2, both followers have shown
@@ -533,7 +518,7 @@ fn status_follow_draws_progress_bars_on_a_terminal() {
     };
     let sb = Sandbox::new();
     let plan = sb.plan("p.toml", BLOCKING_PLAN);
-    let (mut engine, run) = spawn_run(&sb, &plan);
+    let (mut engine, run) = sb.spawn_run(&plan);
     let cmd = format!("{} status {run} --follow", crate::support::bin());
     // stdin stays open (a pipe): `script` ends when its input does.
     let mut term = std::process::Command::new(script)
@@ -589,7 +574,7 @@ fn status_follow_draws_progress_bars_on_a_terminal() {
 fn log_follow_ends_when_the_engine_is_killed() {
     let sb = Sandbox::new();
     let plan = sb.plan("p.toml", BLOCKING_PLAN);
-    let (mut engine, run) = spawn_run(&sb, &plan);
+    let (mut engine, run) = sb.spawn_run(&plan);
     let (mut log, log_out, log_err) = follower(&sb, &["log", &run, "-f"]);
     assert!(
         wait_until(Duration::from_secs(60), || text(&log_out)
