@@ -132,7 +132,9 @@ fn soak_one(seed: u64, kills_max: usize) -> SoakRun {
             .unwrap();
         if run_id.is_none() {
             let id = out.lines().next().unwrap_or_default().trim().to_string();
-            if !id.is_empty() {
+            // `run` prints the id just before it journals run.started: a
+            // kill in between leaves no run to resume, so start again.
+            if !id.is_empty() && sb.run(&["runs"]).stdout.contains(&id) {
                 run_id = Some(id);
             }
         }
@@ -316,7 +318,9 @@ with = { items = ["1","2","3","4","5","6","7","8"], program = "echo", args = ["$
 fn mount_small_tmpfs(dir: &std::path::Path) -> bool {
     std::fs::create_dir_all(dir).unwrap();
     let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        // mode=700: a tmpfs root is 1777 by default, and upshift refuses
+        // a journal folder others may write into.
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=700", "tmpfs"])
         .arg(dir)
         .stderr(Stdio::null())
         .status()
