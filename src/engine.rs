@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use upshift_journal::{Actor, Envelope, Event, Journal, JournalError, Outcome, RunId};
 use upshift_steps::{Registry, Step, StepContext, StepError, StepOutcome};
 
-use crate::decide::{End, decide};
+use crate::decide::{End, Limits, decide_within};
 use crate::plan::{Plan, expand_target};
 use crate::refs::{self, MapResolver};
 use crate::state::{RunState, StepStatus};
@@ -523,9 +523,9 @@ pub struct Engine {
     state: RunState,
     secrets: BTreeMap<String, String>,
     redactor: Redactor,
-    compensable: BTreeSet<String>,
-    /// Seqs of events the scheduler folded before they were durable.
-    folded: BTreeSet<u64>,
+    /// Steps a rollback compensates, and the number of done steps it was
+    /// computed for (it changes only when a step completes).
+    compensable: (Option<u32>, BTreeSet<String>),
 }
 
 impl Engine {
@@ -556,9 +556,10 @@ impl Engine {
         cfg: Config,
         journal: Journal,
         run: RunId,
-        state: RunState,
+        mut state: RunState,
         secrets: BTreeMap<String, String>,
     ) -> Engine {
+        state.attach(&plan);
         let (ctx, crx) = mpsc::unbounded_channel();
         let redactor = Redactor::new(secrets.values().cloned());
         let writer = Writer::start(journal, redactor.clone(), ctx);
@@ -571,8 +572,7 @@ impl Engine {
             state,
             secrets,
             redactor,
-            compensable: BTreeSet::new(),
-            folded: BTreeSet::new(),
+            compensable: (None, BTreeSet::new()),
         }
     }
 
@@ -603,24 +603,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Journals events already folded into the state (see `drive`).
-    async fn journal_folded(&mut self, events: Vec<Event>) -> Result<(), EngineError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let stored = self.writer.write(self.run, events).await?;
-        self.folded.extend(stored.iter().map(|e| e.seq));
-        self.drain_committed();
-        Ok(())
-    }
-
+    /// Folds committed events in journal order, with the journal's times:
+    /// the live state is the fold replay makes of the same journal.
     fn drain_committed(&mut self) {
         while let Ok(env) = self.committed.try_recv() {
-            if self.folded.remove(&env.seq) {
-                self.state.note(&env);
-            } else {
-                self.state.apply(&env);
-            }
+            self.state.apply(&env);
             self.cfg.observer.event(&env, &self.state);
         }
     }
@@ -640,23 +627,17 @@ impl Engine {
         kind.build(&with).map_err(|e| e.message)
     }
 
-    /// Which completed steps have a compensation (plan `compensate`, or the
-    /// kind's own).
-    fn compute_compensable(&mut self) {
-        let mut set = BTreeSet::new();
-        for id in &self.plan.order {
-            let def = &self.plan.steps[id];
-            let own = || {
-                self.state.step(id).status == StepStatus::Succeeded
-                    && self
-                        .build(id, Work::Run)
-                        .is_ok_and(|s| s.has_compensation())
-            };
-            if def.compensate.is_some() || own() {
-                set.insert(id.clone());
-            }
+    /// Which completed steps have a compensation
+    /// ([`crate::decide::compensable`]); recomputed only when a step has
+    /// completed since.
+    fn refresh_compensable(&mut self) {
+        let done = self.state.sched_for(&self.plan).map(|s| s.done());
+        if done.is_some() && self.compensable.0 == done {
+            return;
         }
-        self.compensable = set;
+        let set =
+            crate::decide::compensable(&self.plan, &self.state, &self.cfg.registry, &self.secrets);
+        self.compensable = (done, set);
     }
 
     fn ctx(&self, id: &str, work: Work, attempt: u32) -> Arc<Ctx> {
@@ -742,29 +723,38 @@ impl Engine {
     async fn drive(&mut self) -> Result<Exit, EngineError> {
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut in_flight: BTreeMap<String, tokio::task::AbortHandle> = BTreeMap::new();
-        let mut held: BTreeMap<String, u32> = BTreeMap::new();
         let mut pending_events: Vec<Event> = Vec::new();
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         let mut inbox_tick = tokio::time::interval(Duration::from_millis(500));
         inbox_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let limit = self
+            .cfg
+            .concurrency
+            .unwrap_or(CONCURRENCY_DEFAULT)
+            .clamp(1, CONCURRENCY_MAX);
         loop {
             self.drain_committed();
-            if self.state.rolling_back {
-                self.compute_compensable();
-            }
-            // Fold the events about to be journaled before deciding, so that
-            // the end of one attempt and the starts it allows are one commit.
-            for e in &pending_events {
-                self.state.apply_event(e, Utc::now(), 0);
-            }
+            // Fold the events about to be journaled (ends of attempts,
+            // decisions) before deciding, so that the end of one attempt and
+            // the starts it allows are one commit. The fold is undone before
+            // the commit: the state only folds journaled events, in journal
+            // order, with the writer's times (what replay folds).
             let now = Utc::now();
-            let next = decide(&self.plan, &self.state, now, &self.compensable);
-            let limit = self
-                .cfg
-                .concurrency
-                .unwrap_or(CONCURRENCY_DEFAULT)
-                .clamp(1, CONCURRENCY_MAX);
+            let speculation = self.state.speculate(&pending_events, now);
+            if self.state.rolling_back {
+                self.refresh_compensable();
+            }
+            let next = decide_within(
+                &self.plan,
+                &self.state,
+                now,
+                &self.compensable.1,
+                Limits {
+                    concurrency: limit,
+                    locks: true,
+                },
+            );
             let mut launches: Vec<(String, Work, u32)> = Vec::new();
             let mut staged: Vec<Event> = Vec::new();
             for (id, reason) in &next.wait {
@@ -784,22 +774,11 @@ impl Engine {
                 )
                 .collect();
             for (id, work) in candidates {
+                // `decide` counts what the state says runs; a task can
+                // outlive its step's state (an operator skipped it while it
+                // ran), so the tasks are counted too.
                 if in_flight.len() + launches.len() >= limit || in_flight.contains_key(&id) {
                     continue;
-                }
-                let def = &self.plan.steps[&id];
-                if work == Work::Run
-                    && def
-                        .locks
-                        .iter()
-                        .any(|l| held.get(l).copied().unwrap_or(0) >= self.plan.lock_limit(l))
-                {
-                    continue;
-                }
-                if work == Work::Run {
-                    for l in &def.locks {
-                        *held.entry(l.clone()).or_default() += 1;
-                    }
                 }
                 let attempt = self.state.step(&id).attempts + u32::from(work == Work::Run);
                 match work {
@@ -848,12 +827,10 @@ impl Engine {
                 }),
                 _ => {}
             }
-            for e in &staged {
-                self.state.apply_event(e, Utc::now(), 0);
-            }
+            self.state.undo(speculation);
             let mut events = std::mem::take(&mut pending_events);
             events.extend(staged);
-            self.journal_folded(events).await?;
+            self.journal(events).await?;
             for (id, work, attempt) in launches {
                 let ctx = self.ctx(&id, work, attempt);
                 let timeout = self.plan.steps[&id].timeout;
@@ -931,13 +908,6 @@ impl Engine {
                             EngineError::Other(format!("a step task panicked: {e}"))
                         })?;
                         in_flight.remove(&done.step);
-                        if done.work == Work::Run {
-                            for l in &self.plan.steps[&done.step].locks {
-                                if let Some(c) = held.get_mut(l) {
-                                    *c = c.saturating_sub(1);
-                                }
-                            }
-                        }
                         // Redacted now, not only by the writer: decisions
                         // made on these events (pause reasons) reach the
                         // terminal.
@@ -976,10 +946,7 @@ impl Engine {
                         },
                     });
                     let events = std::mem::take(&mut pending_events);
-                    for e in &events {
-                        self.state.apply_event(e, Utc::now(), 0);
-                    }
-                    self.journal_folded(events).await?;
+                    self.journal(events).await?;
                     return Ok(Exit::Interrupted);
                 }
             }
@@ -1097,22 +1064,13 @@ impl Engine {
                 vec![Event::StepWaiting { step, reason }]
             }
             (Work::Run, Err(StepError::Failed { message, transient })) => {
-                let policy = &self.plan.steps[&step].retry;
-                let mut ev = vec![Event::StepFailed {
-                    step: step.clone(),
+                crate::decide::failure_events(
+                    &self.plan.steps[&step],
                     attempt,
-                    error: message,
-                    output_tail: tail,
+                    message,
+                    tail,
                     transient,
-                }];
-                if policy.retries(attempt, transient) {
-                    ev.push(Event::StepRetryScheduled {
-                        step,
-                        next_attempt: attempt + 1,
-                        delay_ms: policy.delay_before(attempt + 1).as_millis() as u64,
-                    });
-                }
-                ev
+                )
             }
             (Work::Compensate, Ok(_)) => vec![Event::CompensationSucceeded {
                 step,

@@ -7,7 +7,9 @@
 //!   everything they print) → [`app`] (workspace, runs, sessions,
 //!   decisions, inbox), [`support`] (export, replay, report, diff,
 //!   follow), `demo` → [`engine`] (tokio executor, group-commit writer) →
-//!   [`decide`] and [`state`] (pure) → [`plan`] (TOML → validated DAG),
+//!   [`decide`], [`sched`] (the index that keeps `decide` O(a step's
+//!   edges) per transition) and [`state`] (pure) → [`plan`] (TOML →
+//!   validated DAG),
 //!   [`rules`], [`diagnostics`], [`refs`].
 //! - [`ui`]: the terminal (progress bars, `status --follow`);
 //!   [`report`]: text/JSON renderings of events and state;
@@ -45,6 +47,7 @@ pub mod reboot;
 pub mod refs;
 pub mod report;
 pub mod rules;
+pub mod sched;
 pub mod state;
 pub mod support;
 pub mod ui;

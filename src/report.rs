@@ -322,7 +322,7 @@ pub fn status_json(state: &RunState, plan: Option<&Plan>, live: bool) -> StatusJ
                 total: counting.then_some(st.total),
                 error: st.error.clone(),
                 compensation: (st.compensation != CompStatus::None)
-                    .then(|| st.compensation.clone()),
+                    .then_some(st.compensation),
             };
             (id, json)
         })

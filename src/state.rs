@@ -2,13 +2,17 @@
 //! a journal event by event reproduces exactly the picture the engine had.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use upshift_journal::{Decision, Envelope, Event, Outcome, RunId};
 
+use crate::plan::Plan;
+use crate::sched::{Graph, Key, Sched};
+
 /// Where a step stands.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Not started (or reset for a retry).
@@ -31,7 +35,7 @@ pub enum StepStatus {
 }
 
 /// Where a step's compensation stands.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CompStatus {
     /// Not compensated (or not needed).
@@ -179,7 +183,37 @@ pub struct RunState {
     pub sessions: u32,
     /// Operator decisions.
     pub decisions: Vec<DecisionRecord>,
+    /// The scheduler's index, when the state was given its plan
+    /// ([`RunState::for_plan`], [`RunState::attach`]).
+    #[serde(skip)]
+    sched: Option<Box<Sched>>,
 }
+
+/// What [`RunState::speculate`] changed, to put back with
+/// [`RunState::undo`].
+#[must_use = "a speculation must be undone"]
+pub struct Speculation {
+    steps: Vec<(String, Option<StepState>)>,
+    all_saved: bool,
+    outcome: Option<Outcome>,
+    rolling_back: bool,
+    paused: Option<String>,
+    interrupted: bool,
+    reboot_pending: Option<String>,
+    sessions: u32,
+    decisions: usize,
+    plan: Option<Box<PlanFields>>,
+}
+
+/// The run-level fields a plan-related event sets.
+type PlanFields = (
+    String,
+    String,
+    String,
+    String,
+    BTreeMap<String, String>,
+    Option<(String, String, String)>,
+);
 
 impl RunState {
     /// The fold of a whole event list.
@@ -191,15 +225,37 @@ impl RunState {
         s
     }
 
+    /// An empty state that keeps the scheduler's index of `plan` up to
+    /// date as it folds (what the engine and replay fold into).
+    pub fn for_plan(plan: &Plan) -> RunState {
+        let mut s = RunState::default();
+        s.attach(plan);
+        s
+    }
+
+    /// Gives the state its plan: builds the scheduler's index from the
+    /// steps folded so far (one walk of the plan) and keeps it up to date
+    /// from now on. A plan changed mid-run (an accepted plan change) is
+    /// attached again.
+    pub fn attach(&mut self, plan: &Plan) {
+        if self.sched.as_ref().is_some_and(|s| s.graph().is_of(plan)) {
+            return;
+        }
+        let graph = Arc::new(Graph::new(plan));
+        self.sched = Some(Box::new(Sched::new(graph, self)));
+    }
+
+    /// The scheduler's index, if it is the one of `plan`.
+    pub fn sched_for(&self, plan: &Plan) -> Option<&Sched> {
+        self.sched.as_deref().filter(|s| s.graph().is_of(plan))
+    }
+
     /// A step's state (pending if never seen).
     pub fn step(&self, id: &str) -> &StepState {
         self.steps.get(id).unwrap_or(&NEVER_SEEN)
     }
 
-    /// Counts an envelope whose event was already folded with
-    /// [`RunState::apply_event`] (the engine folds its own events before
-    /// they are durable, to decide what to commit with them).
-    pub fn note(&mut self, env: &Envelope) {
+    fn note(&mut self, env: &Envelope) {
         self.events += 1;
         self.last_seq = Some(env.seq);
         self.run = Some(env.run);
@@ -207,8 +263,30 @@ impl RunState {
         self.last_time = Some(env.time);
     }
 
-    fn step_mut(&mut self, id: &str) -> &mut StepState {
-        self.steps.entry(id.to_string()).or_default()
+    /// Changes one step, keeping the scheduler's index in step.
+    fn change(&mut self, id: &str, f: impl FnOnce(&mut StepState)) {
+        let st = match self.steps.get_mut(id) {
+            Some(st) => st,
+            None => self.steps.entry(id.to_string()).or_default(),
+        };
+        let before = Key::of(st);
+        f(st);
+        let after = Key::of(st);
+        if let Some(s) = &mut self.sched {
+            s.update(id, before, after);
+        }
+    }
+
+    /// Changes every step seen so far (run-wide events, rare).
+    fn change_all(&mut self, f: impl Fn(&mut StepState)) {
+        for (id, st) in self.steps.iter_mut() {
+            let before = Key::of(st);
+            f(st);
+            let after = Key::of(st);
+            if let Some(s) = &mut self.sched {
+                s.update(id, before, after);
+            }
+        }
     }
 
     /// Folds one event.
@@ -217,8 +295,9 @@ impl RunState {
         self.apply_event(&env.event, env.time, env.seq);
     }
 
-    /// Folds one event given its time (used for events not yet journaled,
-    /// to decide what to journal with them in one commit).
+    /// Folds one event given its time and seq, without counting it as a
+    /// journaled event (simulations: `replay --explain`, the engine's
+    /// speculation).
     pub fn apply_event(&mut self, event: &Event, time: DateTime<Utc>, seq: u64) {
         match event {
             Event::RunStarted {
@@ -241,65 +320,47 @@ impl RunState {
                 self.paused = None;
                 self.interrupted = false;
                 self.reboot_pending = None;
-                for st in self.steps.values_mut() {
-                    if st.status == StepStatus::Running {
-                        st.status = StepStatus::Interrupted;
-                    }
-                    if st.compensation == CompStatus::Running {
-                        st.compensation = CompStatus::None;
-                    }
-                }
+                self.change_all(stop_in_flight);
             }
             Event::RunInterrupted { .. } => {
                 self.interrupted = true;
-                for st in self.steps.values_mut() {
-                    if st.status == StepStatus::Running {
-                        st.status = StepStatus::Interrupted;
-                    }
-                    if st.compensation == CompStatus::Running {
-                        st.compensation = CompStatus::None;
-                    }
-                }
+                self.change_all(stop_in_flight);
             }
             Event::RunPaused { reason } => self.paused = Some(reason.clone()),
             Event::RunFinished { outcome } => {
                 self.outcome = Some(*outcome);
                 self.paused = None;
             }
-            Event::StepStarted { step, attempt, .. } => {
-                let st = self.step_mut(step);
+            Event::StepStarted { step, attempt, .. } => self.change(step, |st| {
                 st.status = StepStatus::Running;
                 st.attempts = *attempt;
                 st.started_at = Some(time);
                 st.waiting = None;
                 st.retry_at = None;
-            }
+            }),
             Event::StepCheckpoint {
                 step,
                 data,
                 done,
                 total,
-            } => {
-                let st = self.step_mut(step);
+            } => self.change(step, |st| {
                 st.checkpoint = Some(data.clone());
                 st.done = *done;
                 st.total = *total;
-            }
+            }),
             Event::StepProgress {
                 step, done, total, ..
-            } => {
-                let st = self.step_mut(step);
+            } => self.change(step, |st| {
                 st.done = *done;
                 st.total = *total;
-            }
+            }),
             Event::StepSucceeded {
                 step,
                 outputs,
                 output_tail,
                 reboot_required,
                 ..
-            } => {
-                let st = self.step_mut(step);
+            } => self.change(step, |st| {
                 st.status = StepStatus::Succeeded;
                 st.outputs = outputs.clone();
                 st.output_tail = output_tail.clone();
@@ -309,35 +370,31 @@ impl RunState {
                 if st.total > 0 {
                     st.done = st.total;
                 }
-            }
+            }),
             Event::StepFailed {
                 step,
                 error,
                 output_tail,
                 ..
-            } => {
-                let st = self.step_mut(step);
+            } => self.change(step, |st| {
                 st.status = StepStatus::Failed;
                 st.error = Some(error.clone());
                 st.output_tail = output_tail.clone();
                 st.ended_at = Some(time);
-            }
-            Event::StepRetryScheduled { step, delay_ms, .. } => {
-                let st = self.step_mut(step);
+            }),
+            Event::StepRetryScheduled { step, delay_ms, .. } => self.change(step, |st| {
                 st.status = StepStatus::RetryWait;
-                st.retry_at = Some(time + chrono::Duration::milliseconds(*delay_ms as i64));
-            }
-            Event::StepWaiting { step, reason } => {
-                let st = self.step_mut(step);
+                st.retry_at = Some(crate::decide::retry_due(time, *delay_ms));
+            }),
+            Event::StepWaiting { step, reason } => self.change(step, |st| {
                 st.status = StepStatus::Waiting;
                 st.waiting = Some(reason.clone());
-            }
-            Event::StepSkipped { step, .. } => {
-                let st = self.step_mut(step);
+            }),
+            Event::StepSkipped { step, .. } => self.change(step, |st| {
                 st.status = StepStatus::Skipped;
                 st.ended_at = Some(time);
                 st.waiting = None;
-            }
+            }),
             Event::OperatorDecision {
                 decision,
                 actor,
@@ -357,26 +414,26 @@ impl RunState {
                         if self.outcome == Some(Outcome::Failed) {
                             self.outcome = None;
                         }
-                        let st = self.step_mut(step);
-                        if st.status == StepStatus::Succeeded {
-                            return;
-                        }
-                        if st.compensation == CompStatus::Failed {
-                            st.compensation = CompStatus::None;
-                        } else {
-                            st.status = StepStatus::Pending;
-                            st.error = None;
-                            st.waiting = None;
-                        }
+                        self.change(step, |st| {
+                            if st.status == StepStatus::Succeeded {
+                                return;
+                            }
+                            if st.compensation == CompStatus::Failed {
+                                st.compensation = CompStatus::None;
+                            } else {
+                                st.status = StepStatus::Pending;
+                                st.error = None;
+                                st.waiting = None;
+                            }
+                        });
                     }
-                    Decision::Approve { step } => {
-                        let st = self.step_mut(step);
+                    Decision::Approve { step } => self.change(step, |st| {
                         st.approved = true;
                         if matches!(st.status, StepStatus::Waiting | StepStatus::Interrupted) {
                             st.status = StepStatus::Pending;
                             st.waiting = None;
                         }
-                    }
+                    }),
                     Decision::AcceptPlanChange {
                         new_hash,
                         new_plan_text,
@@ -394,30 +451,28 @@ impl RunState {
             Event::RollbackStarted { .. } => {
                 self.rolling_back = true;
                 self.outcome = None;
-                for st in self.steps.values_mut() {
+                self.change_all(|st| {
                     if st.compensation == CompStatus::Failed {
                         st.compensation = CompStatus::None;
                     }
-                }
+                });
             }
-            Event::CompensationStarted { step } => {
-                self.step_mut(step).compensation = CompStatus::Running;
-            }
-            Event::CompensationSucceeded { step, output_tail } => {
-                let st = self.step_mut(step);
+            Event::CompensationStarted { step } => self.change(step, |st| {
+                st.compensation = CompStatus::Running;
+            }),
+            Event::CompensationSucceeded { step, output_tail } => self.change(step, |st| {
                 st.compensation = CompStatus::Done;
                 st.output_tail = output_tail.clone();
-            }
+            }),
             Event::CompensationFailed {
                 step,
                 error,
                 output_tail,
-            } => {
-                let st = self.step_mut(step);
+            } => self.change(step, |st| {
                 st.compensation = CompStatus::Failed;
                 st.compensation_error = Some(error.clone());
                 st.output_tail = output_tail.clone();
-            }
+            }),
             Event::RebootRequested { step, .. } => {
                 self.reboot_pending = Some(step.clone());
             }
@@ -427,6 +482,115 @@ impl RunState {
             Event::SitePinned { path, text, hash } => {
                 self.site = Some((path.clone(), text.clone(), hash.clone()));
             }
+        }
+    }
+
+    /// Folds events that are not journaled yet, to decide what to journal
+    /// with them in one commit (the end of an attempt and the starts it
+    /// allows), remembering what they changed: [`RunState::undo`] puts it
+    /// back, so that the state only ever holds journaled events, folded
+    /// in journal order with the journal's times (what replay folds).
+    pub fn speculate(&mut self, events: &[Event], time: DateTime<Utc>) -> Speculation {
+        let mut sp = Speculation {
+            steps: Vec::new(),
+            all_saved: false,
+            outcome: self.outcome,
+            rolling_back: self.rolling_back,
+            paused: self.paused.clone(),
+            interrupted: self.interrupted,
+            reboot_pending: self.reboot_pending.clone(),
+            sessions: self.sessions,
+            decisions: self.decisions.len(),
+            plan: None,
+        };
+        for e in events {
+            match touched(e) {
+                Touched::Step(id) => {
+                    if !sp.all_saved && !sp.steps.iter().any(|(s, _)| s == id) {
+                        sp.steps.push((id.to_string(), self.steps.get(id).cloned()));
+                    }
+                }
+                Touched::AllSteps => {
+                    if !sp.all_saved {
+                        // Every step seen so far, plus those saved already
+                        // (which may not exist yet).
+                        let saved: Vec<(String, Option<StepState>)> = self
+                            .steps
+                            .iter()
+                            .filter(|(id, _)| !sp.steps.iter().any(|(s, _)| s == *id))
+                            .map(|(id, st)| (id.clone(), Some(st.clone())))
+                            .collect();
+                        sp.steps.extend(saved);
+                        sp.all_saved = true;
+                    }
+                }
+                Touched::Plan => {
+                    if sp.plan.is_none() {
+                        sp.plan = Some(Box::new((
+                            self.plan_name.clone(),
+                            self.plan_path.clone(),
+                            self.plan_text.clone(),
+                            self.plan_hash.clone(),
+                            self.cli_vars.clone(),
+                            self.site.clone(),
+                        )));
+                    }
+                }
+                Touched::Nothing => {}
+            }
+            if sp.all_saved
+                && let Some(id) = e.step()
+                && !sp.steps.iter().any(|(s, _)| s == id)
+            {
+                sp.steps.push((id.to_string(), None));
+            }
+            self.apply_event(e, time, u64::MAX);
+        }
+        sp
+    }
+
+    /// Puts back what [`RunState::speculate`] changed.
+    pub fn undo(&mut self, sp: Speculation) {
+        for (id, saved) in sp.steps.into_iter().rev() {
+            let before = self.steps.get(&id).map(Key::of).unwrap_or_default();
+            let after = saved.as_ref().map(Key::of).unwrap_or_default();
+            match saved {
+                Some(st) => {
+                    self.steps.insert(id.clone(), st);
+                }
+                None => {
+                    self.steps.remove(&id);
+                }
+            }
+            if let Some(s) = &mut self.sched {
+                s.update(&id, before, after);
+            }
+        }
+        self.outcome = sp.outcome;
+        self.rolling_back = sp.rolling_back;
+        self.paused = sp.paused;
+        self.interrupted = sp.interrupted;
+        self.reboot_pending = sp.reboot_pending;
+        self.sessions = sp.sessions;
+        self.decisions.truncate(sp.decisions);
+        if let Some(plan) = sp.plan {
+            (
+                self.plan_name,
+                self.plan_path,
+                self.plan_text,
+                self.plan_hash,
+                self.cli_vars,
+                self.site,
+            ) = *plan;
+        }
+    }
+
+    /// Checks the scheduler's index against one built from scratch (tests).
+    #[doc(hidden)]
+    pub fn check_index(&self) -> Result<(), String> {
+        match &self.sched {
+            Some(s) => s.check(self),
+            None => Ok(()),
         }
     }
 
@@ -455,6 +619,42 @@ impl RunState {
             .filter(|(_, s)| matches!(s.status, StepStatus::Running | StepStatus::Interrupted))
             .map(|(k, _)| k.as_str())
             .collect()
+    }
+}
+
+/// What an event changes, for [`RunState::speculate`].
+enum Touched<'a> {
+    Step(&'a str),
+    AllSteps,
+    Plan,
+    Nothing,
+}
+
+fn touched(e: &Event) -> Touched<'_> {
+    match e {
+        Event::RunResumed { .. } | Event::RunInterrupted { .. } | Event::RollbackStarted { .. } => {
+            Touched::AllSteps
+        }
+        Event::OperatorDecision {
+            decision: Decision::AcceptPlanChange { .. },
+            ..
+        } => Touched::Plan,
+        Event::OperatorDecision {
+            decision: Decision::Retry { step } | Decision::Approve { step },
+            ..
+        } => Touched::Step(step),
+        Event::RunStarted { .. } | Event::SitePinned { .. } => Touched::Plan,
+        e => e.step().map_or(Touched::Nothing, Touched::Step),
+    }
+}
+
+/// A step that was running when the engine stopped is interrupted.
+fn stop_in_flight(st: &mut StepState) {
+    if st.status == StepStatus::Running {
+        st.status = StepStatus::Interrupted;
+    }
+    if st.compensation == CompStatus::Running {
+        st.compensation = CompStatus::None;
     }
 }
 

@@ -181,31 +181,15 @@ pub fn view_text(v: &StateView, plan_order: &[String]) -> String {
     out
 }
 
-/// Steps with a compensation: a plan `compensate` body, or a completed
-/// step whose kind compensates itself. Built as the engine builds them,
-/// with placeholders for secret values (building does no I/O).
+/// Steps with a compensation ([`crate::decide::compensable`]), built with
+/// placeholders for secret values.
 pub fn compensable(plan: &Plan, state: &RunState) -> BTreeSet<String> {
-    let registry = upshift_steps::registry();
-    let placeholders: BTreeMap<String, String> = plan
-        .secrets
-        .keys()
-        .map(|k| (k.clone(), format!("<secret {k}>")))
-        .collect();
-    let mut set = BTreeSet::new();
-    for id in &plan.order {
-        let def = &plan.steps[id];
-        if def.compensate.is_some() {
-            set.insert(id.clone());
-        } else if state.step(id).status == StepStatus::Succeeded
-            && let Some(kind) = registry.get(def.body.kind.as_str())
-            && let Ok(with) =
-                crate::engine::resolve_with(plan, &def.body.with, &placeholders, state)
-            && kind.build(&with).is_ok_and(|s| s.has_compensation())
-        {
-            set.insert(id.clone());
-        }
-    }
-    set
+    crate::decide::compensable(
+        plan,
+        state,
+        &upshift_steps::registry(),
+        &crate::decide::placeholder_secrets(plan),
+    )
 }
 
 /// One thing resume would do to a step now.

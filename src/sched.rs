@@ -1,0 +1,413 @@
+//! The scheduler's index: what [`crate::decide`] needs to know about a run,
+//! kept up to date as [`crate::state::RunState`] folds each event, so that a
+//! step transition costs O(that step's edges · log steps) instead of a walk
+//! of the whole plan.
+//!
+//! The index is built from the plan's edges once ([`Graph`], shared by every
+//! state of the same plan) and a state's steps ([`Sched::new`]); after that
+//! every change of a step's status, retry time, compensation or approval
+//! moves the step between sets and adjusts the counts of its dependents.
+//! Like the state it belongs to, it is a pure function of the events folded:
+//! no I/O, no clock. `decide` asks a state without an index (or with the
+//! index of another plan, e.g. after `--accept-plan-change`) to build one
+//! for the occasion, which costs one walk of the plan.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::plan::{Plan, ResumePolicy};
+use crate::state::{CompStatus, RunState, StepState, StepStatus};
+
+/// A plan's edges and per-step scheduling facts, by position in the plan's
+/// topological order (so iterating an index set in order is plan order).
+#[derive(Debug)]
+pub struct Graph {
+    /// Hash of the plan text it was built from.
+    hash: String,
+    ids: Vec<String>,
+    index: HashMap<String, u32>,
+    needs: Vec<Vec<u32>>,
+    dependents: Vec<Vec<u32>>,
+    ask: Vec<bool>,
+    locks: Vec<Vec<u32>>,
+    lock_limits: Vec<u32>,
+}
+
+impl Graph {
+    /// The index of `plan`.
+    pub fn new(plan: &Plan) -> Graph {
+        let index: HashMap<String, u32> = plan
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
+        let mut lock_ids: HashMap<&str, u32> = HashMap::new();
+        let mut lock_limits = Vec::new();
+        let mut locks = Vec::with_capacity(plan.order.len());
+        let mut needs = Vec::with_capacity(plan.order.len());
+        let mut dependents = vec![Vec::new(); plan.order.len()];
+        let mut ask = Vec::with_capacity(plan.order.len());
+        for (i, id) in plan.order.iter().enumerate() {
+            let def = &plan.steps[id];
+            let n: Vec<u32> = def
+                .needs
+                .iter()
+                .filter_map(|n| index.get(n).copied())
+                .collect();
+            for &d in &n {
+                dependents[d as usize].push(i as u32);
+            }
+            needs.push(n);
+            ask.push(def.resume == ResumePolicy::Ask);
+            locks.push(
+                def.locks
+                    .iter()
+                    .map(|l| {
+                        *lock_ids.entry(l.as_str()).or_insert_with(|| {
+                            lock_limits.push(plan.lock_limit(l));
+                            (lock_limits.len() - 1) as u32
+                        })
+                    })
+                    .collect(),
+            );
+        }
+        Graph {
+            hash: plan.hash.clone(),
+            ids: plan.order.clone(),
+            index,
+            needs,
+            dependents,
+            ask,
+            locks,
+            lock_limits,
+        }
+    }
+
+    /// Whether this is the index of `plan` (same text, same steps).
+    pub fn is_of(&self, plan: &Plan) -> bool {
+        self.hash == plan.hash && self.ids.len() == plan.order.len()
+    }
+
+    /// Number of steps.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the plan has no step.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The id of the step at position `i`.
+    pub fn id(&self, i: u32) -> &str {
+        &self.ids[i as usize]
+    }
+
+    /// The position of a step.
+    pub fn position(&self, id: &str) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+
+    /// Direct dependents of the step at `i`.
+    pub fn dependents(&self, i: u32) -> &[u32] {
+        &self.dependents[i as usize]
+    }
+
+    /// Locks the step at `i` holds while it runs.
+    pub fn locks(&self, i: u32) -> &[u32] {
+        &self.locks[i as usize]
+    }
+
+    /// The limit of lock `l`.
+    pub fn lock_limit(&self, l: u32) -> u32 {
+        self.lock_limits[l as usize]
+    }
+
+    /// Number of distinct locks.
+    pub fn lock_count(&self) -> usize {
+        self.lock_limits.len()
+    }
+}
+
+/// The part of a step's state the index depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Key {
+    pub status: StepStatus,
+    pub retry_at: Option<DateTime<Utc>>,
+    pub comp: CompStatus,
+    pub approved: bool,
+}
+
+impl Key {
+    pub fn of(st: &StepState) -> Key {
+        Key {
+            status: st.status,
+            retry_at: st.retry_at,
+            comp: st.compensation,
+            approved: st.approved,
+        }
+    }
+}
+
+fn is_done(s: StepStatus) -> bool {
+    matches!(s, StepStatus::Succeeded | StepStatus::Skipped)
+}
+
+/// The scheduler's view of one run of one plan.
+#[derive(Clone)]
+pub struct Sched {
+    graph: Arc<Graph>,
+    keys: Vec<Key>,
+    /// Needs of each step that are not done (succeeded or skipped).
+    unmet: Vec<u32>,
+    /// Pending or interrupted steps whose needs are done (not those that
+    /// must ask an operator first), by plan position.
+    ready: BTreeSet<u32>,
+    /// Interrupted steps with `resume = "ask"`, not approved, needs done.
+    asking: BTreeSet<u32>,
+    /// Steps waiting for a retry, by the time it is due (`None`: at once).
+    retry: BTreeSet<(Option<DateTime<Utc>>, u32)>,
+    failed: BTreeSet<u32>,
+    waiting: BTreeSet<u32>,
+    comp_failed: BTreeSet<u32>,
+    running: u32,
+    comp_running: u32,
+    done: u32,
+    /// Holders of each lock (running steps).
+    held: Vec<u32>,
+}
+
+impl std::fmt::Debug for Sched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sched")
+            .field("steps", &self.graph.len())
+            .field("ready", &self.ready.len())
+            .field("running", &self.running)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sched {
+    /// The index of `state` for the plan `graph` was built from: one walk
+    /// of the plan.
+    pub fn new(graph: Arc<Graph>, state: &RunState) -> Sched {
+        let n = graph.len();
+        let keys: Vec<Key> = graph.ids.iter().map(|id| Key::of(state.step(id))).collect();
+        let unmet = (0..n)
+            .map(|i| {
+                graph.needs[i]
+                    .iter()
+                    .filter(|&&d| !is_done(keys[d as usize].status))
+                    .count() as u32
+            })
+            .collect();
+        let mut s = Sched {
+            held: vec![0; graph.lock_count()],
+            graph,
+            keys,
+            unmet,
+            ready: BTreeSet::new(),
+            asking: BTreeSet::new(),
+            retry: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            comp_failed: BTreeSet::new(),
+            running: 0,
+            comp_running: 0,
+            done: 0,
+        };
+        for i in 0..n as u32 {
+            s.enter(i);
+        }
+        s
+    }
+
+    /// The plan's index.
+    pub fn graph(&self) -> &Arc<Graph> {
+        &self.graph
+    }
+
+    /// A step changed from `before` to `after`.
+    pub(crate) fn update(&mut self, id: &str, before: Key, after: Key) {
+        if before == after {
+            return;
+        }
+        let Some(i) = self.graph.position(id) else {
+            // A step the plan no longer has (an accepted plan change).
+            return;
+        };
+        self.leave(i);
+        self.keys[i as usize] = after;
+        self.enter(i);
+        let (was, is) = (is_done(before.status), is_done(after.status));
+        if was != is {
+            let graph = Arc::clone(&self.graph);
+            for &d in graph.dependents(i) {
+                self.leave(d);
+                if is {
+                    self.unmet[d as usize] -= 1;
+                } else {
+                    self.unmet[d as usize] += 1;
+                }
+                self.enter(d);
+            }
+        }
+    }
+
+    fn enter(&mut self, i: u32) {
+        self.membership(i, true);
+    }
+
+    fn leave(&mut self, i: u32) {
+        self.membership(i, false);
+    }
+
+    /// Adds step `i` to (or removes it from) the sets and counts its key
+    /// and its unmet needs put it in.
+    fn membership(&mut self, i: u32, add: bool) {
+        fn set(s: &mut BTreeSet<u32>, i: u32, add: bool) {
+            if add {
+                s.insert(i);
+            } else {
+                s.remove(&i);
+            }
+        }
+        fn count(c: &mut u32, add: bool) {
+            if add {
+                *c += 1;
+            } else {
+                *c -= 1;
+            }
+        }
+        let k = self.keys[i as usize];
+        let needs_met = self.unmet[i as usize] == 0;
+        match k.status {
+            StepStatus::Pending | StepStatus::Interrupted if needs_met => {
+                if k.status == StepStatus::Interrupted && self.graph.ask[i as usize] && !k.approved
+                {
+                    set(&mut self.asking, i, add);
+                } else {
+                    set(&mut self.ready, i, add);
+                }
+            }
+            StepStatus::Pending | StepStatus::Interrupted => {}
+            StepStatus::RetryWait => {
+                if add {
+                    self.retry.insert((k.retry_at, i));
+                } else {
+                    self.retry.remove(&(k.retry_at, i));
+                }
+            }
+            StepStatus::Running => {
+                count(&mut self.running, add);
+                for &l in &self.graph.locks[i as usize] {
+                    count(&mut self.held[l as usize], add);
+                }
+            }
+            StepStatus::Waiting => set(&mut self.waiting, i, add),
+            StepStatus::Failed => set(&mut self.failed, i, add),
+            StepStatus::Succeeded | StepStatus::Skipped => count(&mut self.done, add),
+        }
+        match k.comp {
+            CompStatus::Running => count(&mut self.comp_running, add),
+            CompStatus::Failed => set(&mut self.comp_failed, i, add),
+            CompStatus::None | CompStatus::Done => {}
+        }
+    }
+
+    /// The key of the step at `i`.
+    pub(crate) fn key(&self, i: u32) -> Key {
+        self.keys[i as usize]
+    }
+
+    /// Steps whose attempt could start (needs done, not waiting for an
+    /// operator), in plan order.
+    pub fn ready(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ready.iter().copied()
+    }
+
+    /// Interrupted `resume = "ask"` steps that need an approval first.
+    pub fn asking(&self) -> impl Iterator<Item = u32> + '_ {
+        self.asking.iter().copied()
+    }
+
+    /// Steps waiting for a retry, earliest first.
+    pub fn retries(&self) -> impl Iterator<Item = (Option<DateTime<Utc>>, u32)> + '_ {
+        self.retry.iter().copied()
+    }
+
+    /// Unmet needs of the step at `i`.
+    pub fn unmet(&self, i: u32) -> u32 {
+        self.unmet[i as usize]
+    }
+
+    /// Failed steps, in plan order.
+    pub fn failed(&self) -> impl Iterator<Item = u32> + '_ {
+        self.failed.iter().copied()
+    }
+
+    /// Steps waiting for an operator, in plan order.
+    pub fn waiting(&self) -> impl Iterator<Item = u32> + '_ {
+        self.waiting.iter().copied()
+    }
+
+    /// Steps whose compensation failed, in plan order.
+    pub fn comp_failed(&self) -> impl Iterator<Item = u32> + '_ {
+        self.comp_failed.iter().copied()
+    }
+
+    /// Steps running now.
+    pub fn running(&self) -> u32 {
+        self.running
+    }
+
+    /// Compensations running now.
+    pub fn comp_running(&self) -> u32 {
+        self.comp_running
+    }
+
+    /// Steps done (succeeded or skipped).
+    pub fn done(&self) -> u32 {
+        self.done
+    }
+
+    /// Running holders of lock `l`.
+    pub fn held(&self, l: u32) -> u32 {
+        self.held[l as usize]
+    }
+
+    /// Compares this index with one built from scratch (for tests): `Err`
+    /// names the first difference.
+    pub fn check(&self, state: &RunState) -> Result<(), String> {
+        let fresh = Sched::new(Arc::clone(&self.graph), state);
+        macro_rules! same {
+            ($f:ident) => {
+                if self.$f != fresh.$f {
+                    return Err(format!(
+                        "index field `{}` is {:?}, a fresh fold gives {:?}",
+                        stringify!($f),
+                        self.$f,
+                        fresh.$f
+                    ));
+                }
+            };
+        }
+        same!(keys);
+        same!(unmet);
+        same!(ready);
+        same!(asking);
+        same!(retry);
+        same!(failed);
+        same!(waiting);
+        same!(comp_failed);
+        same!(running);
+        same!(comp_running);
+        same!(done);
+        same!(held);
+        Ok(())
+    }
+}
