@@ -71,6 +71,9 @@ pub trait Observer: Send + Sync {
     fn output(&self, _step: &str, _text: &str) {}
     /// Non-durable progress of a step.
     fn progress(&self, _step: &str, _done: u64, _total: u64, _message: &str) {}
+    /// The events of a commit were all passed to [`Observer::event`]:
+    /// write out what was buffered for them (called once per commit).
+    fn flush(&self) {}
 }
 
 /// An observer that ignores everything.
@@ -606,9 +609,14 @@ impl Engine {
     /// Folds committed events in journal order, with the journal's times:
     /// the live state is the fold replay makes of the same journal.
     fn drain_committed(&mut self) {
+        let mut any = false;
         while let Ok(env) = self.committed.try_recv() {
             self.state.apply(&env);
             self.cfg.observer.event(&env, &self.state);
+            any = true;
+        }
+        if any {
+            self.cfg.observer.flush();
         }
     }
 

@@ -1,9 +1,15 @@
 //! Diagnostics through `tracing`: stderr at the level of `-v`/`RUST_LOG`,
 //! and each run's own log file beside the journal (`logs/<run>.log`) at
 //! info level, which records every journaled event as a line.
+//!
+//! The lines of journaled events (target `upshift::journal`) are buffered
+//! and reach the file when the engine has folded a commit's events
+//! ([`flush_run_log`], through the observer): one write per transition
+//! instead of one per line. Every other line is written at once, as
+//! before. The run log is not the journal: it is never fsync'd.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -14,14 +20,27 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use upshift_journal::RunId;
 
-static RUN_LOG: Mutex<Option<File>> = Mutex::new(None);
+/// Target of the lines that record journaled events.
+pub const JOURNAL_TARGET: &str = "upshift::journal";
 
-struct RunLogWriter;
+static RUN_LOG: Mutex<Option<BufWriter<File>>> = Mutex::new(None);
+
+struct RunLogWriter {
+    /// A journaled event's line: stays in the buffer until
+    /// [`flush_run_log`].
+    buffered: bool,
+}
 
 impl Write for RunLogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match RUN_LOG.lock().ok().as_mut().and_then(|g| g.as_mut()) {
-            Some(f) => f.write(buf),
+            Some(f) => {
+                f.write_all(buf)?;
+                if !self.buffered {
+                    f.flush()?;
+                }
+                Ok(buf.len())
+            }
             None => Ok(buf.len()),
         }
     }
@@ -38,9 +57,24 @@ struct MakeRunLog;
 impl<'a> MakeWriter<'a> for MakeRunLog {
     type Writer = RunLogWriter;
     fn make_writer(&'a self) -> Self::Writer {
-        RunLogWriter
+        RunLogWriter { buffered: false }
+    }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        RunLogWriter {
+            buffered: meta.target() == JOURNAL_TARGET,
+        }
     }
 }
+
+/// Writes the buffered lines of journaled events to the run log.
+pub fn flush_run_log() {
+    if let Some(f) = RUN_LOG.lock().ok().as_mut().and_then(|g| g.as_mut()) {
+        let _ = f.flush();
+    }
+}
+
+/// Buffer of the run log: a few transitions' lines.
+const RUN_LOG_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Installs the global subscriber. `verbose`: 0 warn, 1 info, 2+ debug.
 pub fn init(verbose: u8) {
@@ -86,7 +120,7 @@ pub fn run_log(dir: &Path, run: RunId) -> RunLogGuard {
     match file {
         Ok(f) => {
             if let Ok(mut g) = RUN_LOG.lock() {
-                *g = Some(f);
+                *g = Some(BufWriter::with_capacity(RUN_LOG_BUFFER_BYTES, f));
             }
         }
         Err(e) => tracing::warn!("cannot open the run log {}: {e}", path.display()),

@@ -36,6 +36,7 @@ impl Observer for CrashAt {
     fn event(&self, env: &Envelope, state: &RunState) {
         self.inner.event(env, state);
         if env.seq + 1 >= self.n {
+            self.inner.flush();
             eprintln!(
                 "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running. Continue with:\n    upshift resume --journal {}\n  (it may pause for the FE HTTPS binding — `upshift approve RUN fe_bind_https` — and for\n  the ICH installer's reboot; run `upshift resume --journal ...` again after each)",
                 env.seq + 1,
@@ -57,6 +58,9 @@ impl Observer for CrashAt {
     }
     fn progress(&self, step: &str, done: u64, total: u64, message: &str) {
         self.inner.progress(step, done, total, message);
+    }
+    fn flush(&self) {
+        self.inner.flush();
     }
 }
 

@@ -5,9 +5,13 @@
 //!
 //! - [`Ui`]: the live run (`run`, `resume`, `rollback`, `demo`).
 //! - [`follow`]: `status --follow` beside a live engine.
+//!
+//! The step path is kept lean: bars exist only on a terminal (their styles
+//! are parsed once), and the lines of one commit's events are written
+//! together when the engine calls [`Observer::flush`].
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,7 +27,11 @@ pub mod follow;
 pub struct Ui {
     multi: MultiProgress,
     tty: bool,
-    bars: Mutex<HashMap<String, (ProgressBar, Instant)>>,
+    bars: Mutex<HashMap<String, (Option<ProgressBar>, Instant)>>,
+    spinner: ProgressStyle,
+    counter: ProgressStyle,
+    /// Event lines not written yet (plain output), see [`Observer::flush`].
+    pending: Mutex<String>,
     verbose_output: bool,
 }
 
@@ -40,10 +48,19 @@ impl Ui {
             multi,
             tty,
             bars: Mutex::new(HashMap::new()),
+            spinner: ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed} {wide_msg}")
+                .expect("template"),
+            counter: ProgressStyle::with_template(
+                "{prefix:.bold} [{bar:30}] {pos}/{len} {elapsed}<{eta} {wide_msg}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+            pending: Mutex::new(String::new()),
             verbose_output,
         }
     }
 
+    /// A line now (a step's output).
     fn line(&self, text: String) {
         if self.tty {
             let _ = self.multi.println(text);
@@ -52,14 +69,27 @@ impl Ui {
         }
     }
 
+    /// An event's line: on a terminal now, otherwise with the other lines
+    /// of its commit.
+    fn event_line(&self, text: String) {
+        if self.tty {
+            let _ = self.multi.println(text);
+        } else {
+            let mut p = self.pending.lock().expect("poisoned");
+            p.push_str(&text);
+            p.push('\n');
+        }
+    }
+
     fn start_bar(&self, step: &str) {
-        let bar = self.multi.add(ProgressBar::new_spinner());
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed} {wide_msg}")
-                .expect("template"),
-        );
-        bar.set_prefix(step.to_string());
-        bar.enable_steady_tick(Duration::from_millis(120));
+        // Plain output has no bars: only the start time is kept.
+        let bar = self.tty.then(|| {
+            let bar = self.multi.add(ProgressBar::new_spinner());
+            bar.set_style(self.spinner.clone());
+            bar.set_prefix(step.to_string());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
         self.bars
             .lock()
             .expect("poisoned")
@@ -68,25 +98,21 @@ impl Ui {
 
     fn end_bar(&self, step: &str) -> Option<Duration> {
         let (bar, t) = self.bars.lock().expect("poisoned").remove(step)?;
-        bar.finish_and_clear();
-        self.multi.remove(&bar);
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
         Some(t.elapsed())
     }
 
     fn set_progress(&self, step: &str, done: u64, total: u64, message: &str) {
         let bars = self.bars.lock().expect("poisoned");
-        let Some((bar, _)) = bars.get(step) else {
+        let Some((Some(bar), _)) = bars.get(step) else {
             return;
         };
         if total > 0 && bar.length() != Some(total) {
             bar.set_length(total);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:.bold} [{bar:30}] {pos}/{len} {elapsed}<{eta} {wide_msg}",
-                )
-                .expect("template")
-                .progress_chars("=> "),
-            );
+            bar.set_style(self.counter.clone());
         }
         bar.set_position(done);
         if !message.is_empty() {
@@ -102,7 +128,7 @@ fn secs(d: Option<Duration>) -> String {
 
 impl Observer for Ui {
     fn event(&self, env: &Envelope, state: &RunState) {
-        tracing::info!(target: "upshift::journal", seq = env.seq, "{}", crate::report::event_line(&env.event));
+        tracing::info!(target: crate::logging::JOURNAL_TARGET, seq = env.seq, "{}", crate::report::event_line(&env.event));
         match &env.event {
             Event::StepStarted {
                 step,
@@ -114,7 +140,7 @@ impl Observer for Ui {
                     (a, true) => format!(" (attempt {a}, from its checkpoint)"),
                     (a, false) => format!(" (attempt {a})"),
                 };
-                self.line(format!("▶ {step}{extra}"));
+                self.event_line(format!("▶ {step}{extra}"));
                 self.start_bar(step);
             }
             Event::StepCheckpoint {
@@ -122,7 +148,7 @@ impl Observer for Ui {
             } if *total > 0 => {
                 self.set_progress(step, *done, *total, "");
                 if !self.tty && (*done == *total || *done % (*total / 10).max(1) == 0) {
-                    eprintln!("  {step}: {done}/{total}");
+                    self.event_line(format!("  {step}: {done}/{total}"));
                 }
             }
             Event::StepSucceeded {
@@ -136,7 +162,7 @@ impl Observer for Ui {
                 } else {
                     ""
                 };
-                self.line(format!("✓ {step}{}{reboot}", secs(t)));
+                self.event_line(format!("✓ {step}{}{reboot}", secs(t)));
             }
             Event::StepFailed {
                 step,
@@ -145,43 +171,45 @@ impl Observer for Ui {
                 ..
             } => {
                 let t = self.end_bar(step);
-                self.line(format!("✗ {step} (attempt {attempt}){}: {error}", secs(t)));
+                self.event_line(format!("✗ {step} (attempt {attempt}){}: {error}", secs(t)));
             }
             Event::StepRetryScheduled {
                 step,
                 next_attempt,
                 delay_ms,
             } => {
-                self.line(format!(
+                self.event_line(format!(
                     "↻ {step}: attempt {next_attempt} in {}",
                     crate::report::duration_text(Duration::from_millis(*delay_ms))
                 ));
             }
             Event::StepWaiting { step, reason } => {
                 self.end_bar(step);
-                self.line(format!("⏸ {step} waits for an operator: {reason}"));
+                self.event_line(format!("⏸ {step} waits for an operator: {reason}"));
             }
-            Event::StepSkipped { step, reason } => self.line(format!("⤼ {step} skipped: {reason}")),
-            Event::RollbackStarted { reason } => self.line(format!("⟲ rollback: {reason}")),
+            Event::StepSkipped { step, reason } => {
+                self.event_line(format!("⤼ {step} skipped: {reason}"))
+            }
+            Event::RollbackStarted { reason } => self.event_line(format!("⟲ rollback: {reason}")),
             Event::CompensationStarted { step } => {
-                self.line(format!("⟲ compensating {step}"));
+                self.event_line(format!("⟲ compensating {step}"));
                 self.start_bar(step);
             }
             Event::CompensationSucceeded { step, .. } => {
                 let t = self.end_bar(step);
-                self.line(format!("✓ compensated {step}{}", secs(t)));
+                self.event_line(format!("✓ compensated {step}{}", secs(t)));
             }
             Event::CompensationFailed { step, error, .. } => {
                 self.end_bar(step);
-                self.line(format!("✗ compensation of {step} failed: {error}"));
+                self.event_line(format!("✗ compensation of {step} failed: {error}"));
             }
             Event::RebootRequested { step, action } => {
-                self.line(format!("⚠ {step} requires a reboot: {action}"))
+                self.event_line(format!("⚠ {step} requires a reboot: {action}"))
             }
             Event::RunResumed { .. } => {
                 let inflight = state.in_flight();
                 if !inflight.is_empty() {
-                    self.line(format!(
+                    self.event_line(format!(
                         "resuming; interrupted steps run again: {}",
                         inflight.join(", ")
                     ));
@@ -202,5 +230,13 @@ impl Observer for Ui {
 
     fn progress(&self, step: &str, done: u64, total: u64, message: &str) {
         self.set_progress(step, done, total, message);
+    }
+
+    fn flush(&self) {
+        let lines = std::mem::take(&mut *self.pending.lock().expect("poisoned"));
+        if !lines.is_empty() {
+            let _ = std::io::stderr().lock().write_all(lines.as_bytes());
+        }
+        crate::logging::flush_run_log();
     }
 }
