@@ -529,6 +529,28 @@ pub struct Engine {
     /// Steps a rollback compensates, and the number of done steps it was
     /// computed for (it changes only when a step completes).
     compensable: (Option<u32>, BTreeSet<String>),
+    /// The program that guards step processes ([`guard_beside`]).
+    guard: Option<PathBuf>,
+}
+
+/// File name of the guard-only binary (`src/bin/upshift-guard.rs`).
+pub const GUARD_BINARY: &str = if cfg!(windows) {
+    "upshift-guard.exe"
+} else {
+    "upshift-guard"
+};
+
+/// The guard for step processes of the `upshift` binary at `exe`: the small
+/// `upshift-guard` beside it when there is one (its start costs a fraction
+/// of `upshift`'s, paid per process step), else `upshift` itself (its
+/// `__guard` command).
+pub fn guard_beside(exe: &std::path::Path) -> PathBuf {
+    let small = exe.with_file_name(GUARD_BINARY);
+    if small.is_file() {
+        small
+    } else {
+        exe.to_path_buf()
+    }
 }
 
 impl Engine {
@@ -566,6 +588,7 @@ impl Engine {
         let (ctx, crx) = mpsc::unbounded_channel();
         let redactor = Redactor::new(secrets.values().cloned());
         let writer = Writer::start(journal, redactor.clone(), ctx);
+        let guard = cfg.guard_program.as_deref().map(guard_beside);
         Engine {
             plan: Arc::new(plan),
             cfg,
@@ -576,6 +599,7 @@ impl Engine {
             secrets,
             redactor,
             compensable: (None, BTreeSet::new()),
+            guard,
         }
     }
 
@@ -663,7 +687,7 @@ impl Engine {
             approved: st.approved,
             recorded: st.outputs.clone(),
             work_dir: self.cfg.work_root.join(self.run.to_string()).join(id),
-            guard: self.cfg.guard_program.clone(),
+            guard: self.guard.clone(),
             writer: self.writer.clone(),
             observer: Arc::clone(&self.cfg.observer),
             redactor: self.redactor.clone(),

@@ -38,8 +38,26 @@ with = {{ program = "sh", args = ["-c", "sh -c 'sleep 60; : {token}' & sh -c 'sl
 
 #[test]
 fn children_die_with_a_sigkilled_engine() {
+    // The small `upshift-guard` beside the binary guards the step.
+    children_die_with_a_sigkilled(
+        std::path::Path::new(crate::support::bin()),
+        "upshift-guard __guard",
+    );
+}
+
+#[test]
+fn children_die_with_a_sigkilled_engine_whose_guard_is_itself() {
+    // Without `upshift-guard` beside it, `upshift __guard` guards the step.
+    let alone = tempfile::tempdir().unwrap();
+    let exe = alone.path().join("upshift");
+    std::fs::copy(crate::support::bin(), &exe).unwrap();
+    children_die_with_a_sigkilled(&exe, "upshift __guard");
+}
+
+fn children_die_with_a_sigkilled(exe: &std::path::Path, guard: &str) {
     let sb = Sandbox::new();
-    let token = format!("upshift-orphan-{}", std::process::id());
+    let token = format!("upshift-orphan-{}-{}", std::process::id(), guard.len());
+    // `guard` is how the guard's command line starts (then the engine's pid).
     let plan = sb.plan(
         "p.toml",
         &format!(
@@ -51,12 +69,25 @@ with = {{ program = "sh", args = ["-c", "echo up >> @M@/tree; (sh -c 'sleep 60; 
 "#
         ),
     );
-    let mut child = sb.cmd(&["run", plan.to_str().unwrap()]).spawn().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["run", plan.to_str().unwrap()])
+        .env("UPSHIFT_JOURNAL", sb.journal())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     assert!(wait_until(Duration::from_secs(10), || processes_with(
         &token
     )
     .len()
         >= 2));
+    let guards = processes_with(&format!("{guard} {}", child.id()));
+    assert_eq!(
+        guards.len(),
+        1,
+        "expected one `{guard}` process: {guards:?}"
+    );
     child.kill().unwrap(); // SIGKILL: no cleanup code runs in the engine
     child.wait().unwrap();
     assert!(
