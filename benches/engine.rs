@@ -3,11 +3,15 @@
 //! same process.
 //!
 //! - step overhead: a chain of 1,000 no-op steps (`sleep 0s`) vs 2,000
-//!   single-event durable appends to the same store (goal <= 1.5x);
-//! - parallel chains: 8 chains of N vs one chain of 8N (goal <= 0.5x). The
-//!   goal names N = 1,000, but the engine's per-transition cost is O(steps)
-//!   (see RESULTS.md), so one 8,000-step run takes ~100 s here; the default is
-//!   N = 125 (`UPSHIFT_BENCH_CHAIN_LEN=1000` for the full size);
+//!   raw `write + fdatasync` calls on a file of the same disk (goal <= 1.5x;
+//!   a step transition is one redb commit, which syncs twice), and, for
+//!   reference, vs 2,000 single-event durable appends to the redb store;
+//! - linear scheduling: a 10,000-step chain vs the 1,000-step chain (goal
+//!   <= 11x);
+//! - process steps: 100 chained `process` steps running `/bin/true`, guarded
+//!   as in a real run, vs 100 raw spawns of `/bin/true` (goal <= 4x);
+//! - parallel chains: 8 chains of N vs one chain of 8N (goal <= 0.5x); the
+//!   default is N = 125 (`UPSHIFT_BENCH_CHAIN_LEN=1000` for the full size);
 //! - critical path: a demo-like plan of sleeps vs the sum of the sleeps on
 //!   its critical path (goal <= 1.05x);
 //! - journal growth: a `foreach` of 1,800 items journals O(items) events,
@@ -62,7 +66,8 @@ fn engine_config(work: &Path, concurrency: Option<usize>) -> Config {
     Config {
         registry: upshift_steps::registry(),
         concurrency,
-        guard_program: None,
+        // As `upshift run` does: `upshift-guard` beside it guards processes.
+        guard_program: Some(env!("CARGO_BIN_EXE_upshift").into()),
         work_root: work.to_path_buf(),
         actor: Actor::default(),
         observer: Arc::new(Quiet),
@@ -184,18 +189,116 @@ fn step_overhead(c: &mut Criterion) {
         return;
     };
     summary(
-        "step_overhead (1,000-step chain vs 2,000 durable redb appends)",
-        &ms(chain),
-        &ms(redb),
-        chain / redb,
-        Goal::AtMost(1.5),
-    );
-    summary(
-        "step_overhead/physical (1,000-step chain vs 2,000 file appends+fdatasync)",
+        "step_overhead (1,000-step chain vs 2,000 raw write+fdatasync)",
         &ms(chain),
         &ms(file),
         chain / file,
+        Goal::AtMost(1.5),
+    );
+    summary(
+        "step_overhead/redb (1,000-step chain vs 2,000 durable redb appends)",
+        &ms(chain),
+        &ms(redb),
+        chain / redb,
         Goal::Report,
+    );
+}
+
+/// A 10,000-step chain against the 1,000-step chain of `step_overhead`
+/// (same run): scheduling is linear when the ratio is about 10.
+fn chain_scaling(c: &mut Criterion) {
+    const LONG: usize = 10 * CHAIN;
+    let rt = runtime();
+    let long = chain_plan(1, LONG);
+    let mut g = c.benchmark_group("chain_scaling");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(10));
+    let dir = common::tempdir();
+    g.bench_function("chain_10000_noop_steps", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += run_plan(&rt, dir.path(), &long, None).0;
+            }
+            record("steps/chain10000", iters, total);
+            total
+        })
+    });
+    g.finish();
+    let (Some(long), Some(short)) = (median("steps/chain10000"), median("steps/chain1000")) else {
+        return;
+    };
+    summary(
+        "chain_scaling (10,000-step chain vs 1,000-step chain)",
+        &ms(long),
+        &ms(short),
+        long / short,
+        Goal::AtMost(11.0),
+    );
+}
+
+/// 100 chained `process` steps of `/bin/true` (guarded, as `upshift run`
+/// runs them) vs 100 raw spawns of `/bin/true`, in the same run.
+fn process_steps(c: &mut Criterion) {
+    const STEPS: usize = 100;
+    let true_bin = ["/bin/true", "/usr/bin/true"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(true_bin) = true_bin else {
+        eprintln!("SKIPPED: process_steps because there is no /bin/true here");
+        return;
+    };
+    let rt = runtime();
+    let mut text = String::from("name = \"processes\"\n");
+    for i in 0..STEPS {
+        text.push_str(&format!(
+            "[steps.p{i}]\nkind = \"process\"\nwith = {{ program = \"{true_bin}\" }}\n"
+        ));
+        if i > 0 {
+            text.push_str(&format!("needs = [\"p{}\"]\n", i - 1));
+        }
+    }
+    let mut g = c.benchmark_group("process_steps");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("baseline_100_spawns_of_true", |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters * STEPS as u64 {
+                let status = std::process::Command::new(true_bin)
+                    .status()
+                    .expect("spawn true");
+                assert!(status.success());
+            }
+            let took = t.elapsed();
+            record("processes/baseline", iters, took);
+            took
+        })
+    });
+    let dir = common::tempdir();
+    g.bench_function("chain_100_process_steps_of_true", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += run_plan(&rt, dir.path(), &text, None).0;
+            }
+            record("processes/chain", iters, total);
+            total
+        })
+    });
+    g.finish();
+    let (Some(chain), Some(spawns)) = (median("processes/chain"), median("processes/baseline"))
+    else {
+        return;
+    };
+    summary(
+        "process_steps (100 chained /bin/true process steps vs 100 raw spawns of /bin/true)",
+        &ms(chain),
+        &ms(spawns),
+        chain / spawns,
+        Goal::AtMost(4.0),
     );
 }
 
@@ -384,7 +487,7 @@ fn journal_growth(_: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = baseline_appends, step_overhead, parallel_chains, critical_path, journal_growth
+    targets = baseline_appends, step_overhead, chain_scaling, process_steps, parallel_chains, critical_path, journal_growth
 }
 
 fn main() {

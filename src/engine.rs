@@ -207,7 +207,10 @@ impl Writer {
                     if reqs.is_empty() {
                         continue;
                     }
-                    let now = Utc::now();
+                    // The time as the journal keeps it (microseconds): the
+                    // live state folds these envelopes, replay the stored
+                    // ones, and both must see the same time.
+                    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
                     let mut batch = Vec::new();
                     let mut spans = Vec::new();
                     let mut seq_err = None;
@@ -1150,5 +1153,124 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{LoadOptions, parse};
+
+    /// The live engine's final state is the fold of its journal, field by
+    /// field: the same times (the writer's), seqs, checkpoints, outputs,
+    /// attempts and decisions. A plan with parallel branches, a retried
+    /// step (with backoff) and a checkpointing `foreach`.
+    #[test]
+    fn the_live_state_is_the_fold_of_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m");
+        std::fs::create_dir_all(&m).unwrap();
+        let text = r#"
+name = "live"
+[steps.a]
+kind = "process"
+with = { program = "sh", args = ["-c", "echo a"] }
+[steps.flaky]
+kind = "process"
+needs = ["a"]
+retry = { attempts = 3, backoff = "20ms" }
+with = { program = "sh", args = ["-c", "n=$(cat @M@/flaky 2>/dev/null || echo 0); echo $((n+1)) > @M@/flaky; [ $n -ge 2 ]"] }
+[steps.loop]
+kind = "foreach"
+needs = ["a"]
+with = { items = ["1", "2", "3", "4", "5", "6"], concurrency = 2, program = "sh", args = ["-c", "echo ${item}"] }
+[steps.b]
+kind = "sleep"
+needs = ["a"]
+with = { duration = "30ms" }
+[steps.end]
+kind = "process"
+needs = ["flaky", "loop", "b"]
+with = { program = "sh", args = ["-c", "echo ${steps.a.outputs.stdout}"] }
+"#
+        .replace("@M@", &m.display().to_string());
+        let registry = upshift_steps::registry();
+        let plan = parse(
+            "live.toml".as_ref(),
+            &text,
+            &registry,
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let journal_dir = dir.path().join("journal");
+        let run = RunId::new();
+        let cfg = Config {
+            registry,
+            concurrency: None,
+            guard_program: None,
+            work_root: dir.path().join("work"),
+            actor: Actor::default(),
+            observer: Arc::new(Quiet),
+            inbox: None,
+            journal_dir: None,
+            boot: Default::default(),
+        };
+        let mut eng = Engine::new(
+            plan.clone(),
+            cfg,
+            Journal::open(&journal_dir).unwrap(),
+            run,
+            &[],
+            BTreeMap::new(),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let exit = rt.block_on(eng.start(BTreeMap::new())).unwrap();
+        assert_eq!(exit, Exit::Finished(Outcome::Succeeded));
+        let live = eng.state().clone();
+        drop(eng);
+
+        let events = Journal::open_read_only(&journal_dir)
+            .unwrap()
+            .read_run(run)
+            .unwrap();
+        let mut replay = RunState::for_plan(&plan);
+        for e in &events {
+            replay.apply(e);
+        }
+        // What the test is about was exercised.
+        assert_eq!(live.step("flaky").attempts, 3, "{live:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e.event, Event::StepRetryScheduled { .. }))
+        );
+        assert!(
+            events
+                .iter()
+                .filter(|e| matches!(e.event, Event::StepCheckpoint { .. }))
+                .count()
+                >= 6
+        );
+        // The times are the journal's.
+        let started = |id: &str| {
+            events
+                .iter()
+                .rev()
+                .find(|e| matches!(&e.event, Event::StepStarted { step, .. } if step == id))
+                .unwrap()
+                .time
+        };
+        for id in &plan.order {
+            assert_eq!(live.step(id).started_at, Some(started(id)), "{id}");
+        }
+        live.check_index().unwrap();
+        assert_eq!(format!("{live:#?}"), format!("{replay:#?}"));
+        assert_eq!(
+            serde_json::to_string(&live).unwrap(),
+            serde_json::to_string(&RunState::from_events(&events)).unwrap()
+        );
     }
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A 100,000-step plan: `upshift check` and `upshift run` of no-op steps
+# (`sleep 0s`) must each complete with a peak RSS <= 256 MiB (GNU time -v).
+# The plan is 10 independent chains of 10,000 steps, run 10 at a time, so a
+# commit carries ~10 transitions (a single 100,000-step chain takes
+# 100,000 sequential commits, i.e. minutes of fsyncs, for the same memory).
+# Baseline printed beside it: the same commands on a 1,000-step plan.
+#
+#   benches/plan_100k.sh [steps]        (default 100000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS="${1:-100000}"
+CHAINS=10
+TARGET="${CARGO_TARGET_DIR:-target}"
+cargo build --release --quiet --bin upshift --bin upshift-guard
+BIN="$TARGET/release/upshift"
+WORK="$(mktemp -d "${UPSHIFT_BENCH_DIR:-${TMPDIR:-/tmp}}/upshift-100k.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+plan() { # file steps
+  python3 - "$1" "$2" "$CHAINS" <<'PY'
+import sys
+path, steps, chains = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+per = steps // chains
+with open(path, "w") as f:
+    f.write('name = "noop"\n')
+    for c in range(chains):
+        for i in range(per):
+            f.write(f'[steps.c{c}_{i}]\nkind = "sleep"\nwith = {{ duration = "0s" }}\n')
+            if i:
+                f.write(f'needs = ["c{c}_{i-1}"]\n')
+PY
+}
+
+measure() { # name steps
+  local name="$1" n="$2" dir="$WORK/$1"
+  mkdir -p "$dir"
+  plan "$dir/plan.toml" "$n"
+  /usr/bin/time -v -o "$dir/check.txt" "$BIN" check "$dir/plan.toml" >/dev/null
+  /usr/bin/time -v -o "$dir/run.txt" "$BIN" run "$dir/plan.toml" \
+    --journal "$dir/journal" --concurrency "$CHAINS" >/dev/null 2>"$dir/err.txt" || {
+    echo "run failed:"; tail "$dir/err.txt"; exit 1; }
+  for what in check run; do
+    local rss wall
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/$what.txt")
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$dir/$what.txt")
+    echo "$name $what: $n steps, wall $wall, peak RSS $((rss / 1024)) MiB ($rss KiB)"
+    eval "${name}_${what}=$rss"
+  done
+}
+
+measure small 1000
+measure big "$STEPS"
+
+verdict() { if [ "$(echo "$1" | bc)" = 1 ]; then echo PASS; else echo MISS; fi; }
+for what in check run; do
+  big="big_$what"; small="small_$what"
+  echo "SUMMARY plan_100k/$what ($STEPS steps): figure=$((${!big} / 1024))MiB baseline=$((${!small} / 1024))MiB (1,000 steps) ratio=$(echo "scale=2; ${!big} / 262144" | bc)x of the 256MiB goal goal=<= 256MiB $(verdict "${!big} <= 262144")"
+done
