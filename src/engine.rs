@@ -1041,11 +1041,43 @@ impl Engine {
 
     /// Probes every step the journal records as succeeded: does the machine
     /// still match? Returns (step, what differs) for each drifted step and
-    /// (step, error) for probes that failed.
+    /// (step, error) for probes that failed. A step is not probed when a
+    /// later step of this run acts on one of the same resources (same
+    /// service, file or product on the same host) and has started since it
+    /// succeeded: that step changed it on purpose, and if it was cut off it
+    /// reconciles when it runs again.
     pub async fn drift(&self) -> Vec<(String, String)> {
+        // What every step that has started acts on.
+        let acts: Vec<(&String, Vec<upshift_steps::Resource>)> = self
+            .plan
+            .order
+            .iter()
+            .filter(|id| self.state.step(id).attempts > 0)
+            .filter_map(|id| {
+                let host = self.plan.steps[id].host.as_deref();
+                let step = self.build(id, Work::Run).ok()?;
+                Some((
+                    id,
+                    step.resources().into_iter().map(|r| r.on(host)).collect(),
+                ))
+            })
+            .collect();
+        let superseded = |id: &String| {
+            let Some((_, mine)) = acts.iter().find(|(s, _)| *s == id) else {
+                return false;
+            };
+            let Some(done) = self.state.step(id).ended_at else {
+                return false;
+            };
+            acts.iter().any(|(other, theirs)| {
+                *other != id
+                    && self.state.step(other).started_at >= Some(done)
+                    && theirs.iter().any(|t| mine.iter().any(|m| m.same(t)))
+            })
+        };
         let mut out = Vec::new();
         for id in &self.plan.order {
-            if self.state.step(id).status != StepStatus::Succeeded {
+            if self.state.step(id).status != StepStatus::Succeeded || superseded(id) {
                 continue;
             }
             let step = match self.build(id, Work::Run) {

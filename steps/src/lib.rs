@@ -101,6 +101,70 @@ pub enum Probe {
     Differs(String),
 }
 
+/// What kind of thing a [`Resource`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceKind {
+    /// A service (Windows service or systemd unit), by name.
+    Service,
+    /// A file, by path.
+    File,
+    /// An installed product (MSI product code, else the package).
+    Product,
+}
+
+/// Something on a machine a step acts on. Drift checks use it: a completed
+/// step's probe says nothing when a later step of the same run acts on the
+/// same resource (it changed it on purpose).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Resource {
+    /// What it is.
+    pub kind: ResourceKind,
+    /// Its name, path or product code.
+    pub name: String,
+    /// The host it is on (`None`: the machine the step runs on).
+    pub host: Option<String>,
+}
+
+impl Resource {
+    /// A service by name.
+    pub fn service(name: impl Into<String>) -> Resource {
+        Resource::new(ResourceKind::Service, name.into())
+    }
+    /// A file by path.
+    pub fn file(path: &std::path::Path) -> Resource {
+        Resource::new(ResourceKind::File, path.display().to_string())
+    }
+    /// An installed product.
+    pub fn product(name: impl Into<String>) -> Resource {
+        Resource::new(ResourceKind::Product, name.into())
+    }
+    fn new(kind: ResourceKind, name: String) -> Resource {
+        Resource {
+            kind,
+            name,
+            host: None,
+        }
+    }
+    /// The same resource on `host`.
+    pub fn on(mut self, host: Option<&str>) -> Resource {
+        self.host = host.map(str::to_string);
+        self
+    }
+    /// Whether two steps acting on these act on the same thing. Service
+    /// names and product codes compare without case (as Windows does);
+    /// paths compare as written (without case on Windows).
+    pub fn same(&self, other: &Resource) -> bool {
+        let case_blind = self.kind != ResourceKind::File || cfg!(windows);
+        self.kind == other.kind
+            && self.host == other.host
+            && if case_blind {
+                self.name.eq_ignore_ascii_case(&other.name)
+            } else {
+                self.name == other.name
+            }
+    }
+}
+
 /// What a step sees of the engine while it runs.
 #[async_trait::async_trait]
 pub trait StepContext: Send + Sync {
@@ -156,6 +220,11 @@ pub trait Step: Send + Sync {
     /// Checks whether the state this step produces is in place (drift check).
     async fn probe(&self, _ctx: &dyn StepContext) -> Result<Probe, StepError> {
         Ok(Probe::Unknown)
+    }
+    /// What the step acts on (services, files, products), so that a drift
+    /// check does not blame a completed step for a later step's work.
+    fn resources(&self) -> Vec<Resource> {
+        Vec::new()
     }
 }
 

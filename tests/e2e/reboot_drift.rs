@@ -182,3 +182,111 @@ with = {{ program = "sh", args = ["-c", "echo after >> @M@/after"] }}
     let log = sb.run(&["log", &run]);
     assert!(log.stdout.contains("ignore drift (edit)"), "{}", log.stdout);
 }
+
+/// A stand-in for systemctl with one unit whose state is a file: `restart`
+/// stops it, waits 250 ms and starts it (a crash of the engine meanwhile
+/// kills it and leaves the unit stopped, as an ICH restart cut off by a
+/// crash does).
+fn standin_unit_systemctl(sb: &Sandbox) -> String {
+    let path = sb.path().join("systemctl-unit");
+    let state = sb.markers().join("unit.state");
+    std::fs::write(
+        &path,
+        format!(
+            r#"#!/bin/sh
+# stand-in for systemctl (test): one unit, its state in a file
+S={state}
+case "$1" in
+  is-active) s=$(cat "$S" 2>/dev/null || echo inactive); echo "$s"; [ "$s" = active ] ;;
+  start) echo active > "$S" ;;
+  stop) echo inactive > "$S" ;;
+  restart) echo inactive > "$S"; sleep 0.25; echo active > "$S" ;;
+esac
+"#,
+            state = state.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+/// Drift must not blame the run for its own work: a step starts a service,
+/// a later step restarts it (beside a checkpointing `foreach`, so that
+/// crashes land while the service is down). A crash after every event,
+/// then plain `upshift resume` until done: it never pauses on drift, and
+/// the service runs at the end.
+#[test]
+fn a_crash_in_a_step_that_restarts_a_service_never_pauses_resume_on_drift() {
+    let plan_text = |sb: &Sandbox, systemctl: &str| {
+        sb.plan(
+            "p.toml",
+            &format!(
+                r#"
+name = "restart"
+[steps.start]
+kind = "service"
+with = {{ name = "tm-ich", action = "start", systemctl = "{systemctl}", poll_interval = "20ms" }}
+[steps.tick]
+kind = "foreach"
+needs = ["start"]
+with = {{ items = ["1", "2", "3", "4", "5", "6"], program = "sh", args = ["-c", "sleep 0.06"] }}
+[steps.restart]
+kind = "service"
+needs = ["start"]
+with = {{ name = "tm-ich", action = "restart", systemctl = "{systemctl}", poll_interval = "20ms" }}
+[steps.after]
+kind = "process"
+needs = ["restart", "tick"]
+with = {{ program = "sh", args = ["-c", "echo after >> @M@/after"] }}
+"#
+            ),
+        )
+    };
+    let reference = Sandbox::new();
+    let systemctl = standin_unit_systemctl(&reference);
+    let r = reference.run(&["run", plan_text(&reference, &systemctl).to_str().unwrap()]);
+    r.expect(0);
+    let total = reference.events(&r.run_id()).len();
+    let mut down_at_crash = 0;
+    for k in 1..=total {
+        let sb = Sandbox::new();
+        let systemctl = standin_unit_systemctl(&sb);
+        let plan = plan_text(&sb, &systemctl);
+        let crashed = sb.run_env(
+            &["run", plan.to_str().unwrap()],
+            &[("UPSHIFT_FAILPOINT_CRASH_AFTER", &k.to_string())],
+        );
+        assert!(
+            crashed.signal.is_some() || crashed.code == Some(134),
+            "k={k}: the failpoint did not abort the engine: {crashed:?}"
+        );
+        let run = crashed.run_id();
+        // A restart cut off by the crash is killed with the engine.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if sb.marker_lines("unit.state") == ["inactive"] {
+            down_at_crash += 1;
+        }
+        let mut done = false;
+        for _ in 0..4 {
+            let r = sb.run(&["resume", &run]);
+            assert!(
+                !r.stderr.contains("drift"),
+                "k={k}: resume paused on drift:\n{}",
+                r.stderr
+            );
+            if r.code == Some(0) {
+                done = true;
+                break;
+            }
+        }
+        assert!(done, "k={k}: the run did not finish");
+        assert_eq!(sb.marker_lines("unit.state"), ["active"], "k={k}");
+        assert_eq!(sb.marker_lines("after").len(), 1, "k={k}");
+    }
+    assert!(
+        down_at_crash > 0,
+        "no crash landed while the restart had the service down: the test proves nothing"
+    );
+}

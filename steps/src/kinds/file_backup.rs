@@ -191,6 +191,9 @@ fn build_restore(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
 
 #[async_trait::async_trait]
 impl Step for Restore {
+    fn resources(&self) -> Vec<crate::Resource> {
+        vec![crate::Resource::file(&self.to)]
+    }
     fn describe(&self) -> Vec<String> {
         vec![format!(
             "copy {} back to {} (verified by SHA-256)",

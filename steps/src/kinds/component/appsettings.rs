@@ -255,6 +255,9 @@ pub(crate) fn restore(file: &Path, backup: &Path) -> Result<bool, StepError> {
 
 #[async_trait::async_trait]
 impl Step for ConfigAppSettings {
+    fn resources(&self) -> Vec<crate::Resource> {
+        vec![crate::Resource::file(&self.edit.file)]
+    }
     fn describe(&self) -> Vec<String> {
         self.edit.describe()
     }

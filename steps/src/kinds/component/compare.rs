@@ -233,6 +233,10 @@ impl Compare {
 
 #[async_trait::async_trait]
 impl Step for Compare {
+    fn resources(&self) -> Vec<crate::Resource> {
+        // Carry-over writes the new file; report mode only reads both.
+        vec![crate::Resource::file(&self.p.file)]
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "compare {} with {} ({})",

@@ -477,6 +477,13 @@ impl Cleanup {
 
 #[async_trait::async_trait]
 impl Step for Cleanup {
+    fn resources(&self) -> Vec<crate::Resource> {
+        // It edits the ICH configuration and restarts the service.
+        vec![
+            crate::Resource::service(&self.ich.name),
+            crate::Resource::file(&self.config),
+        ]
+    }
     fn describe(&self) -> Vec<String> {
         if !self.enabled {
             return vec![format!(

@@ -560,6 +560,13 @@ pub(crate) async fn installed_version(
 
 #[async_trait::async_trait]
 impl Step for Msi {
+    fn resources(&self) -> Vec<crate::Resource> {
+        match (&self.product_code, &self.package) {
+            (Some(code), _) => vec![crate::Resource::product(code)],
+            (None, Some(package)) => vec![crate::Resource::product(package.display().to_string())],
+            (None, None) => Vec::new(),
+        }
+    }
     fn describe(&self) -> Vec<String> {
         let log = PathBuf::from("<work dir>/msiexec-<step>.log");
         let mut lines = vec![format!(

@@ -459,6 +459,9 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
 
 #[async_trait::async_trait]
 impl Step for Service {
+    fn resources(&self) -> Vec<crate::Resource> {
+        vec![crate::Resource::service(&self.ctl.name)]
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(t) = self.start_type {
