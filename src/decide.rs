@@ -6,7 +6,7 @@
 //! retried ([`failure_events`]) and which steps a rollback compensates
 //! ([`compensable`]).
 //!
-//! A decision reads the state's scheduler index ([`crate::sched`]), so it
+//! A decision reads the state's scheduler index ([`crate::state::sched`]), so it
 //! costs O(what can start) rather than a walk of the plan; a state folded
 //! without its plan gets an index built for the occasion.
 
@@ -18,7 +18,7 @@ use upshift_journal::{Event, Outcome};
 use upshift_steps::Registry;
 
 use crate::plan::{OnFailure, Plan, StepDef};
-use crate::sched::{Graph, Sched};
+use crate::state::sched::{Graph, Sched};
 use crate::state::{CompStatus, RunState, StepStatus};
 
 /// How the run ends or stops, once nothing is in flight.
@@ -298,11 +298,6 @@ pub fn failure_events(
     ev
 }
 
-/// When a retry journaled at `time` with `delay_ms` is due.
-pub fn retry_due(time: DateTime<Utc>, delay_ms: u64) -> DateTime<Utc> {
-    time + chrono::Duration::milliseconds(delay_ms.min(i64::MAX as u64) as i64)
-}
-
 /// Stand-ins for secret values, for building steps where only their shape
 /// matters (building does no I/O and no step's compensation depends on a
 /// secret's value).
@@ -329,7 +324,7 @@ pub fn compensable(
             set.insert(id.clone());
         } else if state.step(id).status == StepStatus::Succeeded
             && let Some(kind) = registry.get(def.body.kind.as_str())
-            && let Ok(with) = crate::engine::resolve_with(plan, &def.body.with, secrets, state)
+            && let Ok(with) = crate::state::resolve_with(plan, &def.body.with, secrets, state)
             && kind.build(&with).is_ok_and(|s| s.has_compensation())
         {
             set.insert(id.clone());

@@ -19,9 +19,8 @@ use upshift_journal::{Actor, Envelope, Event, Journal, JournalError, Outcome, Ru
 use upshift_steps::{Registry, Step, StepContext, StepError, StepOutcome};
 
 use crate::decide::{End, Limits, decide_within};
-use crate::plan::{Plan, expand_target};
-use crate::refs::{self, MapResolver};
-use crate::state::{RunState, StepStatus};
+use crate::plan::Plan;
+use crate::state::{RunState, StepStatus, resolve_with};
 
 /// Bytes of a step's output kept for the journal (the tail).
 pub const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
@@ -486,37 +485,6 @@ pub fn resolve_secrets(plan: &Plan) -> Result<BTreeMap<String, String>, String> 
         .iter()
         .map(|(name, r)| Ok((name.clone(), r.read(name)?)))
         .collect()
-}
-
-/// Resolves a body's `with` table against the run's values.
-pub fn resolve_with(
-    plan: &Plan,
-    with: &toml::Table,
-    secrets: &BTreeMap<String, String>,
-    state: &RunState,
-) -> Result<toml::Table, String> {
-    let expanded = expand_target(with, &plan.targets)?;
-    let sec = |n: &str| secrets.get(n).cloned();
-    let out = |s: &str, n: &str| state.steps.get(s).and_then(|st| st.outputs.get(n).cloned());
-    let resolver = MapResolver::new(
-        &plan.vars,
-        plan.site.as_ref().map(|s| &s.values),
-        &sec,
-        &out,
-    );
-    let resolved = refs::substitute_table(&expanded, &resolver).map_err(|b| b.message)?;
-    // An output reference that did not resolve (its step was skipped, or
-    // never produced that output) is an error, not a literal.
-    let mut left = Vec::new();
-    refs::refs_in_value(&toml::Value::Table(resolved.clone()), &mut left);
-    for (_, r) in left {
-        if let Ok(refs::Ref::Output { step, name }) = r {
-            return Err(format!(
-                "`${{steps.{step}.outputs.{name}}}` has no value: step {step} did not produce output `{name}` (was it skipped?)"
-            ));
-        }
-    }
-    Ok(resolved)
 }
 
 /// Runs (or resumes) one run to its end, a pause or an interruption.

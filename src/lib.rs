@@ -7,8 +7,8 @@
 //!   everything they print) → [`app`] (workspace, runs, sessions,
 //!   decisions, inbox), [`support`] (export, replay, report, diff,
 //!   follow), `demo` → [`engine`] (tokio executor, group-commit writer) →
-//!   [`decide`], [`sched`] (the index that keeps `decide` O(a step's
-//!   edges) per transition) and [`state`] (pure) → [`plan`] (TOML →
+//!   [`decide`] and [`state`] (pure; [`state::sched`] is the index that
+//!   keeps `decide` O(a step's edges) per transition) → [`plan`] (TOML →
 //!   validated DAG),
 //!   [`rules`], [`diagnostics`], [`refs`].
 //! - [`ui`]: the terminal (progress bars, `status --follow`);
@@ -47,7 +47,6 @@ pub mod reboot;
 pub mod refs;
 pub mod report;
 pub mod rules;
-pub mod sched;
 pub mod state;
 pub mod support;
 pub mod ui;

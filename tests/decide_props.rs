@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
+use upshift::app::decisions::decision_events;
 use upshift::decide::{self, End, Limits, Next, decide_within};
 use upshift::plan::{LoadOptions, OnFailure, Plan, ResumePolicy, parse};
 use upshift::state::{CompStatus, RunState, StepStatus};
@@ -446,9 +447,9 @@ fn check_speculation(plan: &Plan, sim: &mut Sim, which: u8) {
             reboot_required: true,
         }],
         1 => decide::failure_events(&plan.steps[&id], 1, "x".into(), String::new(), true),
-        2 => upshift::app::decisions::decision_events(Decision::Skip { step: id }, actor(), "r".into()),
-        3 => upshift::app::decisions::decision_events(Decision::Rollback, actor(), String::new()),
-        4 => upshift::app::decisions::decision_events(Decision::Retry { step: id }, actor(), "r".into()),
+        2 => decision_events(Decision::Skip { step: id }, actor(), "r".into()),
+        3 => decision_events(Decision::Rollback, actor(), String::new()),
+        4 => decision_events(Decision::Retry { step: id }, actor(), "r".into()),
         _ => vec![
             Event::StepStarted {
                 step: id.clone(),
@@ -670,7 +671,7 @@ fn operator(plan: &Plan, sim: &mut Sim, d: &mut Draws) -> bool {
         _ => None,
     };
     if let Some(decision) = decision {
-        for e in upshift::app::decisions::decision_events(decision, actor(), "because".into()) {
+        for e in decision_events(decision, actor(), "because".into()) {
             sim.push(e);
         }
     }

@@ -11,6 +11,7 @@
 fn main() {
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() != Some("__guard".as_ref()) {
+        // layout: allow(print) — a binary of its own: its usage goes to its stderr.
         eprintln!("usage: upshift-guard __guard <engine pid> -- program [args...] (internal)");
         std::process::exit(2);
     }

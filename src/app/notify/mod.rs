@@ -408,7 +408,7 @@ impl Notifier {
                     .collect(),
             ),
         );
-        let resolved = crate::engine::resolve_with(plan, &table, secrets, &RunState::default())
+        let resolved = crate::state::resolve_with(plan, &table, secrets, &RunState::default())
             .map_err(|e| Error::usage(format!("[notify]: {e}")))?;
         let text = |v: &toml::Value| match v {
             toml::Value::String(s) => s.clone(),

@@ -8,8 +8,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use upshift_journal::{Decision, Envelope, Event, Outcome, RunId};
 
-use crate::plan::Plan;
-use crate::sched::{Graph, Key, Sched};
+use crate::plan::{Plan, expand_target};
+use crate::refs::{self, MapResolver};
+pub mod sched;
+
+use sched::{Graph, Key, Sched};
 
 /// Where a step stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -384,7 +387,7 @@ impl RunState {
             }),
             Event::StepRetryScheduled { step, delay_ms, .. } => self.change(step, |st| {
                 st.status = StepStatus::RetryWait;
-                st.retry_at = Some(crate::decide::retry_due(time, *delay_ms));
+                st.retry_at = Some(retry_due(time, *delay_ms));
             }),
             Event::StepWaiting { step, reason } => self.change(step, |st| {
                 st.status = StepStatus::Waiting;
@@ -620,6 +623,42 @@ impl RunState {
             .map(|(k, _)| k.as_str())
             .collect()
     }
+}
+
+/// Resolves a body's `with` table against the run's values.
+pub fn resolve_with(
+    plan: &Plan,
+    with: &toml::Table,
+    secrets: &BTreeMap<String, String>,
+    state: &RunState,
+) -> Result<toml::Table, String> {
+    let expanded = expand_target(with, &plan.targets)?;
+    let sec = |n: &str| secrets.get(n).cloned();
+    let out = |s: &str, n: &str| state.steps.get(s).and_then(|st| st.outputs.get(n).cloned());
+    let resolver = MapResolver::new(
+        &plan.vars,
+        plan.site.as_ref().map(|s| &s.values),
+        &sec,
+        &out,
+    );
+    let resolved = refs::substitute_table(&expanded, &resolver).map_err(|b| b.message)?;
+    // An output reference that did not resolve (its step was skipped, or
+    // never produced that output) is an error, not a literal.
+    let mut left = Vec::new();
+    refs::refs_in_value(&toml::Value::Table(resolved.clone()), &mut left);
+    for (_, r) in left {
+        if let Ok(refs::Ref::Output { step, name }) = r {
+            return Err(format!(
+                "`${{steps.{step}.outputs.{name}}}` has no value: step {step} did not produce output `{name}` (was it skipped?)"
+            ));
+        }
+    }
+    Ok(resolved)
+}
+
+/// When a retry journaled at `time` with `delay_ms` is due.
+pub fn retry_due(time: DateTime<Utc>, delay_ms: u64) -> DateTime<Utc> {
+    time + chrono::Duration::milliseconds(delay_ms.min(i64::MAX as u64) as i64)
 }
 
 /// What an event changes, for [`RunState::speculate`].
