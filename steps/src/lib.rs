@@ -249,3 +249,64 @@ pub fn registry() -> Registry {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_are_the_same_thing_on_the_same_host_only() {
+        let ich = Resource::service("TM-ICH");
+        assert!(
+            ich.same(&Resource::service("tm-ich")),
+            "service names ignore case"
+        );
+        assert!(!ich.same(&Resource::service("TM-FE")));
+        assert!(!ich.same(&Resource::product("TM-ICH")), "kinds differ");
+        let on_a = Resource::service("TM-ICH").on(Some("a"));
+        assert!(!ich.same(&on_a), "the local machine is not host a");
+        assert!(on_a.same(&Resource::service("tm-ich").on(Some("a"))));
+        assert!(!on_a.same(&Resource::service("tm-ich").on(Some("b"))));
+        let f = Resource::file(std::path::Path::new("/etc/App.config"));
+        assert!(f.same(&Resource::file(std::path::Path::new("/etc/App.config"))));
+        assert_eq!(
+            f.same(&Resource::file(std::path::Path::new("/etc/app.config"))),
+            cfg!(windows),
+            "paths ignore case on Windows only"
+        );
+    }
+
+    #[test]
+    fn the_kinds_that_act_on_services_files_and_products_say_so() {
+        let r = registry();
+        let build = |kind: &str, with: &str| {
+            r.get(kind)
+                .unwrap()
+                .build(&toml::from_str(with).unwrap())
+                .unwrap_or_else(|e| panic!("{kind}: {}", e.message))
+                .resources()
+        };
+        assert_eq!(
+            build("service", "name = \"TM-ICH\"\naction = \"restart\""),
+            [Resource::service("TM-ICH")]
+        );
+        assert_eq!(
+            build(
+                "ich.cleanup_conferences",
+                "service = \"TM-ICH\"\nconfig = \"/x/ich.config\""
+            ),
+            [
+                Resource::service("TM-ICH"),
+                Resource::file(std::path::Path::new("/x/ich.config"))
+            ]
+        );
+        assert_eq!(
+            build(
+                "config.appsettings",
+                "file = \"/x/a.config\"\nset = { K = \"v\" }"
+            ),
+            [Resource::file(std::path::Path::new("/x/a.config"))]
+        );
+        assert!(build("sleep", "duration = \"0s\"").is_empty());
+    }
+}
