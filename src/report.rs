@@ -321,8 +321,7 @@ pub fn status_json(state: &RunState, plan: Option<&Plan>, live: bool) -> StatusJ
                 done: counting.then_some(st.done),
                 total: counting.then_some(st.total),
                 error: st.error.clone(),
-                compensation: (st.compensation != CompStatus::None)
-                    .then_some(st.compensation),
+                compensation: (st.compensation != CompStatus::None).then_some(st.compensation),
             };
             (id, json)
         })
