@@ -364,6 +364,11 @@ impl Observer for NotifyObserver {
     fn progress(&self, step: &str, done: u64, total: u64, message: &str) {
         self.inner.progress(step, done, total, message);
     }
+    // The UI and the run log buffer a commit's lines until this call:
+    // without it, a plan with [notify] would show nothing until the end.
+    fn flush(&self) {
+        self.inner.flush();
+    }
 }
 
 /// A session's notifier: the observer to hand the engine, and the thread
