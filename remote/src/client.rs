@@ -19,9 +19,9 @@ use tokio::sync::oneshot;
 
 use crate::RemoteError;
 use crate::protocol::{
-    Checkpoint, Cursor, EndState, HostFacts, LINE_BYTES_MAX, PROTOCOL_VERSION, PollReply,
-    Progress, Reply, ReplyLine, Request, RequestLine, StartReply, StartRequest,
-    TicketId, TicketState, read_line,
+    Checkpoint, Cursor, EndState, HostFacts, LINE_BYTES_MAX, PROTOCOL_VERSION, PollReply, Progress,
+    Reply, ReplyLine, Request, RequestLine, StartReply, StartRequest, TicketId, TicketState,
+    read_line,
 };
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::{SshConfig, SshTransport};
@@ -436,7 +436,10 @@ impl RemoteHost {
 
     /// Reboots the host and waits, up to `limit`, until it is back with a
     /// new boot id.
-    pub async fn reboot_and_confirm(&self, limit: Duration) -> Result<RebootConfirmed, RemoteError> {
+    pub async fn reboot_and_confirm(
+        &self,
+        limit: Duration,
+    ) -> Result<RebootConfirmed, RemoteError> {
         let began = Instant::now();
         let before = self.facts().await?.boot_id;
         self.reboot().await?;
@@ -479,7 +482,12 @@ impl RemoteHost {
         }
     }
 
-    fn done_or_error(&self, reply: Reply, ticket: &TicketId, what: &str) -> Result<(), RemoteError> {
+    fn done_or_error(
+        &self,
+        reply: Reply,
+        ticket: &TicketId,
+        what: &str,
+    ) -> Result<(), RemoteError> {
         match reply {
             Reply::Done => Ok(()),
             Reply::Error { message } => Err(RemoteError::Ticket {
@@ -924,7 +932,8 @@ impl Follower {
                     tracing::warn!(host = %self.host.name(), ticket = %self.ticket, "{e}; reconnecting in {delay:?}");
                     // Report the loss once per outage, then retry quietly.
                     if attempt == 1 {
-                        self.queue.push_back(TicketEvent::ConnectionLost { error: e, attempt });
+                        self.queue
+                            .push_back(TicketEvent::ConnectionLost { error: e, attempt });
                     }
                     tokio::time::sleep(delay).await;
                 }

@@ -86,7 +86,9 @@ pub enum RemoteError {
         timeout_ms: u64,
     },
     /// Reconnecting did not succeed within the allowed time.
-    #[error("host {host}: still unreachable after {waited_s} s of reconnecting; last error: {last}")]
+    #[error(
+        "host {host}: still unreachable after {waited_s} s of reconnecting; last error: {last}"
+    )]
     GaveUp {
         /// Host name in the plan.
         host: String,

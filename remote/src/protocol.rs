@@ -281,7 +281,9 @@ impl EndState {
                 message: f(&message),
                 transient,
             },
-            EndState::WaitForOperator { reason } => EndState::WaitForOperator { reason: f(&reason) },
+            EndState::WaitForOperator { reason } => {
+                EndState::WaitForOperator { reason: f(&reason) }
+            }
             EndState::Aborted { reason } => EndState::Aborted { reason: f(&reason) },
             EndState::NotStarted { reason } => EndState::NotStarted { reason: f(&reason) },
             other @ (EndState::Probed { .. } | EndState::TimedOut { .. }) => other,
@@ -559,7 +561,16 @@ mod tests {
 
     #[test]
     fn ids_that_could_escape_the_ticket_folder_are_refused() {
-        for bad in ["", "..", ".x", "a/b", "a\\b", "c:x", "a b", &"x".repeat(129)] {
+        for bad in [
+            "",
+            "..",
+            ".x",
+            "a/b",
+            "a\\b",
+            "c:x",
+            "a b",
+            &"x".repeat(129),
+        ] {
             assert!(TicketId::new(bad).is_err(), "{bad:?} accepted");
         }
         for good in ["t1", "0192-abc_def.2", &"x".repeat(128)] {

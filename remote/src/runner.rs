@@ -49,7 +49,7 @@ pub fn run_main(dir: PathBuf) -> i32 {
     let me = ProcessIdentity::current();
     let registered = serde_json::to_vec_pretty(&me)
         .map_err(std::io::Error::other)
-        .and_then(|b| fsutil::write_atomic(&dir.join(ticket::RUNNER_FILE), &b));
+        .and_then(|b| ticket::write_visible(&dir.join(ticket::RUNNER_FILE), &b));
     if registered.is_err() {
         // The ticket folder is unusable; nothing can be recorded.
         return 3;
@@ -281,8 +281,6 @@ impl TicketContext {
         };
         let output = append(ticket::OUTPUT_FILE)?;
         let checkpoints = append(ticket::CHECKPOINTS_FILE)?;
-        // The new files' names must survive a crash with their contents.
-        fsutil::sync_dir(dir);
         Ok(TicketContext {
             dir: dir.to_path_buf(),
             work_dir,
@@ -318,12 +316,8 @@ impl TicketContext {
 
     fn write_progress(&self, p: &Progress) {
         if let Ok(bytes) = serde_json::to_vec(p) {
-            // Not fsync'd: progress is allowed to be lost.
-            let path = self.dir.join(ticket::PROGRESS_FILE);
-            let tmp = self.dir.join(".progress.json.tmp");
-            if std::fs::write(&tmp, bytes).is_ok() {
-                let _ = std::fs::rename(&tmp, &path);
-            }
+            // Progress is allowed to be lost.
+            let _ = ticket::write_visible(&self.dir.join(ticket::PROGRESS_FILE), &bytes);
         }
     }
 }
@@ -373,6 +367,12 @@ impl StepContext for TicketContext {
         // cut last line, which it ignores.
         log.file.write_all(&line).map_err(fail)?;
         log.file.sync_data().map_err(fail)?;
+        if log.seq == 0 {
+            // The files' names must survive a crash with their contents
+            // (once, before the first checkpoint is acknowledged); the
+            // ticket folder's own entry was flushed when it was created.
+            fsutil::sync_dir(&self.dir);
+        }
         log.seq = cp.seq;
         drop(log);
         let mut p = self.progress.lock().expect("poisoned");
@@ -392,9 +392,10 @@ impl StepContext for TicketContext {
     fn progress(&self, done: u64, total: u64, message: &str) {
         let mut p = self.progress.lock().expect("poisoned");
         p.seq += 1;
-        let due = p.written.is_none_or(|t| {
-            t.elapsed() >= Duration::from_millis(PROGRESS_INTERVAL_MS)
-        }) || (total > 0 && done >= total);
+        let due = p
+            .written
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(PROGRESS_INTERVAL_MS))
+            || (total > 0 && done >= total);
         if !due {
             return;
         }

@@ -110,7 +110,9 @@ pub async fn serve(work_dir: PathBuf) -> i32 {
                     .send(ReplyLine {
                         id: 0,
                         reply: Reply::Error {
-                            message: format!("unreadable request (protocol {PROTOCOL_VERSION}): {e}"),
+                            message: format!(
+                                "unreadable request (protocol {PROTOCOL_VERSION}): {e}"
+                            ),
                         },
                     })
                     .await;
@@ -228,10 +230,15 @@ async fn start(ctx: &Ctx, req: StartRequest) -> Result<StartReply, String> {
         ticket::TICKET_FILE,
         serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?,
     )?;
-    write(
-        ticket::REQUEST_FILE,
-        serde_json::to_vec_pretty(&stored_copy(&req)).map_err(|e| e.to_string())?,
-    )?;
+    // For people reading the host's disk only: not fsync'd (one fewer
+    // flush per step; nothing reads it back).
+    let stored = serde_json::to_vec_pretty(&stored_copy(&req)).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(ticket::REQUEST_FILE), stored).map_err(|e| {
+        format!(
+            "cannot write {}: {e}",
+            dir.join(ticket::REQUEST_FILE).display()
+        )
+    })?;
 
     let mut cmd = tokio::process::Command::new(&ctx.exe);
     cmd.arg("__remote")
@@ -413,7 +420,13 @@ mod platform {
     pub fn reboot_command() -> (String, Vec<&'static str>) {
         (
             "shutdown".into(),
-            vec!["/r", "/t", "5", "/c", "upshift: reboot asked by the coordinator"],
+            vec![
+                "/r",
+                "/t",
+                "5",
+                "/c",
+                "upshift: reboot asked by the coordinator",
+            ],
         )
     }
 }

@@ -168,7 +168,9 @@ mod platform {
     use std::path::Path;
 
     use windows_sys::Win32::Foundation::{CloseHandle, FILETIME, STILL_ACTIVE};
-    use windows_sys::Win32::System::Registry::{HKEY_LOCAL_MACHINE, RRF_RT_REG_DWORD, RegGetValueW};
+    use windows_sys::Win32::System::Registry::{
+        HKEY_LOCAL_MACHINE, RRF_RT_REG_DWORD, RegGetValueW,
+    };
     use windows_sys::Win32::System::SystemInformation::{GetSystemTimeAsFileTime, GetTickCount64};
     use windows_sys::Win32::System::Threading::{
         GetExitCodeProcess, GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
@@ -208,8 +210,9 @@ mod platform {
     /// The boot counter Windows keeps in the registry, with the boot time
     /// (now − uptime, to the minute) as a fallback when it cannot be read.
     pub fn boot_id() -> String {
-        let key =
-            wide("SYSTEM\\CurrentControlSet\\Control\\Session Manager\\Memory Management\\PrefetchParameters");
+        let key = wide(
+            "SYSTEM\\CurrentControlSet\\Control\\Session Manager\\Memory Management\\PrefetchParameters",
+        );
         let value = wide("BootId");
         let mut data = 0u32;
         let mut len = std::mem::size_of::<u32>() as u32;
@@ -296,7 +299,10 @@ mod tests {
         let mut reused = me.clone();
         reused.start += 1;
         if me.start != 0 {
-            assert!(!reused.is_alive(), "a different start time is another process");
+            assert!(
+                !reused.is_alive(),
+                "a different start time is another process"
+            );
         }
         let mut other_boot = me.clone();
         other_boot.boot_id.push('x');
@@ -304,7 +310,11 @@ mod tests {
         assert!(other_boot.why_gone().contains("rebooted"));
 
         let mut child = std::process::Command::new(if cfg!(windows) { "cmd" } else { "true" })
-            .args(if cfg!(windows) { &["/c", "exit"][..] } else { &[][..] })
+            .args(if cfg!(windows) {
+                &["/c", "exit"][..]
+            } else {
+                &[][..]
+            })
             .spawn()
             .unwrap();
         let pid = child.id();

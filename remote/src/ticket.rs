@@ -9,7 +9,7 @@
 //!   tickets/<ticket>/
 //!     ticket.json     who the ticket is for, when and in which boot it was created
 //!     request.json    the start request, secrets replaced, no checkpoint
-//!     runner.json     the runner's pid, process start time and boot id
+//!     runner.json     the runner's pid, process start time and boot id (not fsync'd)
 //!     output.log      the step's output, redacted, appended
 //!     checkpoints.jsonl  one checkpoint per line, fsync'd before the step goes on
 //!     progress.json   the latest progress (not fsync'd)
@@ -123,6 +123,20 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// Replaces a file atomically (temporary name, rename) without flushing it
+/// to disk: for files whose loss in a power cut is harmless (`runner.json`:
+/// after a crash the boot id in `ticket.json` already says "interrupted";
+/// `progress.json`).
+pub fn write_visible(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Reads `end.json`, if the runner wrote it.
 pub fn read_end(dir: &Path) -> Option<EndState> {
     read_json(&dir.join(END_FILE))
@@ -223,7 +237,11 @@ pub fn read_news(dir: &Path, cursor: Cursor) -> std::io::Result<News> {
         cursor,
         ..News::default()
     };
-    let (bytes, more_out) = read_from(&dir.join(OUTPUT_FILE), cursor.output_bytes, POLL_OUTPUT_BYTES_MAX)?;
+    let (bytes, more_out) = read_from(
+        &dir.join(OUTPUT_FILE),
+        cursor.output_bytes,
+        POLL_OUTPUT_BYTES_MAX,
+    )?;
     let valid = match std::str::from_utf8(&bytes) {
         Ok(_) => bytes.len(),
         // A character cut at the end of what is written so far: wait for it.
@@ -282,7 +300,7 @@ mod tests {
     fn news_stop_at_a_cut_character_and_a_half_written_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(d.join(OUTPUT_FILE), "aé".as_bytes()[..2].to_vec()).unwrap();
+        std::fs::write(d.join(OUTPUT_FILE), &"aé".as_bytes()[..2]).unwrap();
         let cp = serde_json::to_string(&Checkpoint {
             seq: 1,
             data: b"x".to_vec(),
@@ -290,11 +308,7 @@ mod tests {
             total: 2,
         })
         .unwrap();
-        std::fs::write(
-            d.join(CHECKPOINTS_FILE),
-            format!("{cp}\n{{\"seq\":2,\"da"),
-        )
-        .unwrap();
+        std::fs::write(d.join(CHECKPOINTS_FILE), format!("{cp}\n{{\"seq\":2,\"da")).unwrap();
         let n = read_news(d, Cursor::default()).unwrap();
         assert_eq!(n.output, "a");
         assert_eq!(n.cursor.output_bytes, 1);

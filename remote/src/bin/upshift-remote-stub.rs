@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use upshift_remote::RemoteHost;
-use upshift_remote::client::{ClientOptions, HostConfig, NoRedaction, TicketEvent, TransportConfig};
+use upshift_remote::client::{
+    ClientOptions, HostConfig, NoRedaction, TicketEvent, TransportConfig,
+};
 use upshift_remote::protocol::{Cursor, StartRequest};
 use upshift_remote::transport::ssh::SshConfig;
 
@@ -91,7 +93,11 @@ fn test_coordinator() -> i32 {
                 return 1;
             }
         }
-        let mut f = host.follow(job.request.ticket.clone(), Cursor::default(), Arc::new(NoRedaction));
+        let mut f = host.follow(
+            job.request.ticket.clone(),
+            Cursor::default(),
+            Arc::new(NoRedaction),
+        );
         loop {
             match f.next().await {
                 Ok(Some(TicketEvent::Output(t))) => {

@@ -44,7 +44,10 @@ impl HostOs {
     /// (`C:/...`, `C:\...`), else Unix: the plan's `work_dir` says which.
     pub fn of_work_dir(work_dir: &str) -> HostOs {
         let b = work_dir.as_bytes();
-        if b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'/' | b'\\')
+        if b.len() >= 3
+            && b[0].is_ascii_alphabetic()
+            && b[1] == b':'
+            && matches!(b[2], b'/' | b'\\')
         {
             HostOs::Windows
         } else {

@@ -134,7 +134,10 @@ impl SshTransport {
             ("CheckHostIP", "no".to_string()),
             ("HashKnownHosts", "no".to_string()),
             ("VerifyHostKeyDNS", "no".to_string()),
-            ("IdentityFile", quote_option(&c.identity_file.display().to_string())),
+            (
+                "IdentityFile",
+                quote_option(&c.identity_file.display().to_string()),
+            ),
             ("IdentitiesOnly", "yes".to_string()),
             ("IdentityAgent", "none".to_string()),
             ("PreferredAuthentications", "publickey".to_string()),
@@ -144,7 +147,10 @@ impl SshTransport {
             ("Port", c.port.to_string()),
             ("ConnectTimeout", secs(c.connect_timeout)),
             ("ServerAliveInterval", secs(c.keepalive_interval)),
-            ("ServerAliveCountMax", c.keepalive_count_max.max(1).to_string()),
+            (
+                "ServerAliveCountMax",
+                c.keepalive_count_max.max(1).to_string(),
+            ),
             ("TCPKeepAlive", "yes".to_string()),
             ("ControlMaster", "no".to_string()),
             ("ControlPath", "none".to_string()),
@@ -237,10 +243,7 @@ impl SshTransport {
             RemoteError::Unreachable {
                 host: self.host.clone(),
                 detail: if detail.is_empty() {
-                    format!(
-                        "ssh to {}:{} failed without a message",
-                        c.address, c.port
-                    )
+                    format!("ssh to {}:{} failed without a message", c.address, c.port)
                 } else {
                     detail
                 },
@@ -260,7 +263,10 @@ impl Transport for SshTransport {
     }
 
     fn describe(&self) -> String {
-        format!("ssh {}@{}:{}", self.cfg.user, self.cfg.address, self.cfg.port)
+        format!(
+            "ssh {}@{}:{}",
+            self.cfg.user, self.cfg.address, self.cfg.port
+        )
     }
 
     async fn connect(&self) -> Result<(), RemoteError> {
@@ -317,7 +323,11 @@ impl Transport for SshTransport {
         let local_s = local.display().to_string();
         #[cfg(windows)]
         let local_s = local_s.replace('\\', "/");
-        batch.push_str(&format!("put {} {}\n", quote_sftp(&local_s), quote_sftp(&part)));
+        batch.push_str(&format!(
+            "put {} {}\n",
+            quote_sftp(&local_s),
+            quote_sftp(&part)
+        ));
         if self.os == HostOs::Unix {
             batch.push_str(&format!("chmod 755 {}\n", quote_sftp(&part)));
         }
@@ -414,8 +424,7 @@ fn quote_sh(w: &str) -> String {
 /// for anything else.
 fn quote_cmd(w: &str) -> Option<String> {
     (!w.is_empty()
-        && w
-            .chars()
+        && w.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_-.:\\/".contains(c)))
     .then(|| w.to_string())
 }
@@ -453,8 +462,12 @@ mod tests {
         let kh = dir.path().join("kh");
         std::fs::write(&id, "k").unwrap();
         std::fs::write(&kh, "").unwrap();
-        let t = SshTransport::new("lync", SshConfig::new("10.0.0.5", "corp\\adm", &id, &kh), os)
-            .unwrap();
+        let t = SshTransport::new(
+            "lync",
+            SshConfig::new("10.0.0.5", "corp\\adm", &id, &kh),
+            os,
+        )
+        .unwrap();
         std::mem::forget(dir);
         t
     }

@@ -15,8 +15,14 @@ async fn a_ticket_runs_once_and_a_second_start_attaches() {
     let dir = tempfile::tempdir().unwrap();
     let count = dir.path().join("count");
     let host = local_host(&dir.path().join("work"));
-    let req = sh("t1", &format!("echo run >> '{}'; echo hello", count.display()));
-    assert!(matches!(host.start(&req).await.unwrap(), Started::New { .. }));
+    let req = sh(
+        "t1",
+        &format!("echo run >> '{}'; echo hello", count.display()),
+    );
+    assert!(matches!(
+        host.start(&req).await.unwrap(),
+        Started::New { .. }
+    ));
     assert_eq!(host.installs(), 1, "the binary is installed on first use");
     let got = follow_to_end(&host, "t1").await;
     match got.end() {
@@ -30,7 +36,11 @@ async fn a_ticket_runs_once_and_a_second_start_attaches() {
     // Again, from another coordinator handle: attaches, runs nothing.
     let again = local_host(&dir.path().join("work"));
     assert_eq!(again.start(&req).await.unwrap(), Started::Existing);
-    assert_eq!(again.installs(), 0, "same binary, same hash: not copied again");
+    assert_eq!(
+        again.installs(),
+        0,
+        "same binary, same hash: not copied again"
+    );
     let got2 = follow_to_end(&again, "t1").await;
     assert_eq!(got2.output, "hello\n");
     assert_eq!(lines(&count), vec!["run"], "the step ran exactly once");
@@ -65,11 +75,15 @@ async fn abort_and_timeout_kill_the_step_process_tree_on_the_host() {
         }
         let got = follow_to_end(&host, ticket).await;
         match (ticket, got.end()) {
-            ("abort", Some(EndState::Aborted { reason })) => assert_eq!(reason, "operator said stop"),
+            ("abort", Some(EndState::Aborted { reason })) => {
+                assert_eq!(reason, "operator said stop")
+            }
             ("timeout", Some(EndState::TimedOut { timeout_ms: 400 })) => {}
             (_, other) => panic!("{ticket}: {other:?}"),
         }
-        wait_until(Duration::from_secs(5), "the step's tree to die", || !alive(sleeper));
+        wait_until(Duration::from_secs(5), "the step's tree to die", || {
+            !alive(sleeper)
+        });
     }
 }
 
@@ -86,7 +100,8 @@ async fn secrets_stay_off_the_hosts_disk_and_command_lines() {
         toml::Value::Array(vec![
             "-c".into(),
             // Printed whole, then split across two writes.
-            "echo \"pw=$PW\"; printf 'Tr0ub4'; sleep 0.3; printf 'dor-and-3 end\\n'; sleep 1".into(),
+            "echo \"pw=$PW\"; printf 'Tr0ub4'; sleep 0.3; printf 'dor-and-3 end\\n'; sleep 1"
+                .into(),
         ]),
     );
     let mut env = toml::Table::new();
@@ -103,7 +118,10 @@ async fn secrets_stay_off_the_hosts_disk_and_command_lines() {
     );
     let redactor = Redactor::new([secret.to_string()]);
     let got = follow(&host, "s1", Arc::new(redactor), |_| false).await;
-    assert!(matches!(got.end(), Some(EndState::Succeeded { .. })), "{got:?}");
+    assert!(
+        matches!(got.end(), Some(EndState::Succeeded { .. })),
+        "{got:?}"
+    );
     assert_eq!(got.output, "pw=***\n*** end\n");
     // Nothing under the host's work folder holds it, in any file.
     let mut stack = vec![work.clone()];
@@ -177,7 +195,9 @@ async fn an_unknown_kind_or_bad_parameters_never_start() {
         .await
         .unwrap();
     match follow_to_end(&host, "k1").await.end() {
-        Some(EndState::NotStarted { reason }) => assert!(reason.contains("no.such.kind"), "{reason}"),
+        Some(EndState::NotStarted { reason }) => {
+            assert!(reason.contains("no.such.kind"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     host.start(&request("k2", "process", toml::Table::new()))

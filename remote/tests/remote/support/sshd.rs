@@ -64,7 +64,11 @@ pub struct Lab {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn keygen(path: &Path) {
@@ -96,7 +100,11 @@ pub fn unavailable() -> Option<String> {
     }
     for tool in ["ssh", "sftp", "ssh-keygen"] {
         if Command::new(tool).arg("-V").output().is_err()
-            && Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true)
+            && Command::new("which")
+                .arg(tool)
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
         {
             return Some(format!("the OpenSSH client tool {tool} is missing"));
         }
@@ -138,8 +146,11 @@ impl Lab {
         let wrong_key = root.path().join("wrong_ed25519");
         keygen(&user_key);
         keygen(&wrong_key);
-        std::fs::copy(user_key.with_extension("pub"), root.path().join("authorized_keys"))
-            .expect("authorized_keys");
+        std::fs::copy(
+            user_key.with_extension("pub"),
+            root.path().join("authorized_keys"),
+        )
+        .expect("authorized_keys");
         let mut lab = Lab {
             id,
             known_hosts: root.path().join("known_hosts"),
