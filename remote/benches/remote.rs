@@ -21,6 +21,11 @@
 mod sshd;
 
 #[cfg(unix)]
+#[path = "../../benches/common/summary.rs"]
+#[allow(dead_code)]
+mod summary;
+
+#[cfg(unix)]
 fn main() {
     bench::main();
 }
@@ -43,23 +48,7 @@ mod bench {
     use upshift_steps::testing::TestContext;
 
     use crate::sshd::{Lab, kill9};
-
-    fn summary(goal: &str, figure: String, baseline: String, ratio: f64, verdict: &str) {
-        let line = format!(
-            "SUMMARY {goal}: figure={figure} baseline={baseline} ratio={ratio:.3} {verdict}"
-        );
-        println!("{line}");
-        if let Ok(path) = std::env::var("UPSHIFT_BENCH_SUMMARY") {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let _ = writeln!(f, "{line}");
-            }
-        }
-    }
+    use crate::summary::{Goal, summary};
 
     fn ms(d: Duration) -> String {
         if d < Duration::from_millis(1) {
@@ -151,15 +140,7 @@ mod bench {
             run_remote(&local, &sleep_step("warm", "0s")).await;
             let local_step = per_step(&local, "local", steps, "0s").await;
 
-            let h1 = RemoteHost::new(
-                HostConfig {
-                    name: lab.hosts[0].name.clone(),
-                    transport: TransportConfig::Ssh(lab.ssh_config(0)),
-                    work_dir: lab.hosts[0].work_dir.display().to_string(),
-                },
-                options(Duration::from_secs(2)),
-            )
-            .unwrap();
+            let h1 = lab.remote_with_options(0, lab.ssh_config(0), options(Duration::from_secs(2)));
             let connect_began = Instant::now();
             h1.connect().await.unwrap();
             let first_connect = connect_began.elapsed();
@@ -167,17 +148,17 @@ mod bench {
             let ssh_step = per_step(&h1, "ssh", steps, "0s").await;
             summary(
                 "remote no-op step over ssh vs the same step in-process",
-                ms(ssh_step),
-                ms(in_process),
+                &ms(ssh_step),
+                &ms(in_process),
                 ssh_step.as_secs_f64() / in_process.as_secs_f64().max(1e-9),
-                "INFO",
+                Goal::Report,
             );
             summary(
                 "remote no-op step over ssh vs through the local transport (same protocol, no ssh)",
-                ms(ssh_step),
-                ms(local_step),
+                &ms(ssh_step),
+                &ms(local_step),
                 ssh_step.as_secs_f64() / local_step.as_secs_f64(),
-                if ssh_step <= local_step * 2 { "PASS (goal <= 2x)" } else { "MISS (goal <= 2x)" },
+                Goal::AtMost(2.0),
             );
 
             // 2. Re-attach after a dropped connection: a long step runs; the
@@ -185,16 +166,8 @@ mod bench {
             // reconnects.
             let long = sleep_step("long", "10m");
             h1.start(&long).await.unwrap();
-            let quick = options(Duration::ZERO);
-            let h1q = RemoteHost::new(
-                HostConfig {
-                    name: lab.hosts[0].name.clone(),
-                    transport: TransportConfig::Ssh(lab.ssh_config(0)),
-                    work_dir: lab.hosts[0].work_dir.display().to_string(),
-                },
-                quick,
-            )
-            .unwrap();
+            // Polls that answer at once: the reconnection is what is timed.
+            let h1q = lab.remote_with_options(0, lab.ssh_config(0), options(Duration::ZERO));
             h1q.poll(&long.ticket, Cursor::default()).await.unwrap();
             let mut live = Duration::ZERO;
             let mut reattach = Duration::ZERO;
@@ -220,17 +193,17 @@ mod bench {
             let (live, reattach) = (live / rounds, reattach / rounds);
             summary(
                 "re-attach after a dropped connection (new ssh + hello + poll) vs a poll on a live connection",
-                ms(reattach),
-                ms(live),
+                &ms(reattach),
+                &ms(live),
                 reattach.as_secs_f64() / live.as_secs_f64(),
-                "INFO",
+                Goal::Report,
             );
             summary(
                 "re-attach vs the first connection of a coordinator",
-                ms(reattach),
-                ms(first_connect),
+                &ms(reattach),
+                &ms(first_connect),
                 reattach.as_secs_f64() / first_connect.as_secs_f64(),
-                if reattach <= first_connect * 2 { "PASS (goal <= 2x)" } else { "MISS (goal <= 2x)" },
+                Goal::AtMost(2.0),
             );
             h1.abort(&long.ticket, "bench done").await.unwrap();
 
@@ -263,14 +236,10 @@ mod bench {
             let eight = began.elapsed();
             summary(
                 "8 hosts in parallel (5 x 200 ms steps each) vs 1 host (the same 5 steps)",
-                ms(eight),
-                ms(one),
+                &ms(eight),
+                &ms(one),
                 eight.as_secs_f64() / one.as_secs_f64(),
-                if eight.as_secs_f64() <= one.as_secs_f64() * 1.5 {
-                    "PASS (goal <= 1.5x)"
-                } else {
-                    "MISS (goal <= 1.5x)"
-                },
+                Goal::AtMost(1.5),
             );
             // The same with no-op steps: what the coordinator and the hosts'
             // CPU (shared here: 2 cores for 8 "hosts") can sustain.
@@ -291,10 +260,10 @@ mod bench {
             let eight = began.elapsed();
             summary(
                 &format!("8 hosts x {steps} no-op steps vs 1 host x {steps} (throughput scaling, 8 = ideal)"),
-                ms(eight),
-                ms(one),
+                &ms(eight),
+                &ms(one),
                 8.0 * one.as_secs_f64() / eight.as_secs_f64(),
-                "INFO",
+                Goal::Report,
             );
             println!(
                 "per step: in-process {}, local transport {}, ssh {}; first connect {}",

@@ -64,13 +64,10 @@ pub fn run_main(dir: PathBuf) -> i32 {
     {
         Ok(r) => r,
         Err(e) => {
-            write_end(
+            return not_started(
                 &dir,
-                &EndState::NotStarted {
-                    reason: format!("the start request was cut off or unreadable: {e}"),
-                },
+                format!("the start request was cut off or unreadable: {e}"),
             );
-            return 0;
         }
     };
     drop(body);
@@ -81,21 +78,19 @@ pub fn run_main(dir: PathBuf) -> i32 {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            write_end(
-                &dir,
-                &EndState::NotStarted {
-                    reason: format!("cannot start an async runtime: {e}"),
-                },
-            );
-            return 0;
-        }
+        Err(e) => return not_started(&dir, format!("cannot start an async runtime: {e}")),
     };
     let end = rt.block_on(run_ticket(&dir, req, redactor.clone()));
     write_end(&dir, &end.map_text(|t| redactor.text(t)));
     // Children of aborted/timed-out steps are being killed by their guards;
     // nothing else waits here.
     rt.shutdown_timeout(Duration::from_millis(200));
+    0
+}
+
+/// Ends a ticket whose step never began; the exit code.
+fn not_started(dir: &Path, reason: String) -> i32 {
+    write_end(dir, &EndState::NotStarted { reason });
     0
 }
 

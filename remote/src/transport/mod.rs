@@ -199,36 +199,9 @@ pub trait Transport: Send + Sync {
         stdin: &[u8],
         timeout: Duration,
     ) -> Result<CommandOutput, RemoteError> {
-        let mut child = self.spawn(cmd).await?;
-        let mut input = child.stdin.take();
-        let mut out = child.stdout.take();
-        let mut err = child.stderr.take();
-        let host = self.host().to_string();
-        let work = async {
-            let feed = async {
-                if let Some(w) = input.as_mut() {
-                    let _ = w.write_all(stdin).await;
-                    let _ = w.shutdown().await;
-                }
-                drop(input.take());
-            };
-            let (_, stdout, stderr) = tokio::join!(feed, read_all(&mut out), read_tail(&mut err));
-            let code = child.wait().await;
-            (stdout, stderr, code)
-        };
-        let (stdout, stderr, code) =
-            tokio::time::timeout(timeout, work)
-                .await
-                .map_err(|_| RemoteError::Timeout {
-                    host: host.clone(),
-                    what: format!("{} {}", cmd.program, cmd.args.join(" ")),
-                    timeout_ms: timeout.as_millis() as u64,
-                })?;
-        let code = code.map_err(|e| RemoteError::Io {
-            host: host.clone(),
-            what: format!("waiting for `{}`", cmd.program),
-            detail: e.to_string(),
-        })?;
+        let child = self.spawn(cmd).await?;
+        let what = format!("{} {}", cmd.program, cmd.args.join(" "));
+        let (stdout, stderr, code) = finish(self.host(), &what, child, stdin, timeout).await?;
         if let Some(e) = self.failure(code, &stderr) {
             return Err(e);
         }
@@ -238,6 +211,46 @@ pub trait Transport: Send + Sync {
             stderr,
         })
     }
+}
+
+/// Feeds `stdin` to a started command, reads its stdout and the tail of
+/// its stderr, and waits for it, within `timeout`: (stdout, stderr, code).
+pub(crate) async fn finish(
+    host: &str,
+    what: &str,
+    mut child: RemoteChild,
+    stdin: &[u8],
+    timeout: Duration,
+) -> Result<(Vec<u8>, String, i32), RemoteError> {
+    let mut input = child.stdin.take();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let work = async {
+        let feed = async {
+            if let Some(w) = input.as_mut() {
+                let _ = w.write_all(stdin).await;
+                let _ = w.shutdown().await;
+            }
+            drop(input.take());
+        };
+        let (_, stdout, stderr) = tokio::join!(feed, read_all(&mut out), read_tail(&mut err));
+        let code = child.wait().await;
+        (stdout, stderr, code)
+    };
+    let (stdout, stderr, code) =
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| RemoteError::Timeout {
+                host: host.to_string(),
+                what: what.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            })?;
+    let code = code.map_err(|e| RemoteError::Io {
+        host: host.to_string(),
+        what: format!("waiting for `{what}`"),
+        detail: e.to_string(),
+    })?;
+    Ok((stdout, stderr, code))
 }
 
 async fn read_all(r: &mut Option<Box<dyn AsyncRead + Send + Unpin>>) -> Vec<u8> {

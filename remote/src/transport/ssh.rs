@@ -26,9 +26,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-
-use super::{HostOs, RemoteChild, RemoteCommand, Transport, piped, read_tail};
+use super::{HostOs, RemoteChild, RemoteCommand, Transport, piped};
 use crate::RemoteError;
 
 /// How to reach a host with ssh (the plan's `[hosts.<name>]`).
@@ -197,6 +195,18 @@ impl SshTransport {
         Ok(out.join(" "))
     }
 
+    /// Starts an OpenSSH client program (ssh, sftp) with piped stdio.
+    fn client(&self, program: &Path, args: Vec<String>) -> Result<RemoteChild, RemoteError> {
+        let child = piped(program).args(args).spawn().map_err(|e| RemoteError::Config {
+            host: self.host.clone(),
+            message: format!(
+                "cannot start the OpenSSH client {}: {e} (install OpenSSH's client, or set its path)",
+                program.display()
+            ),
+        })?;
+        Ok(RemoteChild::from_child(child))
+    }
+
     /// The error for a failed ssh/sftp invocation, from its stderr.
     pub fn classify(&self, stderr: &str) -> RemoteError {
         let c = &self.cfg;
@@ -283,17 +293,7 @@ impl Transport for SshTransport {
     }
 
     async fn spawn(&self, cmd: &RemoteCommand) -> Result<RemoteChild, RemoteError> {
-        let child = piped(&self.cfg.ssh_program)
-            .args(self.ssh_args(cmd)?)
-            .spawn()
-            .map_err(|e| RemoteError::Config {
-                host: self.host.clone(),
-                message: format!(
-                    "cannot start the ssh client {}: {e} (install OpenSSH's client, or set its path)",
-                    self.cfg.ssh_program.display()
-                ),
-            })?;
-        Ok(RemoteChild::from_child(child))
+        self.client(&self.cfg.ssh_program, self.ssh_args(cmd)?)
     }
 
     fn failure(&self, code: i32, stderr: &str) -> Option<RemoteError> {
@@ -341,44 +341,14 @@ impl Transport for SshTransport {
         ));
         let mut args = self.options();
         args.extend(["-b".to_string(), "-".to_string(), self.cfg.address.clone()]);
-        let mut child = piped(&self.cfg.sftp_program)
-            .args(&args)
-            .spawn()
-            .map_err(|e| RemoteError::Config {
-                host: self.host.clone(),
-                message: format!(
-                    "cannot start the sftp client {}: {e}",
-                    self.cfg.sftp_program.display()
-                ),
-            })?;
-        let mut stdin = child.stdin.take();
-        let mut stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
-        let mut stdout = child.stdout.take();
-        let feed = async {
-            if let Some(w) = stdin.as_mut() {
-                let _ = w.write_all(batch.as_bytes()).await;
-                let _ = w.shutdown().await;
-            }
-            drop(stdin.take());
-        };
-        let drain = async {
-            if let Some(o) = stdout.as_mut() {
-                let _ = tokio::io::copy(o, &mut tokio::io::sink()).await;
-            }
-        };
-        let (_, err, _) = tokio::join!(feed, read_tail(&mut stderr), drain);
-        let status = child.wait().await.map_err(|e| RemoteError::Io {
-            host: self.host.clone(),
-            what: "waiting for sftp".into(),
-            detail: e.to_string(),
-        })?;
-        if status.success() {
+        let sftp = self.client(&self.cfg.sftp_program, args)?;
+        // A 100 MB binary over a slow WAN link stays well inside this.
+        let limit = Duration::from_secs(30 * 60);
+        let (_, err, code) =
+            super::finish(&self.host, "sftp", sftp, batch.as_bytes(), limit).await?;
+        if code == 0 {
             return Ok(());
         }
-        let code = super::exit_code(&status);
         if code == 255 && !err.contains("remote ") {
             return Err(self.classify(&err));
         }

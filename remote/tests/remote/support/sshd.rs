@@ -383,13 +383,18 @@ impl Lab {
 
     /// A handle on host `i` with another ssh configuration.
     pub fn remote_with(&self, i: usize, ssh: SshConfig) -> RemoteHost {
+        self.remote_with_options(i, ssh, Self::options())
+    }
+
+    /// A handle on host `i` with other ssh and coordinator options.
+    pub fn remote_with_options(&self, i: usize, ssh: SshConfig, opts: ClientOptions) -> RemoteHost {
         RemoteHost::new(
             HostConfig {
                 name: self.hosts[i].name.clone(),
                 transport: TransportConfig::Ssh(ssh),
                 work_dir: self.hosts[i].work_dir.display().to_string(),
             },
-            Self::options(),
+            opts,
         )
         .expect("host config")
     }
