@@ -10,6 +10,8 @@
 pub mod history;
 mod summary;
 
+// Not every includer prints summaries (the gen_journal example does not).
+#[allow(unused_imports)]
 pub use summary::{Goal, summary};
 
 use std::collections::BTreeMap;
