@@ -124,6 +124,50 @@ async fn a_follower_reconnects_by_itself_and_reports_the_outage() {
 }
 
 #[tokio::test]
+async fn a_silent_network_is_noticed_by_keepalive_and_the_step_goes_on() {
+    let Some(mut lab) = Lab::start(1) else {
+        return;
+    };
+    let runs = lab.hosts[0].dir.join("runs");
+    let host = lab.remote(0); // keepalive: 1 s x 2
+    host.start(&counting_step("quiet", &runs, 60, "0.1"))
+        .await
+        .unwrap();
+    let mut f = host.follow(
+        TicketId::new("quiet").unwrap(),
+        Default::default(),
+        Arc::new(NoRedaction),
+    );
+    let mut output = String::new();
+    let mut frozen_at = None;
+    let mut noticed_after = None;
+    while let Some(ev) = f.next().await.unwrap() {
+        match ev {
+            TicketEvent::Output(t) => {
+                output.push_str(&t);
+                if frozen_at.is_none() && output.contains("line 2") {
+                    lab.freeze_sshd(0, true);
+                    frozen_at = Some(Instant::now());
+                }
+            }
+            TicketEvent::ConnectionLost { .. } if noticed_after.is_none() => {
+                noticed_after = frozen_at.map(|t| t.elapsed());
+                lab.freeze_sshd(0, false);
+            }
+            _ => {}
+        }
+    }
+    let noticed = noticed_after.expect("the silent connection was noticed");
+    eprintln!("a silent connection was noticed after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(10),
+        "keepalive (1 s x 2) should notice within seconds, took {noticed:?}"
+    );
+    assert_eq!(output, expected_lines(60), "no output lost or repeated");
+    assert_eq!(lines(&runs).len(), 1);
+}
+
+#[tokio::test]
 async fn coordinator_killed_mid_step_a_new_coordinator_attaches_without_a_second_start() {
     let Some(lab) = Lab::start(1) else {
         return;

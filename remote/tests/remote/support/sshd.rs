@@ -318,6 +318,26 @@ impl Lab {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) host `i`'s sshd processes: a
+    /// network that goes silent, with no FIN or RST for the client to see.
+    pub fn freeze_sshd(&mut self, i: usize, frozen: bool) {
+        let signal = if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        if let Some(c) = self.hosts[i].sshd.as_ref() {
+            let listener = c.id();
+            let mut all = descendants(listener);
+            all.push(listener);
+            for pid in all {
+                if comm(pid).as_deref() == Some("sshd") {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+                }
+            }
+        }
+    }
+
     /// A reboot of host `i`, as far as a test can tell: every process of
     /// that host killed (sshd, sessions, runners, step processes), a new
     /// boot id, sshd started again.
