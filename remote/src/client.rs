@@ -221,7 +221,7 @@ impl RemoteHost {
         opts: ClientOptions,
     ) -> Result<RemoteHost, RemoteError> {
         let (binary_sha256, _) =
-            upshift_steps::fsutil::sha256_file(&opts.binary).map_err(|e| RemoteError::Config {
+            upshift_steps::hash::sha256_file(&opts.binary).map_err(|e| RemoteError::Config {
                 host: name.clone(),
                 message: format!(
                     "cannot read the binary to install, {}: {e}",

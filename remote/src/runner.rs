@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use upshift_steps::fsutil;
 use upshift_steps::redact::{RedactStream, Redactor};
 use upshift_steps::{Outputs, Probe, StepContext, StepError, StepOutcome};
 
@@ -96,7 +95,7 @@ fn not_started(dir: &Path, reason: String) -> i32 {
 
 fn write_end(dir: &Path, end: &EndState) {
     if let Ok(bytes) = serde_json::to_vec_pretty(end) {
-        let _ = fsutil::write_atomic(&dir.join(ticket::END_FILE), &bytes);
+        let _ = upshift_fsutil::atomic_write(&dir.join(ticket::END_FILE), &bytes);
     }
 }
 
@@ -366,7 +365,7 @@ impl StepContext for TicketContext {
             // The files' names must survive a crash with their contents
             // (once, before the first checkpoint is acknowledged); the
             // ticket folder's own entry was flushed when it was created.
-            fsutil::sync_dir(&self.dir);
+            upshift_fsutil::sync_dir(&self.dir).map_err(fail)?;
         }
         log.seq = cp.seq;
         drop(log);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{RwLock, Semaphore, mpsc};
-use upshift_steps::fsutil;
+use upshift_steps::hash;
 use upshift_steps::redact::Redactor;
 
 use crate::protocol::{
@@ -64,7 +64,7 @@ pub async fn serve(work_dir: PathBuf) -> i32 {
             return 3;
         }
     };
-    let exe_sha256 = match fsutil::sha256_file(&exe) {
+    let exe_sha256 = match hash::sha256_file(&exe) {
         Ok((h, _)) => h,
         Err(e) => {
             eprintln!("upshift __remote serve: cannot read {}: {e}", exe.display());
@@ -215,7 +215,9 @@ async fn start(ctx: &Ctx, req: StartRequest) -> Result<StartReply, String> {
         }
         Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
     }
-    fsutil::sync_dir(&tickets);
+    // The gate must survive a power cut once the coordinator is told.
+    upshift_fsutil::sync_dir(&tickets)
+        .map_err(|e| format!("cannot flush {}: {e}", tickets.display()))?;
     let meta = TicketMeta {
         ticket: req.ticket.clone(),
         identity: req.identity(),
@@ -223,7 +225,7 @@ async fn start(ctx: &Ctx, req: StartRequest) -> Result<StartReply, String> {
         boot_id: sys::boot_id(),
     };
     let write = |name: &str, bytes: Vec<u8>| {
-        fsutil::write_atomic(&dir.join(name), &bytes)
+        upshift_fsutil::atomic_write(&dir.join(name), &bytes)
             .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
     };
     write(
@@ -321,7 +323,7 @@ fn abort(ctx: &Ctx, ticket: &TicketId, reason: &str) -> Result<(), String> {
     if !dir.is_dir() {
         return Err(format!("no ticket {ticket} on this host"));
     }
-    fsutil::write_atomic(&dir.join(ticket::ABORT_FILE), reason.as_bytes())
+    upshift_fsutil::atomic_write(&dir.join(ticket::ABORT_FILE), reason.as_bytes())
         .map_err(|e| format!("cannot write the abort request in {}: {e}", dir.display()))
 }
 

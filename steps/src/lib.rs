@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub mod child;
-pub mod fsutil;
+pub mod hash;
 pub mod kinds;
 pub mod params;
 pub mod redact;

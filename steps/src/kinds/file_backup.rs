@@ -31,7 +31,7 @@ pub const RESTORE: KindFn = KindFn {
 };
 
 fn sha256_of(path: &Path) -> Result<(String, u64), StepError> {
-    crate::fsutil::sha256_file(path)
+    crate::hash::sha256_file(path)
         .map_err(|e| StepError::fatal(format!("cannot read {}: {e}", path.display())))
 }
 

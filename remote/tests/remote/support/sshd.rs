@@ -10,6 +10,12 @@
 //! `UPSHIFT_TEST_LAB=<id>` marks every process started through the lab, so
 //! a simulated reboot kills exactly one host's processes and `Drop` kills
 //! everything the lab started, even when a test panics.
+//!
+//! `SHLVL=2` keeps the login shell from reading the user's `~/.bashrc`
+//! (bash reads it for sshd's commands only at shell level 1): a shell
+//! killed by a simulated reboot in the middle of an rc file can leave
+//! stale locks behind (seen: pyenv's rehash lock, which then made every
+//! login of the machine wait 60 s), and rc files are not what is tested.
 
 #![allow(dead_code)]
 
@@ -221,7 +227,8 @@ impl Lab {
              MaxSessions 100\n\
              Subsystem sftp internal-sftp\n\
              SetEnv UPSHIFT_TEST_LAB={id} UPSHIFT_TEST_HOST={name} \
-             UPSHIFT_REMOTE_BOOT_ID_FILE={boot} UPSHIFT_REMOTE_REBOOT_COMMAND={dir}/reboot.sh\n\
+             UPSHIFT_REMOTE_BOOT_ID_FILE={boot} UPSHIFT_REMOTE_REBOOT_COMMAND={dir}/reboot.sh \
+             SHLVL=2\n\
              LogLevel VERBOSE\n",
             addr = h.addr,
             port = h.port,
@@ -259,7 +266,7 @@ impl Lab {
     /// Puts the stub where an install would (a hard link when possible).
     fn seed_binary(&self, i: usize) {
         let stub = PathBuf::from(env!("CARGO_BIN_EXE_upshift-remote-stub"));
-        let (sha, _) = upshift_steps::fsutil::sha256_file(&stub).unwrap();
+        let (sha, _) = upshift_steps::hash::sha256_file(&stub).unwrap();
         let bin = self.hosts[i].work_dir.join("bin").join(sha);
         std::fs::create_dir_all(&bin).unwrap();
         let to = bin.join("upshift");
