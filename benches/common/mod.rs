@@ -8,6 +8,11 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod history;
+mod summary;
+
+// Not every includer prints summaries (the gen_journal example does not).
+#[allow(unused_imports)]
+pub use summary::{Goal, summary};
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -68,41 +73,6 @@ pub fn median(name: &str) -> Option<f64> {
     }
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     Some(v[v.len() / 2])
-}
-
-/// Whether the goal holds: `ratio <= goal` (Le) or `ratio >= goal` (Ge).
-#[derive(Clone, Copy)]
-pub enum Goal {
-    /// The ratio must be at most the goal.
-    AtMost(f64),
-    /// The ratio must be at least the goal.
-    AtLeast(f64),
-    /// Report only.
-    Report,
-}
-
-/// Prints the summary line of one goal.
-pub fn summary(goal_name: &str, figure: &str, baseline: &str, ratio: f64, goal: Goal) {
-    let (goal_text, verdict) = match goal {
-        Goal::AtMost(g) => (format!("<= {g}x"), if ratio <= g { "PASS" } else { "MISS" }),
-        Goal::AtLeast(g) => (format!(">= {g}x"), if ratio >= g { "PASS" } else { "MISS" }),
-        Goal::Report => ("report".to_string(), "INFO"),
-    };
-    let line = format!(
-        "SUMMARY {goal_name}: figure={figure} baseline={baseline} ratio={ratio:.2}x goal={goal_text} {verdict}"
-    );
-    println!("{line}");
-    // Also collected in one file per `cargo bench` run, for RESULTS.md.
-    if let Ok(dir) = std::env::var("UPSHIFT_BENCH_SUMMARY") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
 }
 
 /// Events per second from seconds per event.

@@ -19,8 +19,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub mod child;
+pub mod hash;
 pub mod kinds;
 pub mod params;
+pub mod redact;
 #[cfg(feature = "sql-standin")]
 pub mod sql_standin;
 pub mod testing;

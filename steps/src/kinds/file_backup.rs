@@ -9,11 +9,9 @@
 //!
 //! `file.restore`: `from` (a copy), `to` (where it goes back), the same way.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::KindFn;
 use crate::{Outputs, ParamError, Probe, Step, StepContext, StepError, StepOutcome, parse_params};
@@ -33,22 +31,8 @@ pub const RESTORE: KindFn = KindFn {
 };
 
 fn sha256_of(path: &Path) -> Result<(String, u64), StepError> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| StepError::fatal(format!("cannot read {}: {e}", path.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n_total = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| StepError::fatal(format!("cannot read {}: {e}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        n_total += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((hex::encode(h.finalize()), n_total))
+    crate::hash::sha256_file(path)
+        .map_err(|e| StepError::fatal(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Copies `from` to `to` atomically and verifies the copy; returns its hash.
