@@ -324,7 +324,8 @@ pub fn compensable(
             set.insert(id.clone());
         } else if state.step(id).status == StepStatus::Succeeded
             && let Some(kind) = registry.get(def.body.kind.as_str())
-            && let Ok(with) = crate::state::resolve_with(plan, &def.body.with, secrets, state)
+            && let Ok(with) =
+                crate::state::resolve_with(plan, Some(id), &def.body.with, secrets, state)
             && kind.build(&with).is_ok_and(|s| s.has_compensation())
         {
             set.insert(id.clone());

@@ -626,7 +626,7 @@ impl Engine {
             .registry
             .get(body.kind.as_str())
             .ok_or_else(|| format!("unknown step kind `{}`", body.kind))?;
-        let with = resolve_with(&self.plan, &body.with, &self.secrets, &self.state)?;
+        let with = resolve_with(&self.plan, Some(id), &body.with, &self.secrets, &self.state)?;
         kind.build(&with).map_err(|e| e.message)
     }
 

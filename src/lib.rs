@@ -41,6 +41,7 @@ pub mod demo;
 pub mod diagnostics;
 pub mod engine;
 pub mod error;
+pub mod hosts;
 pub mod logging;
 pub mod plan;
 pub mod reboot;

@@ -17,6 +17,7 @@ use upshift_steps::Registry;
 
 use crate::diagnostics::{Locator, did_you_mean, suggest};
 pub use crate::diagnostics::{PlanError, PlanErrors};
+use crate::hosts::{self, HostDef, Placement};
 use crate::refs::{self, MapResolver, Ref};
 use crate::rules;
 
@@ -117,10 +118,22 @@ pub struct StepDef {
     pub compensate: Option<Body>,
     /// Free text for operators.
     pub description: Option<String>,
-    /// Host this step concerns (informational; checked by plan rules).
+    /// The host it runs on (a `[hosts.<name>]`); `None`: the coordinator.
     pub host: Option<String>,
+    /// For an instance of a fanned-out step (`STEP@HOST`), the step's id
+    /// as written (`STEP`).
+    pub instance_of: Option<String>,
     /// Position in the file (for stable ordering).
     pub decl: usize,
+}
+
+/// Who a lock's limit is counted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LockScope<'a> {
+    /// One host (`None`: the coordinator): the default.
+    Host(Option<&'a str>),
+    /// The whole site (`scope = "site"`).
+    Site,
 }
 
 /// Where a secret comes from. The value itself is never stored.
@@ -174,8 +187,18 @@ pub struct Plan {
     pub vars: BTreeMap<String, toml::Value>,
     /// Secret references.
     pub secrets: BTreeMap<String, SecretRef>,
-    /// Lock limits (default 1 for a lock not listed).
+    /// Lock limits (default 1 for a lock not listed), per host.
     pub locks: BTreeMap<String, u32>,
+    /// Locks whose limit holds for the whole site (`scope = "site"`), not
+    /// per host.
+    pub site_locks: BTreeSet<String>,
+    /// The machines steps run on (`[hosts.<name>]`).
+    pub hosts: BTreeMap<String, HostDef>,
+    /// Steps of the plan file that are not on this site (an empty or
+    /// missing `hosts` list), and why.
+    pub absent: BTreeMap<String, String>,
+    /// Fanned-out steps (as written) and the hosts of their instances.
+    pub fanned: BTreeMap<String, Vec<String>>,
     /// Connection targets (`[targets.<name>]`), references intact.
     pub targets: BTreeMap<String, toml::Table>,
     /// Steps by id.
@@ -211,7 +234,9 @@ struct RawPlan {
     #[serde(default)]
     secrets: BTreeMap<String, Spanned<RawSecret>>,
     #[serde(default)]
-    locks: BTreeMap<String, Spanned<u32>>,
+    locks: BTreeMap<String, Spanned<toml::Value>>,
+    /// The machines: `[hosts.<name>]` tables, or `"${site.hosts}"`.
+    hosts: Option<Spanned<toml::Value>>,
     #[serde(default)]
     targets: BTreeMap<String, Spanned<toml::Table>>,
     #[serde(default)]
@@ -255,7 +280,8 @@ struct RawStep {
     resume: Option<Spanned<String>>,
     compensate: Option<Spanned<RawBody>>,
     description: Option<String>,
-    host: Option<String>,
+    host: Option<Spanned<String>>,
+    hosts: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -441,7 +467,7 @@ pub fn parse(
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().to_string();
         let hint = if message.contains("unknown field") {
-            Some("top-level keys are name, description, site, rules, reboot, vars, secrets, locks, targets, notify, steps; step keys are kind, needs, with, retry, timeout, locks, on_failure, resume, compensate, description, host; [notify] keys are on, webhook, format, command, env, timeout, attempts".to_string())
+            Some("top-level keys are name, description, site, rules, reboot, vars, secrets, locks, hosts, targets, notify, steps; step keys are kind, needs, with, retry, timeout, locks, on_failure, resume, compensate, description, host, hosts; [notify] keys are on, webhook, format, command, env, timeout, attempts".to_string())
         } else if message.contains("missing field") {
             Some("see the plan format in the README".to_string())
         } else {
@@ -511,18 +537,56 @@ pub fn parse(
         }
     }
 
-    let locks = raw
-        .locks
-        .iter()
-        .map(|(k, v)| (k.clone(), *v.get_ref()))
-        .collect::<BTreeMap<_, _>>();
+    let mut locks = BTreeMap::new();
+    let mut site_locks = BTreeSet::new();
     for (k, v) in &raw.locks {
-        if *v.get_ref() == 0 {
+        let bad = |errors: &mut Vec<PlanError>, message: String| {
             errors.push(loc.at(
+                v.span(),
+                message,
+                Some("write `name = N` (N holders per host) or `name = { limit = N, scope = \"site\" }` (N for the whole site)".into()),
+            ))
+        };
+        let (limit, scope) = match v.get_ref() {
+            toml::Value::Integer(n) => (Some(*n), None),
+            toml::Value::Table(t) => {
+                if let Some(other) = t.keys().find(|k| !matches!(k.as_str(), "limit" | "scope")) {
+                    bad(&mut errors, format!("lock `{k}`: unknown key `{other}`"));
+                }
+                (
+                    match t.get("limit") {
+                        None => Some(1),
+                        Some(toml::Value::Integer(n)) => Some(*n),
+                        Some(_) => None,
+                    },
+                    t.get("scope"),
+                )
+            }
+            _ => (None, None),
+        };
+        match limit {
+            Some(0) => errors.push(loc.at(
                 v.span(),
                 format!("lock `{k}` has a limit of 0: nothing holding it could ever run"),
                 Some("use 1 or more".into()),
-            ));
+            )),
+            Some(n) if (1..=u32::MAX as i64).contains(&n) => {
+                locks.insert(k.clone(), n as u32);
+            }
+            _ => bad(
+                &mut errors,
+                format!("lock `{k}`: the limit must be a whole number above 0"),
+            ),
+        }
+        match scope.map(|s| s.as_str()) {
+            None | Some(Some("host")) => {}
+            Some(Some("site")) => {
+                site_locks.insert(k.clone());
+            }
+            Some(_) => bad(
+                &mut errors,
+                format!("lock `{k}`: scope must be \"host\" or \"site\""),
+            ),
         }
     }
 
@@ -570,13 +634,32 @@ pub fn parse(
         )
     });
 
+    let has_var = |n: &str| vars.contains_key(n);
+    let host_scope = hosts::Scope {
+        plan_path: path,
+        plan_text: text,
+        site: site
+            .as_ref()
+            .map(|s| (s.path.as_path(), s.text.as_str(), &s.values)),
+        resolver: &resolver,
+        has_var: &has_var,
+    };
+    let host_defs = hosts::parse(raw.hosts.as_ref(), &loc, &host_scope, &mut errors);
+
     let ids: BTreeSet<&str> = raw.steps.keys().map(String::as_str).collect();
     let mut steps = BTreeMap::new();
+    let mut placements: BTreeMap<String, Placement> = BTreeMap::new();
 
     for (id, raw_step) in &raw.steps {
         let span = raw_step.span();
         let rs = raw_step.get_ref();
-        if !id
+        if id.contains(hosts::INSTANCE_SEP) {
+            errors.push(loc.at(
+                loc.find_in(span.clone(), id),
+                format!("step id `{id}` has `@`, which names the instances of a fanned-out step (STEP@HOST)"),
+                Some("write the step once with hosts = [..]; upshift makes one instance per host".into()),
+            ));
+        } else if !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
@@ -586,9 +669,29 @@ pub fn parse(
                 Some("ids appear in references (${steps.<id>.outputs.x}) and commands; rename it".into()),
             ));
         }
+        placements.insert(
+            id.clone(),
+            hosts::place(
+                id,
+                rs.host.as_ref(),
+                rs.hosts.as_ref(),
+                &host_defs,
+                &loc,
+                &host_scope,
+                &mut errors,
+            ),
+        );
         let mut needs = BTreeSet::new();
         for n in &rs.needs {
-            if !ids.contains(n.get_ref().as_str()) {
+            if let Some((base, _)) = n.get_ref().split_once(hosts::INSTANCE_SEP)
+                && ids.contains(base)
+            {
+                errors.push(loc.at(
+                    n.span(),
+                    format!("step `{id}` needs `{}`: instances are not named by hand", n.get_ref()),
+                    Some(format!("write needs = [\"{base}\"]: a step fanned out over the same hosts waits for the instance on its own host, any other step for every instance")),
+                ));
+            } else if !ids.contains(n.get_ref().as_str()) {
                 let hint = Some(did_you_mean(
                     n.get_ref(),
                     ids.iter().copied(),
@@ -863,12 +966,17 @@ pub fn parse(
                     resume,
                     compensate,
                     description: rs.description.clone(),
-                    host: rs.host.clone(),
+                    host: None,
+                    instance_of: None,
                     decl: span.start,
                 },
             );
         }
     }
+
+    // Where steps run: instances of fanned-out steps, steps not on this
+    // site, and the needs between them.
+    let (steps, absent, fanned) = expand_placements(steps, &placements, &raw, &loc, &mut errors);
 
     // Rules from products' manuals: those for every plan, then the rule
     // sets the plan names for its site file.
@@ -949,10 +1057,155 @@ pub fn parse(
         vars,
         secrets,
         locks,
+        site_locks,
+        hosts: host_defs,
+        absent,
+        fanned,
         targets,
         steps,
         order,
     })
+}
+
+type Expanded = (
+    BTreeMap<String, StepDef>,
+    BTreeMap<String, String>,
+    BTreeMap<String, Vec<String>>,
+);
+
+/// Turns the steps as written into the steps of the run: one instance
+/// (`STEP@HOST`) per host of a fanned-out step, none for a step not on
+/// this site. A fanned-out step that needs another fanned-out step needs
+/// the instance on its own host (every instance if that host has none);
+/// any other step needs every instance; an absent step is no longer
+/// needed. Outputs of a fanned-out step can only be used by a step fanned
+/// out over the same hosts (each instance reads its own host's).
+fn expand_placements(
+    written: BTreeMap<String, StepDef>,
+    placements: &BTreeMap<String, Placement>,
+    raw: &RawPlan,
+    loc: &Locator<'_>,
+    errors: &mut Vec<PlanError>,
+) -> Expanded {
+    let mut absent = BTreeMap::new();
+    let mut fanned = BTreeMap::new();
+    for (id, p) in placements {
+        match p {
+            Placement::Absent(why) => {
+                absent.insert(id.clone(), why.clone());
+            }
+            Placement::Fan(hs) => {
+                fanned.insert(id.clone(), hs.clone());
+            }
+            Placement::Coordinator | Placement::One(_) => {}
+        }
+    }
+    let need_ids = |n: &str, fan_host: Option<&str>| -> Vec<String> {
+        match placements.get(n) {
+            Some(Placement::Absent(_)) => Vec::new(),
+            Some(Placement::Fan(hs)) => match fan_host {
+                Some(h) if hs.iter().any(|x| x == h) => vec![hosts::instance_id(n, h)],
+                _ => hs.iter().map(|h| hosts::instance_id(n, h)).collect(),
+            },
+            _ => vec![n.to_string()],
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (id, def) in &written {
+        let place = placements
+            .get(id)
+            .cloned()
+            .unwrap_or(Placement::Coordinator);
+        let instances: Vec<(String, Option<String>)> = match &place {
+            Placement::Coordinator => vec![(id.clone(), None)],
+            Placement::One(h) => vec![(id.clone(), Some(h.clone()))],
+            Placement::Fan(hs) => hs
+                .iter()
+                .map(|h| (hosts::instance_id(id, h), Some(h.clone())))
+                .collect(),
+            Placement::Absent(_) => continue,
+        };
+        let is_fan = matches!(place, Placement::Fan(_));
+        // Outputs this step uses, by the step they come from.
+        let mut used = BTreeSet::new();
+        for body in std::iter::once(&def.body).chain(def.compensate.as_ref()) {
+            let mut found = Vec::new();
+            refs::refs_in_value(&toml::Value::Table(body.with.clone()), &mut found);
+            for (_, r) in found {
+                if let Ok(Ref::Output { step, .. }) = r {
+                    used.insert(step);
+                }
+            }
+        }
+        for from in &used {
+            let span = raw.steps[id].span();
+            let problem = match placements.get(from) {
+                Some(Placement::Absent(why)) => Some((
+                    format!(
+                        "step `{id}` uses outputs of `{from}`, which is not on this site ({why})"
+                    ),
+                    format!(
+                        "a step that may be absent cannot feed another; drop the reference or give `{from}` its hosts"
+                    ),
+                )),
+                Some(Placement::Fan(theirs)) => {
+                    let mine = match &place {
+                        Placement::Fan(hs) => hs.clone(),
+                        _ => Vec::new(),
+                    };
+                    let missing: Vec<&String> =
+                        mine.iter().filter(|h| !theirs.contains(h)).collect();
+                    if !is_fan || !missing.is_empty() {
+                        Some((
+                            format!(
+                                "step `{id}` uses outputs of `{from}`, which runs on several hosts ({})",
+                                theirs.join(", ")
+                            ),
+                            format!(
+                                "only a step fanned out over the same hosts can use them (each instance reads its own host's); {}",
+                                if is_fan {
+                                    format!(
+                                        "`{from}` has no instance on {}",
+                                        missing
+                                            .iter()
+                                            .map(|s| s.as_str())
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )
+                                } else {
+                                    format!("give `{id}` hosts = the same list")
+                                }
+                            ),
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
+            if let Some((message, hint)) = problem {
+                errors.push(loc.at(
+                    loc.find_in(span, &format!("steps.{from}")),
+                    message,
+                    Some(hint),
+                ));
+            }
+        }
+        for (iid, host) in instances {
+            let fan_host = if is_fan { host.as_deref() } else { None };
+            let mut d = def.clone();
+            d.needs = def
+                .needs
+                .iter()
+                .flat_map(|n| need_ids(n, fan_host))
+                .collect();
+            d.id = iid.clone();
+            d.host = host;
+            d.instance_of = is_fan.then(|| id.clone());
+            out.insert(iid, d);
+        }
+    }
+    (out, absent, fanned)
 }
 
 /// What a `[notify]` string may refer to.
@@ -1390,6 +1643,7 @@ impl Plan {
                         || s.locks != o.locks
                         || s.on_failure != o.on_failure
                         || s.resume != o.resume
+                        || s.host != o.host
                     {
                         out.insert(id.clone());
                     }
@@ -1407,5 +1661,46 @@ impl Plan {
     /// The limit of a named lock.
     pub fn lock_limit(&self, name: &str) -> u32 {
         self.locks.get(name).copied().unwrap_or(1)
+    }
+
+    /// Who holds lock `name` for a step on `host`: the host (`None`: the
+    /// coordinator), or the whole site for a `scope = "site"` lock.
+    pub fn lock_scope<'a>(&self, name: &str, host: Option<&'a str>) -> LockScope<'a> {
+        if self.site_locks.contains(name) {
+            LockScope::Site
+        } else {
+            LockScope::Host(host)
+        }
+    }
+
+    /// The step whose outputs `${steps.<from>.outputs.x}` reads when
+    /// written in step `referrer`: `from` itself, or, for a fanned-out
+    /// `from`, its instance on the referrer's host. `None`: no such step
+    /// in the run.
+    pub fn output_source(&self, referrer: Option<&str>, from: &str) -> Option<String> {
+        if self.steps.contains_key(from) {
+            return Some(from.to_string());
+        }
+        let hs = self.fanned.get(from)?;
+        let host = referrer
+            .and_then(|r| self.steps.get(r))
+            .filter(|d| d.instance_of.is_some())
+            .and_then(|d| d.host.as_deref())?;
+        hs.iter()
+            .any(|h| h == host)
+            .then(|| hosts::instance_id(from, host))
+    }
+
+    /// Key files of the plan's ssh hosts that cannot be read (checked where
+    /// a plan is run or checked; parsing reads no other file).
+    pub fn host_file_problems(&self) -> Vec<PlanError> {
+        hosts::host_file_problems(
+            &self.hosts,
+            &self.path,
+            &self.text,
+            self.site
+                .as_ref()
+                .map(|s| (s.path.as_path(), s.text.as_str())),
+        )
     }
 }

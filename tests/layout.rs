@@ -129,6 +129,7 @@ fn forbidden(from: &str, to: &str) -> bool {
         "state",
         "decide",
         "plan",
+        "hosts",
         "rules",
         "diagnostics",
         "refs",

@@ -218,6 +218,21 @@ pub fn pinned_options(state: &RunState) -> LoadOptions {
     }
 }
 
+/// [`load_plan`], then the files the plan's hosts need on this machine
+/// (ssh keys, known_hosts): what `check` and `run` load a plan with.
+pub fn load_plan_to_run(
+    path: &Path,
+    vars: &BTreeMap<String, String>,
+    site: Option<&Path>,
+) -> Result<Plan> {
+    let p = load_plan(path, vars, site)?;
+    let problems = p.host_file_problems();
+    if !problems.is_empty() {
+        return Err(plan::PlanErrors(problems).into());
+    }
+    Ok(p)
+}
+
 /// Reads and validates a plan file with `--var` values and an optional
 /// `--site` file (default: the plan's own `site`).
 pub fn load_plan(

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::app::workspace::load_plan;
+use crate::app::workspace::{load_plan, load_plan_to_run};
 use crate::error::{Result, code};
 use crate::plan::Plan;
 
@@ -21,14 +21,26 @@ pub enum GraphFormat {
 /// `upshift check PLAN [--site FILE] [--var K=V]`.
 pub fn check(plan: &Path, vars: &[String], site: Option<&Path>) -> Result<u8> {
     let vars = parse_vars(vars)?;
-    let p = load_plan(plan, &vars, site)?;
+    let p = load_plan_to_run(plan, &vars, site)?;
+    let hosts = if p.hosts.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {} host(s): {}",
+            p.hosts.len(),
+            p.hosts.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    };
     println!(
-        "{}: ok — plan \"{}\", {} steps, {} dependencies",
+        "{}: ok — plan \"{}\", {} steps, {} dependencies{hosts}",
         plan.display(),
         p.name,
         p.steps.len(),
         p.steps.values().map(|s| s.needs.len()).sum::<usize>()
     );
+    for (id, why) in &p.absent {
+        println!("  {id}: not on this site ({why})");
+    }
     Ok(code::OK)
 }
 
@@ -48,6 +60,16 @@ pub fn dry_run_text(p: &Plan) -> String {
         p.name,
         p.order.len()
     );
+    if !p.hosts.is_empty() {
+        out.push_str("\nhosts:\n");
+        for h in p.hosts.values() {
+            let cap = h
+                .max_concurrent
+                .map(|n| format!("; at most {n} step(s) at once"))
+                .unwrap_or_default();
+            out.push_str(&format!("   {}: {}{cap}\n", h.name, h.describe()));
+        }
+    }
     let resolver =
         crate::refs::MapResolver::placeholders(&p.vars, p.site.as_ref().map(|s| &s.values));
     for (i, id) in p.order.iter().enumerate() {
@@ -60,7 +82,16 @@ pub fn dry_run_text(p: &Plan) -> String {
                 def.needs.iter().cloned().collect::<Vec<_>>().join(", ")
             )
         };
-        out.push_str(&format!("\n{}. {id} [{}]{needs}\n", i + 1, def.body.kind));
+        let on = match &def.host {
+            Some(h) => format!(" on {h}"),
+            None if p.hosts.is_empty() => String::new(),
+            None => " on the coordinator".into(),
+        };
+        out.push_str(&format!(
+            "\n{}. {id} [{}]{on}{needs}\n",
+            i + 1,
+            def.body.kind
+        ));
         if let Some(d) = &def.description {
             out.push_str(&format!("   {d}\n"));
         }
@@ -90,13 +121,28 @@ pub fn dry_run_text(p: &Plan) -> String {
             policy.push(format!("timeout {}", humantime::format_duration(t)));
         }
         if !def.locks.is_empty() {
-            policy.push(format!("locks {}", def.locks.join(", ")));
+            let locks: Vec<String> = def
+                .locks
+                .iter()
+                .map(|l| match p.lock_scope(l, def.host.as_deref()) {
+                    _ if p.hosts.is_empty() => l.clone(),
+                    crate::plan::LockScope::Site => format!("{l} (site-wide)"),
+                    crate::plan::LockScope::Host(_) => format!("{l} (per host)"),
+                })
+                .collect();
+            policy.push(format!("locks {}", locks.join(", ")));
         }
         policy.push(format!(
             "on failure {}",
             crate::report::on_failure_word(def.on_failure)
         ));
         out.push_str(&format!("   ({})\n", policy.join("; ")));
+    }
+    if !p.absent.is_empty() {
+        out.push_str("\nnot on this site (not in the run; what needs them does not wait):\n");
+        for (id, why) in &p.absent {
+            out.push_str(&format!("   {id}: {why}\n"));
+        }
     }
     if let Some(n) = &p.notify {
         out.push_str(&notify_text(n, &resolver));

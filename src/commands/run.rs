@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::app::Workspace;
 use crate::app::run::{self, Resumed, Session, drift_text};
-use crate::app::workspace::load_plan;
+use crate::app::workspace::load_plan_to_run;
 use crate::error::{Result, code};
 use crate::report;
 use crate::ui::Ui;
@@ -45,7 +45,7 @@ pub fn run(ws: &Workspace, a: RunArgs<'_>) -> Result<u8> {
     for (name, source) in parse_vars(a.secrets)? {
         vars.insert(format!("secret:{name}"), source);
     }
-    let p = load_plan(a.plan, &vars, a.site)?;
+    let p = load_plan_to_run(a.plan, &vars, a.site)?;
     if a.dry_run {
         print!("{}", super::plan::dry_run_text(&p));
         return Ok(code::OK);

@@ -625,16 +625,25 @@ impl RunState {
     }
 }
 
-/// Resolves a body's `with` table against the run's values.
+/// Resolves a body's `with` table against the run's values. `step` is the
+/// step it belongs to (an instance of a fanned-out step reads the outputs
+/// of the instances on its own host), `None` for what belongs to the run.
 pub fn resolve_with(
     plan: &Plan,
+    step: Option<&str>,
     with: &toml::Table,
     secrets: &BTreeMap<String, String>,
     state: &RunState,
 ) -> Result<toml::Table, String> {
     let expanded = expand_target(with, &plan.targets)?;
     let sec = |n: &str| secrets.get(n).cloned();
-    let out = |s: &str, n: &str| state.steps.get(s).and_then(|st| st.outputs.get(n).cloned());
+    let out = |s: &str, n: &str| {
+        let from = plan.output_source(step, s)?;
+        state
+            .steps
+            .get(&from)
+            .and_then(|st| st.outputs.get(n).cloned())
+    };
     let resolver = MapResolver::new(
         &plan.vars,
         plan.site.as_ref().map(|s| &s.values),

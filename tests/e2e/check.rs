@@ -213,3 +213,97 @@ fn the_teammanager_rules_name_the_site_files_lines() {
         r.stderr
     );
 }
+
+#[test]
+fn hosts_fan_out_and_components_the_site_lacks_in_check_and_dry_run() {
+    let sb = Sandbox::new();
+    let key = sb.path().join("id_ed25519");
+    std::fs::write(&key, "not really a key").unwrap();
+    let kh = sb.path().join("known_hosts");
+    std::fs::write(&kh, "").unwrap();
+    std::fs::write(
+        sb.path().join("site.toml"),
+        format!(
+            "[hosts.tm01]\naddress = \"tm01.corp\"\nuser = \"u\"\nidentity_file = \"{key}\"\nknown_hosts_file = \"{kh}\"\nwork_dir = \"C:/up\"\n\
+             [hosts.tm02]\naddress = \"tm02.corp\"\nuser = \"u\"\nidentity_file = \"{key}\"\nknown_hosts_file = \"{kh}\"\nwork_dir = \"C:/up\"\n\
+             [hosts.lync]\naddress = \"lync.corp\"\nuser = \"u\"\nidentity_file = \"missing_id\"\nknown_hosts_file = \"{kh}\"\nwork_dir = \"C:/up\"\n\
+             [components.ICH]\nhosts = [\"tm01\", \"tm02\"]\n",
+            key = key.display(),
+            kh = kh.display()
+        ),
+    )
+    .unwrap();
+    let plan = sb.plan(
+        "p.toml",
+        r#"
+name = "fan"
+site = "site.toml"
+hosts = "${site.hosts}"
+[locks]
+msiexec = 1
+[steps.ich_install]
+kind = "sleep"
+hosts = "${site.components.ICH.hosts}"
+locks = ["msiexec"]
+with = { duration = "0s" }
+[steps.ich_start]
+kind = "sleep"
+hosts = "${site.components.ICH.hosts}"
+needs = ["ich_install"]
+with = { duration = "0s" }
+[steps.smd_install]
+kind = "sleep"
+hosts = "${site.components.SMD.hosts}"
+with = { duration = "0s" }
+[steps.cleanup]
+kind = "sleep"
+host = "tm02"
+needs = ["ich_start", "smd_install"]
+with = { duration = "0s" }
+"#,
+    );
+    let p = plan.to_str().unwrap();
+    // The lync host's key file is relative to the site file and missing.
+    let r = sb.run(&["check", p]);
+    r.expect(2);
+    assert!(
+        r.stderr
+            .contains("site.toml:16:1: error: host `lync`: identity_file")
+            && r.stderr.contains("cannot be read"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(sb.path().join("missing_id"), "k").unwrap();
+    let r = sb.run(&["check", p]);
+    r.expect(0);
+    assert!(r.stdout.contains("5 steps"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("3 host(s): lync, tm01, tm02"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("smd_install: not on this site (the site file has no `components.SMD`)"),
+        "{}",
+        r.stdout
+    );
+    let r = sb.run(&["run", p, "--dry-run"]);
+    r.expect(0);
+    for want in [
+        "tm02: ssh u@tm02.corp:22, work dir C:/up",
+        "ich_install@tm01 [sleep] on tm01",
+        "ich_start@tm02 [sleep] on tm02 (after ich_install@tm02)",
+        "cleanup [sleep] on tm02 (after ich_start@tm01, ich_start@tm02)",
+        "locks msiexec (per host)",
+        "not on this site",
+        "smd_install: the site file has no `components.SMD`",
+    ] {
+        assert!(
+            r.stdout.contains(want),
+            "missing {want:?} in:\n{}",
+            r.stdout
+        );
+    }
+    assert!(!sb.journal().exists(), "a dry run journals nothing");
+}

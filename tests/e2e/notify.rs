@@ -226,6 +226,9 @@ hook = { env = "UPSHIFT_TEST_HOOK" }
 [notify]
 webhook = "${secrets.hook}"
 format = "json"
+[hosts.tm-fe01]
+transport = "local"
+work_dir = "/tmp/upshift-notify-test-fe01"
 [steps.bind]
 kind = "manual"
 host = "tm-fe01"

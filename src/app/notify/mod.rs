@@ -413,8 +413,9 @@ impl Notifier {
                     .collect(),
             ),
         );
-        let resolved = crate::state::resolve_with(plan, &table, secrets, &RunState::default())
-            .map_err(|e| Error::usage(format!("[notify]: {e}")))?;
+        let resolved =
+            crate::state::resolve_with(plan, None, &table, secrets, &RunState::default())
+                .map_err(|e| Error::usage(format!("[notify]: {e}")))?;
         let text = |v: &toml::Value| match v {
             toml::Value::String(s) => s.clone(),
             other => other.to_string(),
