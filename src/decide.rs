@@ -52,7 +52,8 @@ pub struct Next {
 pub struct Limits {
     /// Attempts and compensations in flight at most (those running count).
     pub concurrency: usize,
-    /// Honour the plan's locks (held by running steps).
+    /// Honour the plan's locks (held by running steps, counted per host
+    /// unless site-wide) and each host's `max_concurrent`.
     pub locks: bool,
 }
 
@@ -131,6 +132,7 @@ pub fn decide_within(
             .concurrency
             .saturating_sub((s.running() + s.comp_running()) as usize);
         let mut taken = vec![0u32; if limits.locks { g.lock_count() } else { 0 }];
+        let mut host_taken = vec![0u32; if limits.locks { g.host_count() } else { 0 }];
         let mut ready = s.ready().peekable();
         let mut due = due.into_iter().peekable();
         while room > 0 {
@@ -143,14 +145,21 @@ pub fn decide_within(
             let Some(i) = i else { break };
             if limits.locks {
                 let locks = g.locks(i);
+                let host = g.host(i);
                 if locks
                     .iter()
                     .any(|&l| s.held(l) + taken[l as usize] >= g.lock_limit(l))
+                    || host.is_some_and(|h| {
+                        s.host_running(h) + host_taken[h as usize] >= g.host_limit(h)
+                    })
                 {
                     continue;
                 }
                 for &l in locks {
                     taken[l as usize] += 1;
+                }
+                if let Some(h) = host {
+                    host_taken[h as usize] += 1;
                 }
             }
             next.start.push(g.id(i).to_string());

@@ -197,6 +197,61 @@ pub fn instance_id(step: &str, host: &str) -> String {
     format!("{step}{INSTANCE_SEP}{host}")
 }
 
+/// `${host}` in a step's parameters: the name of the host it runs on
+/// (`$${host}` is a literal `${host}`). Replaced before any other
+/// reference is resolved, so it can name a site key:
+/// `${site.certificates.thumbprints.${host}}`.
+pub const HOST_REF: &str = "${host}";
+
+/// Whether a table mentions `${host}`.
+pub fn mentions_host(t: &toml::Table) -> bool {
+    fn value(v: &toml::Value) -> bool {
+        match v {
+            toml::Value::String(s) => replace_host(s, "").is_some(),
+            toml::Value::Array(a) => a.iter().any(value),
+            toml::Value::Table(t) => t.values().any(value),
+            _ => false,
+        }
+    }
+    t.values().any(value)
+}
+
+/// The table with `${host}` replaced by `host` in every string.
+pub fn substitute_host(t: &toml::Table, host: &str) -> toml::Table {
+    fn value(v: &toml::Value, host: &str) -> toml::Value {
+        match v {
+            toml::Value::String(s) => {
+                toml::Value::String(replace_host(s, host).unwrap_or_else(|| s.clone()))
+            }
+            toml::Value::Array(a) => toml::Value::Array(a.iter().map(|v| value(v, host)).collect()),
+            toml::Value::Table(t) => toml::Value::Table(substitute_host(t, host)),
+            other => other.clone(),
+        }
+    }
+    t.iter().map(|(k, v)| (k.clone(), value(v, host))).collect()
+}
+
+/// `s` with every `${host}` (not `$${host}`) replaced, or `None` if it
+/// has none.
+fn replace_host(s: &str, host: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    let mut any = false;
+    while let Some(at) = rest.find(HOST_REF) {
+        let escaped = rest[..at].ends_with('$');
+        out.push_str(&rest[..at]);
+        if escaped {
+            out.push_str(HOST_REF);
+        } else {
+            out.push_str(host);
+            any = true;
+        }
+        rest = &rest[at + HOST_REF.len()..];
+    }
+    out.push_str(rest);
+    any.then_some(out)
+}
+
 /// One value of a host before typing, and where it was written.
 struct RawValue {
     value: toml::Value,
@@ -1083,11 +1138,12 @@ host = "lync"
                 "fe",
                 "hosts = \"${site.components.FE.hosts}\"\nneeds = [\"ich_start\", \"none\"]"
             ),
-        );
+        ) + "[steps.ich_config]\nkind = \"process\"\nhosts = \"${site.components.ICH.hosts}\"\nwith = { program = \"${site.components.ICH.config}\" }\n";
         let p = load(&text, Some(site)).unwrap();
         assert_eq!(
             p.absent.keys().collect::<Vec<_>>(),
-            ["ich_install", "ich_start", "none"]
+            ["ich_config", "ich_install", "ich_start", "none"],
+            "an absent step's own site values are not looked for"
         );
         assert!(
             p.absent["ich_start"].contains("components.ICH"),
@@ -1206,6 +1262,56 @@ host = "lync"
             "{problems}"
         );
         assert!(!problems.contains("host `a`: identity_file"), "{problems}");
+    }
+
+    #[test]
+    fn host_names_the_instance_host_even_inside_a_site_path() {
+        let site = "[certificates.thumbprints]\na = \"thumb-a\"\nb = \"thumb-b\"\n";
+        let text = format!(
+            "{THREE}[steps.cert]\nkind = \"process\"\nhosts = [\"a\", \"b\"]\nwith = {{ program = \"echo\", args = [\"${{site.certificates.thumbprints.${{host}}}}\", \"on ${{host}}\", \"$${{host}}\"] }}\n"
+        );
+        let p = load(&text, Some(site)).unwrap();
+        let args = |id: &str| {
+            crate::state::resolve_with(
+                &p,
+                Some(id),
+                &p.steps[id].body.with,
+                &Default::default(),
+                &Default::default(),
+            )
+            .unwrap()["args"]
+                .clone()
+        };
+        assert_eq!(
+            args("cert@b").to_string(),
+            r#"["thumb-b", "on b", "${host}"]"#
+        );
+        assert_eq!(
+            args("cert@a").as_array().unwrap()[0].as_str(),
+            Some("thumb-a")
+        );
+
+        let e = errors(
+            &format!(
+                "{THREE}[steps.cert]\nkind = \"process\"\nhosts = [\"a\", \"c\"]\nwith = {{ program = \"${{site.certificates.thumbprints.${{host}}}}\" }}\n"
+            ),
+            Some(site),
+        );
+        assert!(
+            e.contains("has no `certificates.thumbprints.c`"),
+            "checked for every host: {e}"
+        );
+        assert!(!e.contains("has no `certificates.thumbprints.a`"), "{e}");
+        let e = errors(
+            &format!(
+                "{THREE}[steps.y]\nkind = \"process\"\nwith = {{ program = \"${{host}}\" }}\n"
+            ),
+            None,
+        );
+        assert!(
+            e.contains("`${host}` in `with` of step `y`, which runs on no host"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -712,17 +712,31 @@ pub fn parse(
             }
         }
 
+        // `host`: the host the body is checked for (`${host}` is its name).
         let check_body = |kind: &Spanned<String>,
                           with: &Option<Spanned<toml::Table>>,
                           what: &str,
+                          host: Option<&str>,
                           needs: &mut BTreeSet<String>,
                           errors: &mut Vec<PlanError>|
          -> Option<Body> {
             let with_span = with.as_ref().map(|w| w.span()).unwrap_or(span.clone());
-            let with_table = with
+            let raw_table = with
                 .as_ref()
                 .map(|w| w.get_ref().clone())
                 .unwrap_or_default();
+            let with_table = match host {
+                Some(h) => hosts::substitute_host(&raw_table, h),
+                None if hosts::mentions_host(&raw_table) => {
+                    errors.push(loc.at(
+                        loc.find_in(with_span.clone(), "${host}"),
+                        format!("`${{host}}` in {what} of step `{id}`, which runs on no host"),
+                        Some("`${host}` is the name of the host the step runs on: give it host = \"NAME\" or hosts = [..]".into()),
+                    ));
+                    return None;
+                }
+                None => raw_table.clone(),
+            };
             // References: syntax, existence, implicit dependencies.
             let mut found = Vec::new();
             refs::refs_in_value(&toml::Value::Table(with_table.clone()), &mut found);
@@ -862,15 +876,66 @@ pub fn parse(
             }
             Some(Body {
                 kind: kind.get_ref().clone(),
-                with: with_table,
+                with: raw_table,
             })
         };
-
-        let body = check_body(&rs.kind, &rs.with, "`with`", &mut needs, &mut errors);
-        let compensate = rs.compensate.as_ref().and_then(|c| {
-            let c = c.get_ref();
-            check_body(&c.kind, &c.with, "`compensate`", &mut needs, &mut errors)
-        });
+        // A step not on this site is not checked against the site (its
+        // component's values are missing too); only its kind must exist.
+        let absent_body = |kind: &Spanned<String>,
+                           with: &Option<Spanned<toml::Table>>,
+                           errors: &mut Vec<PlanError>|
+         -> Option<Body> {
+            if registry.get(kind.get_ref().as_str()).is_none() {
+                errors.push(loc.at(
+                    kind.span(),
+                    format!("unknown step kind `{}` in step `{id}`", kind.get_ref()),
+                    Some(did_you_mean(
+                        kind.get_ref(),
+                        registry.keys().copied(),
+                        "known kinds",
+                    )),
+                ));
+                return None;
+            }
+            Some(Body {
+                kind: kind.get_ref().clone(),
+                with: with
+                    .as_ref()
+                    .map(|w| w.get_ref().clone())
+                    .unwrap_or_default(),
+            })
+        };
+        // Checked once per host the step runs on (`${host}` differs).
+        let check_hosts: Vec<Option<&str>> = match &placements[id] {
+            Placement::One(h) => vec![Some(h.as_str())],
+            Placement::Fan(hs) => hs.iter().map(|h| Some(h.as_str())).collect(),
+            Placement::Coordinator | Placement::Absent(_) => vec![None],
+        };
+        let absent = matches!(placements[id], Placement::Absent(_));
+        let mut body = None;
+        let mut compensate = None;
+        for h in &check_hosts {
+            body = if absent {
+                absent_body(&rs.kind, &rs.with, &mut errors)
+            } else {
+                check_body(&rs.kind, &rs.with, "`with`", *h, &mut needs, &mut errors)
+            };
+            compensate = rs.compensate.as_ref().and_then(|c| {
+                let c = c.get_ref();
+                if absent {
+                    absent_body(&c.kind, &c.with, &mut errors)
+                } else {
+                    check_body(
+                        &c.kind,
+                        &c.with,
+                        "`compensate`",
+                        *h,
+                        &mut needs,
+                        &mut errors,
+                    )
+                }
+            });
+        }
 
         let retry = match &rs.retry {
             None => RetryPolicy::default(),
@@ -1041,7 +1106,11 @@ pub fn parse(
     };
 
     if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.col));
+        errors.sort_by(|a, b| {
+            (&a.file, a.line, a.col, &a.message).cmp(&(&b.file, b.line, b.col, &b.message))
+        });
+        // A fanned-out step is checked once per host: the same problem once.
+        errors.dedup();
         return Err(PlanErrors(errors));
     }
     let dependents = direct_dependents(&steps, &order);
@@ -1194,6 +1263,12 @@ fn expand_placements(
         for (iid, host) in instances {
             let fan_host = if is_fan { host.as_deref() } else { None };
             let mut d = def.clone();
+            if let Some(h) = &host {
+                d.body.with = hosts::substitute_host(&def.body.with, h);
+                if let Some(c) = &mut d.compensate {
+                    c.with = hosts::substitute_host(&c.with, h);
+                }
+            }
             d.needs = def
                 .needs
                 .iter()

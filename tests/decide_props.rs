@@ -28,8 +28,12 @@ struct Spec {
     compensate: Vec<bool>,
     ask: Vec<bool>,
     locks: Vec<u8>,
+    /// 0: the coordinator; 1, 2: hosts h1, h2.
+    host: Vec<u8>,
     concurrency: usize,
     lock_b_limit: u32,
+    /// `max_concurrent` of h1 and h2 (0: none).
+    host_caps: (u32, u32),
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -44,9 +48,11 @@ fn spec() -> impl Strategy<Value = Spec> {
             proptest::collection::vec(0u8..3, n),
             proptest::collection::vec(any::<bool>(), n),
             proptest::collection::vec(prop::bool::weighted(0.2), n),
-            proptest::collection::vec(0u8..4, n),
+            proptest::collection::vec(0u8..6, n),
+            proptest::collection::vec(0u8..3, n),
             1usize..5,
             1u32..3,
+            (0u32..3, 0u32..3),
         )
             .prop_map(
                 move |(
@@ -57,8 +63,10 @@ fn spec() -> impl Strategy<Value = Spec> {
                     compensate,
                     ask,
                     locks,
+                    host,
                     concurrency,
                     lock_b_limit,
+                    host_caps,
                 )| Spec {
                     needs: needs
                         .into_iter()
@@ -71,25 +79,45 @@ fn spec() -> impl Strategy<Value = Spec> {
                     compensate,
                     ask,
                     locks,
+                    host,
                     concurrency,
                     lock_b_limit,
+                    host_caps,
                 },
             )
     })
 }
 
 fn plan_of(s: &Spec) -> Plan {
-    let mut text = format!("name = \"prop\"\n[locks]\nb = {}\n", s.lock_b_limit);
+    let mut text = format!(
+        "name = \"prop\"\n[locks]\nb = {}\nsite = {{ limit = 1, scope = \"site\" }}\n",
+        s.lock_b_limit
+    );
+    for (h, cap) in [("h1", s.host_caps.0), ("h2", s.host_caps.1)] {
+        text.push_str(&format!(
+            "[hosts.{h}]\ntransport = \"local\"\nwork_dir = \"/w/{h}\"\n"
+        ));
+        if cap > 0 {
+            text.push_str(&format!("max_concurrent = {cap}\n"));
+        }
+    }
     for i in 0..s.needs.len() {
         let needs: BTreeSet<String> = s.needs[i].iter().map(|d| format!("\"s{d}\"")).collect();
         let locks = match s.locks[i] {
             1 => "[\"a\"]",
             2 => "[\"b\"]",
             3 => "[\"a\", \"b\"]",
+            4 => "[\"site\"]",
+            5 => "[\"b\", \"site\"]",
             _ => "[]",
         };
+        if s.host[i] > 0 {
+            text.push_str(&format!("[steps.s{i}]\nhost = \"h{}\"\n", s.host[i]));
+        } else {
+            text.push_str(&format!("[steps.s{i}]\n"));
+        }
         text.push_str(&format!(
-            "[steps.s{i}]\nkind = \"sleep\"\nneeds = [{}]\nretry = {{ attempts = {}, backoff = \"{}s\" }}\non_failure = \"{}\"\nresume = \"{}\"\nlocks = {locks}\nwith = {{ duration = \"0s\" }}\n",
+            "kind = \"sleep\"\nneeds = [{}]\nretry = {{ attempts = {}, backoff = \"{}s\" }}\non_failure = \"{}\"\nresume = \"{}\"\nlocks = {locks}\nwith = {{ duration = \"0s\" }}\n",
             needs.into_iter().collect::<Vec<_>>().join(", "),
             s.attempts[i],
             s.backoff_s[i],
@@ -306,11 +334,25 @@ fn reference_within(
             st.status == StepStatus::Running || st.compensation == CompStatus::Running
         })
         .count();
-    let mut held: BTreeMap<&str, u32> = BTreeMap::new();
+    // Locks are held per (lock, host), a site-wide lock per lock; hosts
+    // count their running steps against their cap.
+    let key = |id: &str, l: &str| -> (String, Option<String>) {
+        let host = plan.steps[id].host.clone();
+        if plan.site_locks.contains(l) {
+            (l.to_string(), Some("<site>".into()))
+        } else {
+            (l.to_string(), host)
+        }
+    };
+    let mut held: BTreeMap<(String, Option<String>), u32> = BTreeMap::new();
+    let mut on_host: BTreeMap<String, u32> = BTreeMap::new();
     for id in &plan.order {
         if state.step(id).status == StepStatus::Running {
             for l in &plan.steps[id].locks {
-                *held.entry(l).or_default() += 1;
+                *held.entry(key(id, l)).or_default() += 1;
+            }
+            if let Some(h) = &plan.steps[id].host {
+                *on_host.entry(h.clone()).or_default() += 1;
             }
         }
     }
@@ -322,12 +364,22 @@ fn reference_within(
         let locks = &plan.steps[&id].locks;
         if locks
             .iter()
-            .any(|l| held.get(l.as_str()).copied().unwrap_or(0) >= plan.lock_limit(l))
+            .any(|l| held.get(&key(&id, l)).copied().unwrap_or(0) >= plan.lock_limit(l))
+        {
+            continue;
+        }
+        let host = plan.steps[&id].host.clone();
+        if let Some(h) = &host
+            && let Some(cap) = plan.hosts[h].max_concurrent
+            && on_host.get(h).copied().unwrap_or(0) >= cap
         {
             continue;
         }
         for l in locks {
-            *held.entry(l).or_default() += 1;
+            *held.entry(key(&id, l)).or_default() += 1;
+        }
+        if let Some(h) = host {
+            *on_host.entry(h).or_default() += 1;
         }
         busy += 1;
         next.start.push(id);
@@ -572,15 +624,36 @@ fn simulate(spec: &Spec, plan: &Plan, d: &mut Draws) -> (Sim, Option<End>) {
             running.len() <= spec.concurrency,
             "over the limit: {running:?}"
         );
-        for (lock, limit) in [("a", 1), ("b", spec.lock_b_limit)] {
-            let holders = running
+        let holding = |id: &&&String, lock: &str| {
+            sim.state.step(id).status == StepStatus::Running
+                && plan.steps[**id].locks.iter().any(|l| l == lock)
+        };
+        for host in [None, Some("h1"), Some("h2")] {
+            for (lock, limit) in [("a", 1), ("b", spec.lock_b_limit)] {
+                let holders = running
+                    .iter()
+                    .filter(|id| holding(id, lock) && plan.steps[**id].host.as_deref() == host)
+                    .count();
+                assert!(
+                    holders as u32 <= limit,
+                    "lock {lock} held {holders} times on {host:?}"
+                );
+            }
+        }
+        let site_holders = running.iter().filter(|id| holding(id, "site")).count();
+        assert!(
+            site_holders <= 1,
+            "site-wide lock held {site_holders} times"
+        );
+        for (h, cap) in [("h1", spec.host_caps.0), ("h2", spec.host_caps.1)] {
+            let on = running
                 .iter()
                 .filter(|id| {
                     sim.state.step(id).status == StepStatus::Running
-                        && plan.steps[**id].locks.iter().any(|l| l == lock)
+                        && plan.steps[**id].host.as_deref() == Some(h)
                 })
-                .count();
-            assert!(holders as u32 <= limit, "lock {lock} held {holders} times");
+                .count() as u32;
+            assert!(cap == 0 || on <= cap, "{on} steps on {h}, cap {cap}");
         }
         if running.is_empty() {
             // Nothing runs: a retry is due later (time passes), or the

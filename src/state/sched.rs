@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::plan::{Plan, ResumePolicy};
+use crate::plan::{LockScope, Plan, ResumePolicy};
 use crate::state::{CompStatus, RunState, StepState, StepStatus};
 
 /// A plan's edges and per-step scheduling facts, by position in the plan's
@@ -31,8 +31,15 @@ pub struct Graph {
     needs: Vec<Vec<u32>>,
     dependents: Vec<Vec<u32>>,
     ask: Vec<bool>,
+    /// Lock ids each step holds: one per (lock, host) — or per lock for a
+    /// site-wide lock — so `msiexec` on two hosts is two locks.
     locks: Vec<Vec<u32>>,
     lock_limits: Vec<u32>,
+    /// The host each step runs on (an index into `host_limits`; `None`:
+    /// the coordinator).
+    host: Vec<Option<u32>>,
+    /// Each host's `max_concurrent` (`u32::MAX`: no cap).
+    host_limits: Vec<u32>,
 }
 
 impl Graph {
@@ -44,8 +51,20 @@ impl Graph {
             .enumerate()
             .map(|(i, id)| (id.clone(), i as u32))
             .collect();
-        let mut lock_ids: HashMap<&str, u32> = HashMap::new();
+        let mut lock_ids: HashMap<(&str, LockScope<'_>), u32> = HashMap::new();
         let mut lock_limits = Vec::new();
+        let host_ids: HashMap<&str, u32> = plan
+            .hosts
+            .keys()
+            .enumerate()
+            .map(|(i, h)| (h.as_str(), i as u32))
+            .collect();
+        let host_limits: Vec<u32> = plan
+            .hosts
+            .values()
+            .map(|h| h.max_concurrent.unwrap_or(u32::MAX))
+            .collect();
+        let mut host = Vec::with_capacity(plan.order.len());
         let mut locks = Vec::with_capacity(plan.order.len());
         let mut needs = Vec::with_capacity(plan.order.len());
         let mut dependents = vec![Vec::new(); plan.order.len()];
@@ -62,11 +81,13 @@ impl Graph {
             }
             needs.push(n);
             ask.push(def.resume == ResumePolicy::Ask);
+            host.push(def.host.as_deref().and_then(|h| host_ids.get(h).copied()));
             locks.push(
                 def.locks
                     .iter()
                     .map(|l| {
-                        *lock_ids.entry(l.as_str()).or_insert_with(|| {
+                        let scope = plan.lock_scope(l, def.host.as_deref());
+                        *lock_ids.entry((l.as_str(), scope)).or_insert_with(|| {
                             lock_limits.push(plan.lock_limit(l));
                             (lock_limits.len() - 1) as u32
                         })
@@ -83,6 +104,8 @@ impl Graph {
             ask,
             locks,
             lock_limits,
+            host,
+            host_limits,
         }
     }
 
@@ -129,6 +152,21 @@ impl Graph {
     /// Number of distinct locks.
     pub fn lock_count(&self) -> usize {
         self.lock_limits.len()
+    }
+
+    /// The host the step at `i` runs on (`None`: the coordinator).
+    pub fn host(&self, i: u32) -> Option<u32> {
+        self.host[i as usize]
+    }
+
+    /// The cap on steps running at once on host `h`.
+    pub fn host_limit(&self, h: u32) -> u32 {
+        self.host_limits[h as usize]
+    }
+
+    /// Number of hosts.
+    pub fn host_count(&self) -> usize {
+        self.host_limits.len()
     }
 }
 
@@ -178,6 +216,8 @@ pub struct Sched {
     done: u32,
     /// Holders of each lock (running steps).
     held: Vec<u32>,
+    /// Running steps on each host.
+    host_running: Vec<u32>,
 }
 
 impl std::fmt::Debug for Sched {
@@ -207,6 +247,7 @@ impl Sched {
             .collect();
         let mut s = Sched {
             held: vec![0; graph.lock_count()],
+            host_running: vec![0; graph.host_count()],
             graph,
             keys,
             unmet,
@@ -307,6 +348,9 @@ impl Sched {
                 for &l in &self.graph.locks[i as usize] {
                     count(&mut self.held[l as usize], add);
                 }
+                if let Some(h) = self.graph.host[i as usize] {
+                    count(&mut self.host_running[h as usize], add);
+                }
             }
             StepStatus::Waiting => set(&mut self.waiting, i, add),
             StepStatus::Failed => set(&mut self.failed, i, add),
@@ -380,6 +424,11 @@ impl Sched {
         self.held[l as usize]
     }
 
+    /// Steps running on host `h`.
+    pub fn host_running(&self, h: u32) -> u32 {
+        self.host_running[h as usize]
+    }
+
     /// Compares this index with one built from scratch (for tests): `Err`
     /// names the first difference.
     pub fn check(&self, state: &RunState) -> Result<(), String> {
@@ -408,6 +457,7 @@ impl Sched {
         same!(comp_running);
         same!(done);
         same!(held);
+        same!(host_running);
         Ok(())
     }
 }
