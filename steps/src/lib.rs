@@ -22,6 +22,7 @@ pub mod child;
 pub mod hash;
 pub mod kinds;
 pub mod params;
+pub mod preflight;
 pub mod redact;
 #[cfg(feature = "sql-standin")]
 pub mod sql_standin;
@@ -226,6 +227,13 @@ pub trait Step: Send + Sync {
     /// What the step acts on (services, files, products), so that a drift
     /// check does not blame a completed step for a later step's work.
     fn resources(&self) -> Vec<Resource> {
+        Vec::new()
+    }
+    /// Read-only checks against the real site before the maintenance window
+    /// (`upshift preflight`): packages, logins, permissions, files the step
+    /// will need. Must change nothing anywhere (see [`preflight`]). Default:
+    /// nothing to check.
+    async fn preflight(&self, _ctx: &preflight::PreflightContext) -> Vec<preflight::Check> {
         Vec::new()
     }
 }

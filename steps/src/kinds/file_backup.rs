@@ -96,6 +96,16 @@ impl Backup {
 
 #[async_trait::async_trait]
 impl Step for Backup {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        vec![crate::preflight::files::check_path(
+            &self.file,
+            crate::preflight::files::Expect::File,
+            "the file the step saves",
+        )]
+    }
     fn describe(&self) -> Vec<String> {
         vec![format!(
             "copy {} to {} (verified by SHA-256)",

@@ -255,6 +255,15 @@ pub(crate) fn restore(file: &Path, backup: &Path) -> Result<bool, StepError> {
 
 #[async_trait::async_trait]
 impl Step for ConfigAppSettings {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        crate::preflight::files::check_xml_config(
+            &self.edit.file,
+            "the settings file the step edits",
+        )
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         vec![crate::Resource::file(&self.edit.file)]
     }

@@ -331,6 +331,32 @@ pub const SKIPPED: &str = "skipped: not Windows (no LocalMachine certificate sto
 
 #[async_trait::async_trait]
 impl Step for CertCheck {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        use crate::preflight::Check;
+        let mut out = vec![match normalize(&self.input) {
+            Ok(n) => Check::ok(format!("thumbprint {} is 40 hex digits", n.thumbprint)),
+            Err(e) => Check::finding(
+                format!("the thumbprint is not usable: {e}"),
+                "40 hex digits (invisible marks and spaces are stripped)",
+                "copy the thumbprint again from the certificate's details in the site file",
+            ),
+        }];
+        out.push(Check::not_checked(
+            format!(
+                "certificate in LocalMachine\\{} (private key, expiry)",
+                self.store
+            ),
+            if cfg!(windows) {
+                "not checked by preflight in this version; the run's cert.check checks it first"
+            } else {
+                "not checked on this OS: there is no Windows certificate store"
+            },
+        ));
+        out
+    }
     fn describe(&self) -> Vec<String> {
         let tp = normalize(&self.input)
             .map(|n| n.thumbprint)

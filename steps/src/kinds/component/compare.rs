@@ -233,6 +233,15 @@ impl Compare {
 
 #[async_trait::async_trait]
 impl Step for Compare {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        crate::preflight::files::check_xml_config(
+            &self.p.file,
+            "the settings file the step compares",
+        )
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         // Carry-over writes the new file; report mode only reads both.
         vec![crate::Resource::file(&self.p.file)]

@@ -477,6 +477,12 @@ impl Cleanup {
 
 #[async_trait::async_trait]
 impl Step for Cleanup {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        crate::preflight::files::check_xml_config(&self.config, "the ICH service's config file")
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         // It edits the ICH configuration and restarts the service.
         vec![

@@ -259,6 +259,8 @@ struct Params {
     previous_package: Option<PathBuf>,
     program: Option<String>,
     standin_state: Option<PathBuf>,
+    /// Checked by `upshift preflight` against the package's UpgradeCode.
+    upgrade_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +278,7 @@ struct Msi {
     previous_package: Option<PathBuf>,
     program: String,
     standin_state: Option<PathBuf>,
+    upgrade_code: Option<String>,
 }
 
 fn build_install(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
@@ -299,6 +302,14 @@ fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
     {
         return Err(
             ParamError::field("product_code", format!("`{code}` is not a ProductCode"))
+                .hint("write it with braces: {12345678-1234-1234-1234-123456789ABC}"),
+        );
+    }
+    if let Some(code) = &p.upgrade_code
+        && !valid_product_code(code)
+    {
+        return Err(
+            ParamError::field("upgrade_code", format!("`{code}` is not an UpgradeCode"))
                 .hint("write it with braces: {12345678-1234-1234-1234-123456789ABC}"),
         );
     }
@@ -363,6 +374,7 @@ fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
         previous_package: p.previous_package,
         program,
         standin_state,
+        upgrade_code: p.upgrade_code,
     }))
 }
 
@@ -560,6 +572,22 @@ pub(crate) async fn installed_version(
 
 #[async_trait::async_trait]
 impl Step for Msi {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        crate::preflight::msi::for_step(
+            self.mode == Mode::Install,
+            self.package.as_deref(),
+            crate::preflight::msi::Expected {
+                product_code: self.product_code.as_deref(),
+                version: self.version.as_deref(),
+                upgrade_code: self.upgrade_code.as_deref(),
+                properties: self.properties.iter().map(|(k, _)| k.as_str()).collect(),
+            },
+            self.standin_state.as_deref(),
+        )
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         match (&self.product_code, &self.package) {
             (Some(code), _) => vec![crate::Resource::product(code)],

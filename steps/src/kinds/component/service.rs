@@ -459,6 +459,12 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
 
 #[async_trait::async_trait]
 impl Step for Service {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        vec![crate::preflight::windows::service(&self.ctl.name)]
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         vec![crate::Resource::service(&self.ctl.name)]
     }

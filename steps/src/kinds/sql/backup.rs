@@ -185,6 +185,13 @@ impl Backup {
 
 #[async_trait::async_trait]
 impl Step for Backup {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        let (Target::Path(at) | Target::Directory(at)) = &self.target;
+        super::preflight::backup(&self.connection, &self.database, at).await
+    }
     fn describe(&self) -> Vec<String> {
         let path = match &self.target {
             Target::Path(p) => p.clone(),

@@ -199,7 +199,7 @@ impl ConnectionParams {
         s
     }
 
-    fn password(&self) -> &str {
+    pub(crate) fn password(&self) -> &str {
         self.password.as_ref().map(Secret::expose).unwrap_or("")
     }
 

@@ -258,6 +258,53 @@ pub(crate) async fn read_version(
 
 #[async_trait::async_trait]
 impl Step for DbCheck {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        use crate::preflight::Check;
+        let mut sql = match super::preflight::login(&self.connection, None).await {
+            Ok(s) => s,
+            Err(c) => return vec![c],
+        };
+        let current = match read_version(
+            &mut sql,
+            &self.query,
+            Some(super::preflight::STATEMENT_LIMIT),
+        )
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                return vec![Check::finding(
+                    e.to_string(),
+                    "the database's version readable with the version query",
+                    "check the plan's `version_query` (and that this is the TM database)",
+                )];
+            }
+        };
+        vec![match self.path.decide(&current, &self.target) {
+            Ok(Decision::UpToDate) => Check::ok(format!(
+                "{}: database at {current}, already the target",
+                sql.label()
+            )),
+            Ok(Decision::Update(path)) => Check::ok(format!(
+                "{}: database at {current}, on the update path: {} (target {})",
+                sql.label(),
+                path.join(" -> "),
+                self.target
+            )),
+            Err(m) => Check::finding(
+                format!("{}: {m}", sql.label()),
+                format!(
+                    "a database version on the update path {} to {}",
+                    self.path.versions.join(", "),
+                    self.target
+                ),
+                "see above: an intermediate update first, support, or the plan's versions",
+            ),
+        }]
+    }
     fn describe(&self) -> Vec<String> {
         vec![
             format!(

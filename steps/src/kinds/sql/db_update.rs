@@ -464,6 +464,18 @@ impl DbUpdate {
 
 #[async_trait::async_trait]
 impl Step for DbUpdate {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        let mut out = vec![crate::preflight::files::check_path(
+            &self.dir,
+            crate::preflight::files::Expect::Dir,
+            "the folder of update scripts",
+        )];
+        out.extend(super::preflight::login_only(&self.connection).await);
+        out
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "update {} to version {} with the scripts in {} ({} per batch; history in upshift.schema_history)",

@@ -251,6 +251,12 @@ impl Exec {
 
 #[async_trait::async_trait]
 impl Step for Exec {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        super::preflight::login_only(&self.connection).await
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "on {}: {} ({})",

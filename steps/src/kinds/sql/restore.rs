@@ -151,6 +151,12 @@ pub(crate) async fn restore(
 
 #[async_trait::async_trait]
 impl Step for Restore {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        super::preflight::login_only(&self.connection).await
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "restore database {} on {} from {} ({})",

@@ -108,6 +108,18 @@ pub(crate) fn batch_lines(batches: &[Batch]) -> Vec<String> {
 
 #[async_trait::async_trait]
 impl Step for Script {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        let mut out = vec![crate::preflight::files::check_path(
+            &self.file,
+            crate::preflight::files::Expect::File,
+            "the SQL script the step runs",
+        )];
+        out.extend(super::preflight::login_only(&self.connection).await);
+        out
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "run script {} on {}, batch by batch ({} per batch)",
