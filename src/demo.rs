@@ -463,6 +463,7 @@ pub fn demo_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
 /// Lays out the simulated site in `dir` and starts its stand-ins.
 pub fn build(dir: &Path) -> Result<DemoSite> {
     let vars = build_site(dir)?;
+    crate::preflight::demo::make_packages_real(dir)?;
     let standins = start_standins(dir)?;
     let site = dir.join("plan/sites/demo.toml");
     write(

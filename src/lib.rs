@@ -44,6 +44,7 @@ pub mod error;
 pub mod hosts;
 pub mod logging;
 pub mod plan;
+pub mod preflight;
 pub mod reboot;
 pub mod refs;
 pub mod report;

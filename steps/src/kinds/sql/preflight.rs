@@ -28,20 +28,16 @@ pub(crate) const STATEMENT_LIMIT: Duration = Duration::from_secs(20);
 /// authentication. `Err` is the check to report (a finding, or not
 /// checked when the password is only known at run time).
 pub(crate) async fn login(conn: &ConnectionParams, database: Option<&str>) -> Result<Sql, Check> {
-    let who = conn.display();
     if conn.auth == Auth::Sql && (conn.password().is_empty() || is_placeholder(conn.password())) {
         return Err(Check::not_checked(
-            format!("login to {who}"),
+            format!("login to {}", conn.display()),
             "the password's secret cannot be read here (set it as for the run)",
         ));
     }
     match conn.connect(database).await {
         Ok(sql) => Ok(sql),
         Err(e) => Err(Check::finding(
-            format!(
-                "cannot log in to {who} [database {}]: {e}",
-                database.unwrap_or(&conn.database)
-            ),
+            format!("login failed: {e}"),
             "the site's login connects (server reachable from the host that runs the step, login enabled, password right, database open to it)",
             match conn.auth {
                 Auth::Sql => {
