@@ -11,6 +11,8 @@ mod hardening;
 mod notify;
 mod operator;
 mod owners;
+#[cfg(feature = "demo")]
+mod preflight;
 mod processes;
 mod read_only;
 mod reboot_drift;
