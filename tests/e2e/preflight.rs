@@ -418,3 +418,72 @@ fn an_ssh_host_that_does_not_answer_is_a_finding() {
         "SKIPPED: preflight against a real sshd with an unknown host key (the lab harness in remote/tests is not reusable from this crate without copying it)"
     );
 }
+
+#[test]
+fn an_old_database_a_full_backup_disk_a_broken_config_and_a_busy_installer_are_found() {
+    let site = Site::new(demo_model());
+    {
+        let mut s = site.model.state();
+        s.db.version = "6.0".into();
+        // The backup folder is a Unix path: drive C for xp_fixeddrives.
+        s.drives_free_mb.insert("C".into(), 10);
+        s.database_bytes = 512 << 20;
+    }
+    let d = site.sb.path();
+    std::fs::write(
+        d.join("AppSettings.config"),
+        "<appSettings>\n  <add key=\"a\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("bin/msiexec-state/busy"), "").unwrap();
+    let plan = site.plan(|t| t);
+    let before = site.state();
+    let (ran, v) = site.json(&plan);
+    ran.expect(1);
+    let f = findings(&v);
+    let has = |step: &str, needle: &str| {
+        assert!(
+            f.iter()
+                .any(|c| c["step"] == step && c["found"].as_str().unwrap().contains(needle)),
+            "no finding of {step} with `{needle}` in {v:#}"
+        )
+    };
+    has("db_check", "older than 7.0");
+    has("db_backup", "10 MB free on drive C");
+    has("settings", "not well-formed XML");
+    has("ac_install", "the msiexec stand-in is busy");
+    assert_eq!(f.len(), 4, "{v:#}");
+    assert_eq!(site.state(), before, "preflight changed the site");
+}
+
+#[test]
+fn a_server_that_never_answers_costs_one_step_timeout_not_one_per_step() {
+    let site = Site::new(demo_model());
+    // Accepts connections (the backlog) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let plan = site.plan(|t| {
+        t.replace(
+            &format!("port = {}", site.server.port()),
+            &format!("port = {port}"),
+        )
+    });
+    let ran = site.preflight(&plan, &["--json", "--step-timeout", "1500ms"]);
+    ran.expect(1);
+    let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let f = findings(&v);
+    assert_eq!(f.len(), 1, "one problem, one finding: {v:#}");
+    assert!(
+        f[0]["found"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 1s 500ms"),
+        "{v:#}"
+    );
+    assert_eq!(f[0]["step"], "db_backup");
+    assert_eq!(f[0]["also_steps"], serde_json::json!(["db_check", "jobs"]));
+    // Three SQL steps, each bounded by 1.5 s, checked in parallel.
+    let ms = v["elapsed_ms"].as_u64().unwrap();
+    assert!((1500..4000).contains(&ms), "elapsed {ms} ms");
+    drop(silent);
+}
