@@ -127,12 +127,15 @@ pub enum Command {
     ///   hosts     ssh hosts reachable, host key known, administrator, free disk
     ///   Windows   pending reboot, Windows Installer busy, services exist
     ///             (on Windows only; elsewhere listed as "not checked")
+    /// Not yet (listed as "not checked"): certificates in the store, ports,
+    /// and the steps' own checks on ssh hosts (the hosts themselves are).
     ///
     /// Exit codes (a contract for scripts): 0 ready, 1 findings, 2 plan error.
     ///
     ///   upshift preflight plans/teammanager.toml --site sites/contoso.toml
     ///   upshift preflight plans/teammanager.toml --json | jq '.checks[] | select(.result == "finding")'
     ///   upshift preflight plans/teammanager.toml -o preflight.html
+    #[command(verbatim_doc_comment)]
     Preflight {
         /// The plan file.
         plan: PathBuf,
