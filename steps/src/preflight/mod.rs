@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod cert;
 pub mod files;
 pub mod msi;
 pub mod windows;

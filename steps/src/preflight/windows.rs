@@ -12,10 +12,13 @@
 //! - **Services**: a service is registered when
 //!   `HKLM\SYSTEM\CurrentControlSet\Services\<name>` exists.
 //!
+//! - **Certificates**: `cert.check`'s thumbprint in `LocalMachine\<store>`,
+//!   read from the store's registry location ([`super::cert`]): present,
+//!   a private key associated, valid long enough.
+//!
 //! On any other OS these are [`Check::NotChecked`] lines that say so.
-//! Certificates (store, private key, expiry) and ports are not checked by
-//! preflight in this version on any OS (`cert.check` checks the
-//! certificate when the run starts); the report says so.
+//! Ports are not checked by preflight in this version on any OS; the
+//! report says so.
 
 use super::Check;
 
@@ -36,8 +39,8 @@ pub fn host_state() -> Vec<Check> {
         out.push(Check::not_checked("Windows Installer busy", NOT_WINDOWS));
     }
     out.push(Check::not_checked(
-        "certificates in LocalMachine\\My (private key, expiry) and ports taken by other IIS sites",
-        "not checked by preflight in this version; the run's cert.check step checks the certificate on Windows",
+        "ports free, and site ports not taken by another IIS site",
+        "not checked by preflight in this version",
     ));
     out
 }
@@ -52,6 +55,49 @@ pub fn service(name: &str) -> Check {
     #[cfg(not(windows))]
     {
         Check::not_checked(format!("service {name} registered"), NOT_WINDOWS)
+    }
+}
+
+/// The certificate `thumbprint` (40 upper-case hex digits) in
+/// `LocalMachine\<store>`: present, with a private key (if required),
+/// valid for `min_days` more days. Read from the store's registry location
+/// on Windows ([`super::cert`]); not checked elsewhere.
+pub fn certificate(thumbprint: &str, store: &str, require_key: bool, min_days: u32) -> Vec<Check> {
+    #[cfg(windows)]
+    {
+        match imp::cert_blob(store, thumbprint) {
+            Ok(Some(blob)) => match super::cert::parse_store_blob(&blob) {
+                Ok(entry) => super::cert::judge(
+                    thumbprint,
+                    store,
+                    &entry,
+                    require_key,
+                    min_days,
+                    chrono::Utc::now().naive_utc(),
+                ),
+                Err(e) => vec![Check::not_checked(
+                    format!("certificate {thumbprint} in LocalMachine\\{store}"),
+                    format!("its store entry could not be read: {e}"),
+                )],
+            },
+            Ok(None) => vec![Check::finding(
+                format!("no certificate {thumbprint} in LocalMachine\\{store}"),
+                "the certificate the site file names, in the machine's store",
+                "import it (with its private key) into LocalMachine\\My, or correct the thumbprint in the site file",
+            )],
+            Err(e) => vec![Check::not_checked(
+                format!("certificate {thumbprint} in LocalMachine\\{store}"),
+                e,
+            )],
+        }
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = (require_key, min_days);
+        vec![Check::not_checked(
+            format!("certificate {thumbprint} in LocalMachine\\{store} (private key, expiry)"),
+            "not checked on this OS: there is no Windows certificate store",
+        )]
     }
 }
 
@@ -114,6 +160,54 @@ mod imp {
         // SAFETY: see the module docs.
         unsafe { RegCloseKey(k) };
         rc == ERROR_SUCCESS
+    }
+
+    /// The `Blob` of a certificate in a LocalMachine store; `Ok(None)`
+    /// when there is no such certificate.
+    pub fn cert_blob(store: &str, thumbprint: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = format!(
+            r"SOFTWARE\Microsoft\SystemCertificates\{}\Certificates\{thumbprint}",
+            store.to_ascii_uppercase()
+        );
+        let Some(k) = open(&path) else {
+            return Ok(None);
+        };
+        let v = wide("Blob");
+        let mut size: u32 = 0;
+        // SAFETY: see the module docs; first the size (no buffer).
+        let rc = unsafe {
+            RegQueryValueExW(
+                k,
+                v.as_ptr(),
+                std::ptr::null(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut size,
+            )
+        };
+        let mut buf = vec![0u8; size as usize];
+        let rc = if rc == ERROR_SUCCESS {
+            // SAFETY: see the module docs; `buf` holds `size` bytes.
+            unsafe {
+                RegQueryValueExW(
+                    k,
+                    v.as_ptr(),
+                    std::ptr::null(),
+                    std::ptr::null_mut(),
+                    buf.as_mut_ptr(),
+                    &mut size,
+                )
+            }
+        } else {
+            rc
+        };
+        // SAFETY: see the module docs.
+        unsafe { RegCloseKey(k) };
+        if rc != ERROR_SUCCESS {
+            return Err(format!("reading {path}\\Blob failed (error {rc})"));
+        }
+        buf.truncate(size as usize);
+        Ok(Some(buf))
     }
 
     pub fn pending_reboot() -> Vec<Check> {

@@ -28,6 +28,10 @@ use serde::Deserialize;
 use crate::kinds::KindFn;
 use crate::{Outputs, ParamError, Probe, Step, StepContext, StepError, StepOutcome, parse_params};
 
+/// Days a certificate must still be valid when preflight looks (it runs
+/// days before the window), unless `min_days_valid` asks for more.
+const PREFLIGHT_MIN_DAYS: u32 = 7;
+
 /// The `cert.check` kind.
 pub const KIND: KindFn = KindFn {
     name: "cert.check",
@@ -336,26 +340,28 @@ impl Step for CertCheck {
         _ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
         use crate::preflight::Check;
-        let mut out = vec![match normalize(&self.input) {
-            Ok(n) => Check::ok(format!("thumbprint {} is 40 hex digits", n.thumbprint)),
-            Err(e) => Check::finding(
+        match normalize(&self.input) {
+            Ok(n) => {
+                let mut out = vec![Check::ok(format!(
+                    "thumbprint {} is 40 hex digits",
+                    n.thumbprint
+                ))];
+                // At least a week left at preflight time: it runs days
+                // before the window.
+                out.extend(crate::preflight::windows::certificate(
+                    &n.thumbprint,
+                    &self.store,
+                    self.require_private_key,
+                    self.min_days_valid.max(PREFLIGHT_MIN_DAYS),
+                ));
+                out
+            }
+            Err(e) => vec![Check::finding(
                 format!("the thumbprint is not usable: {e}"),
                 "40 hex digits (invisible marks and spaces are stripped)",
                 "copy the thumbprint again from the certificate's details in the site file",
-            ),
-        }];
-        out.push(Check::not_checked(
-            format!(
-                "certificate in LocalMachine\\{} (private key, expiry)",
-                self.store
-            ),
-            if cfg!(windows) {
-                "not checked by preflight in this version; the run's cert.check checks it first"
-            } else {
-                "not checked on this OS: there is no Windows certificate store"
-            },
-        ));
-        out
+            )],
+        }
     }
     fn describe(&self) -> Vec<String> {
         let tp = normalize(&self.input)
