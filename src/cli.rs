@@ -125,10 +125,11 @@ pub enum Command {
     ///             size (approximate); SQL Agent jobs to remove are listed
     ///   files     config files the plan edits exist and parse; paths resolve
     ///   hosts     ssh hosts reachable, host key known, administrator, free disk
-    ///   Windows   pending reboot, Windows Installer busy, services exist
-    ///             (on Windows only; elsewhere listed as "not checked")
-    /// Not yet (listed as "not checked"): certificates in the store, ports,
-    /// and the steps' own checks on ssh hosts (the hosts themselves are).
+    ///   Windows   pending reboot, Windows Installer busy, services exist,
+    ///             the certificate present with a private key and not
+    ///             expiring soon (on Windows only; elsewhere "not checked")
+    /// Not yet (listed as "not checked"): ports, and the steps' own checks
+    /// on ssh hosts (the hosts themselves are checked).
     ///
     /// Exit codes (a contract for scripts): 0 ready, 1 findings, 2 plan error.
     ///
