@@ -288,6 +288,45 @@ pub async fn ssh_host(h: &HostDef, opts: &Options) -> Vec<Check> {
     out
 }
 
+/// This machine as a host: its user's rights (Windows: installers need an
+/// elevated administrator) and free space where the step folders go
+/// (`folder`, or the nearest existing folder above it).
+fn this_machine(folder: &std::path::Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    let user = upshift_remote::sys::user();
+    out.push(if upshift_remote::sys::is_admin() {
+        Check::ok(format!("{user} has administrator rights"))
+    } else if cfg!(windows) {
+        Check::finding(
+            format!("{user} runs without administrator rights"),
+            "an elevated administrator (installers, services and certificates need one)",
+            "run upshift from an elevated prompt as an administrator",
+        )
+    } else {
+        Check::ok(format!(
+            "{user} is not root (the Windows steps need an administrator; here they are stand-ins)"
+        ))
+    });
+    let existing = folder.ancestors().find(|p| p.is_dir());
+    out.push(match existing.and_then(upshift_remote::sys::free_bytes) {
+        Some(b) if b >= HOST_FREE_BYTES_MIN => Check::ok(format!(
+            "{} MB free for the step folders ({})",
+            b >> 20,
+            folder.display()
+        )),
+        Some(b) => Check::finding(
+            format!("{} MB free for the step folders ({})", b >> 20, folder.display()),
+            format!("at least {} MB (installer logs, saved settings)", HOST_FREE_BYTES_MIN >> 20),
+            "free space there, or put the journal (--journal, $UPSHIFT_JOURNAL) or the host's work_dir on a larger disk",
+        ),
+        None => Check::not_checked(
+            format!("free space for {}", folder.display()),
+            "the OS did not say",
+        ),
+    });
+    out
+}
+
 /// One step's preflight, bounded in time.
 async fn step_checks(step: Arc<dyn Step>, ctx: PreflightContext) -> (Vec<Check>, Duration) {
     let t = Instant::now();
@@ -439,7 +478,15 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
         }
     }
     for name in here_hosts.keys() {
-        for c in upshift_steps::preflight::windows::host_state() {
+        let folder = match plan.hosts.get(name) {
+            Some(h) => std::path::PathBuf::from(&h.work_dir),
+            // Step folders (installer logs, saved settings) live with the
+            // journal.
+            None => crate::app::workspace::resolve_dir(None),
+        };
+        let mut checks = this_machine(&folder);
+        checks.extend(upshift_steps::preflight::windows::host_state());
+        for c in checks {
             host_lines.push(Line {
                 step: None,
                 host: name.clone(),
