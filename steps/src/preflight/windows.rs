@@ -22,6 +22,7 @@
 
 use super::Check;
 
+#[cfg(not(windows))]
 const NOT_WINDOWS: &str = "not checked on this OS: it reads the Windows registry and Windows Installer's mutex (run preflight on the Windows host)";
 
 /// The state of this machine (the host that runs the steps): a reboot
