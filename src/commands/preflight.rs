@@ -61,15 +61,17 @@ pub fn preflight(a: PreflightArgs) -> Result<u8> {
 /// report on stderr (stdout carries the run id). Findings do not stop the
 /// demo; the run meets them.
 #[cfg(feature = "demo")]
-pub fn demo_preflight(plan: &crate::plan::Plan) -> Result<()> {
+pub fn demo_preflight(plan: &crate::plan::Plan, dir: &Path) -> Result<()> {
     let report = preflight::run(plan, &Options::default())?;
+    let html = dir.join("preflight.html");
+    write_output(&html, preflight::html::render(&report).as_bytes())?;
     eprintln!(
-        "demo: first, `upshift preflight` asks the simulated site, read-only, whether the plan can run
-  (real MSI packages, the SQL stand-in's login and permissions, config files):
-"
+        "demo: first, `upshift preflight` asks the simulated site, read-only, whether the plan can run\n  (real MSI packages and their Property tables, the SQL stand-in's login, permissions and\n  version, config files):\n  {}\n  every check: {}\n",
+        preflight::summary_text(&report)
+            .replace('\n', "\n  ")
+            .trim_end(),
+        html.display()
     );
-    eprint!("{}", preflight::text(&report));
-    eprintln!();
     Ok(())
 }
 

@@ -550,6 +550,31 @@ fn merge_same_findings(lines: Vec<Line>) -> Vec<Line> {
     out
 }
 
+/// The report in a few lines: the verdict, the findings, the counts.
+pub fn summary_text(r: &Report) -> String {
+    let count = |f: fn(&Check) -> bool| r.checks.iter().filter(|l| f(&l.check)).count();
+    let ok = count(|c| matches!(c, Check::Ok { .. }));
+    let nc = count(|c| matches!(c, Check::NotChecked { .. }));
+    let mut out = format!(
+        "preflight of \"{}\": {} — {} checks in {} ms: {ok} ok, {} finding(s), {nc} not checked (Windows-only checks on this OS, values known only at run time)\n",
+        r.plan,
+        if r.ready { "READY" } else { "NOT READY" },
+        r.checks.len(),
+        r.elapsed_ms,
+        r.findings
+    );
+    for l in r.findings() {
+        if let Check::Finding { found, fix, .. } = &l.check {
+            out.push_str(&format!(
+                "  {} on {}: {found}\n    fix: {fix}\n",
+                l.step.as_deref().unwrap_or("(host)"),
+                l.host
+            ));
+        }
+    }
+    out
+}
+
 /// The report as text: findings first (step, host, found, expected, fix),
 /// then every check per host and step.
 pub fn text(r: &Report) -> String {
