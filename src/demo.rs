@@ -375,7 +375,8 @@ pub fn standins_main(dir: &Path) -> Result<()> {
                 *last.lock().expect("poisoned") = Instant::now();
             }
             let idle = last.lock().expect("poisoned").elapsed();
-            if dir.join("standins.stop").exists() || idle > STANDINS_IDLE {
+            // A demo folder that is gone (a test's temp dir) stops them too.
+            if dir.join("standins.stop").exists() || !dir.exists() || idle > STANDINS_IDLE {
                 break;
             }
         }
