@@ -37,6 +37,14 @@ fn the_demo_runs_the_whole_tm_upgrade_against_the_stand_ins() {
         "{}",
         r.stderr
     );
+    // Preflight first (issue 15): the demo site is ready, well under 5 s.
+    assert!(
+        r.stderr
+            .contains("preflight of \"teammanager-upgrade\": READY"),
+        "{}",
+        r.stderr
+    );
+    assert!(dir.join("preflight.html").is_file());
     let run = r.run_id();
     let journal = dir.join("journal");
     let status = sb.run(&[
