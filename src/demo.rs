@@ -375,8 +375,7 @@ pub fn standins_main(dir: &Path) -> Result<()> {
                 *last.lock().expect("poisoned") = Instant::now();
             }
             let idle = last.lock().expect("poisoned").elapsed();
-            // A demo folder that is gone (a test's temp dir) stops them too.
-            if dir.join("standins.stop").exists() || !dir.exists() || idle > STANDINS_IDLE {
+            if dir.join("standins.stop").exists() || idle > STANDINS_IDLE {
                 break;
             }
         }
@@ -464,7 +463,6 @@ pub fn demo_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
 /// Lays out the simulated site in `dir` and starts its stand-ins.
 pub fn build(dir: &Path) -> Result<DemoSite> {
     let vars = build_site(dir)?;
-    crate::preflight::demo::make_packages_real(dir)?;
     let standins = start_standins(dir)?;
     let site = dir.join("plan/sites/demo.toml");
     write(

@@ -57,11 +57,13 @@ pub fn preflight(a: PreflightArgs) -> Result<u8> {
     Ok(exit_code(&report))
 }
 
-/// `upshift demo`'s first act: preflight of the simulated site, its
-/// report on stderr (stdout carries the run id). Findings do not stop the
-/// demo; the run meets them.
+/// `upshift demo`'s first act, once its site is built: the packages become
+/// real MSI files, then preflight of the simulated site, its report on
+/// stderr (stdout carries the run id). Findings do not stop the demo; the
+/// run meets them.
 #[cfg(feature = "demo")]
 pub fn demo_preflight(plan: &crate::plan::Plan, dir: &Path) -> Result<()> {
+    preflight::demo::make_packages_real(dir, plan)?;
     let report = preflight::run(plan, &Options::default())?;
     let html = dir.join("preflight.html");
     write_output(&html, preflight::html::render(&report).as_bytes())?;

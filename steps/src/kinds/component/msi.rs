@@ -251,6 +251,8 @@ pub fn parse_standin_state(text: &str, code: &str) -> Option<String> {
 #[serde(deny_unknown_fields)]
 struct Params {
     package: Option<PathBuf>,
+    /// Checked by `upshift preflight` against the package's UpgradeCode.
+    upgrade_code: Option<String>,
     product_code: Option<String>,
     version: Option<String>,
     #[serde(default)]
@@ -259,8 +261,6 @@ struct Params {
     previous_package: Option<PathBuf>,
     program: Option<String>,
     standin_state: Option<PathBuf>,
-    /// Checked by `upshift preflight` against the package's UpgradeCode.
-    upgrade_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,13 +272,13 @@ enum Mode {
 struct Msi {
     mode: Mode,
     package: Option<PathBuf>,
+    upgrade_code: Option<String>,
     product_code: Option<String>,
     version: Option<String>,
     properties: Vec<(String, String)>,
     previous_package: Option<PathBuf>,
     program: String,
     standin_state: Option<PathBuf>,
-    upgrade_code: Option<String>,
 }
 
 fn build_install(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
@@ -368,13 +368,13 @@ fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
     Ok(Box::new(Msi {
         mode,
         package: p.package,
+        upgrade_code: p.upgrade_code,
         product_code: p.product_code,
         version: p.version,
         properties,
         previous_package: p.previous_package,
         program,
         standin_state,
-        upgrade_code: p.upgrade_code,
     }))
 }
 
