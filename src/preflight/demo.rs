@@ -79,7 +79,7 @@ pub fn make_packages_real(dir: &Path, plan: &crate::plan::Plan) -> Result<()> {
 fn make_folder_real(packages: &Path, public: &[String]) -> Result<usize> {
     let mut made = 0;
     for entry in std::fs::read_dir(packages).map_err(io(packages))? {
-        let path = entry.map_err(io(&packages))?.path();
+        let path = entry.map_err(io(packages))?.path();
         if path.extension().and_then(|e| e.to_str()) != Some("msi") {
             continue;
         }
