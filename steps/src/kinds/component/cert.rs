@@ -28,6 +28,25 @@ use serde::Deserialize;
 use crate::kinds::KindFn;
 use crate::{Outputs, ParamError, Probe, Step, StepContext, StepError, StepOutcome, parse_params};
 
+/// The thumbprint as given, `None` when there is none to check. (A
+/// `String` here; an `Option<String>` where certificate security can be
+/// switched off: preflight reads both.)
+trait Given {
+    fn given(&self) -> Option<&str>;
+}
+
+impl Given for String {
+    fn given(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl Given for Option<String> {
+    fn given(&self) -> Option<&str> {
+        self.as_deref()
+    }
+}
+
 /// Days a certificate must still be valid when preflight looks (it runs
 /// days before the window), unless `min_days_valid` asks for more.
 const PREFLIGHT_MIN_DAYS: u32 = 7;
@@ -340,7 +359,12 @@ impl Step for CertCheck {
         _ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
         use crate::preflight::Check;
-        match normalize(&self.input) {
+        let Some(input) = Given::given(&self.input) else {
+            return vec![Check::ok(
+                "certificate security is off: no certificate to check",
+            )];
+        };
+        match normalize(input) {
             Ok(n) => {
                 let mut out = vec![Check::ok(format!(
                     "thumbprint {} is 40 hex digits",
