@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use upshift_steps::Step;
-use upshift_steps::preflight::{Check, PreflightContext};
+use upshift_steps::preflight::{Check, Earlier, PreflightContext};
 
 use crate::error::{Error, Result};
 use crate::hosts::{HostDef, Transport};
@@ -345,8 +345,28 @@ async fn step_checks(step: Arc<dyn Step>, ctx: PreflightContext) -> (Vec<Check>,
     (checks, t.elapsed())
 }
 
-/// A step built for its checks: its position in the plan, its id, the step.
-type Built = (usize, String, Arc<dyn Step>);
+/// A step built for its checks: its position in the plan, its id, the
+/// step, the steps that run before it.
+type Built = (usize, String, Arc<dyn Step>, Vec<Arc<Earlier>>);
+
+/// The steps that run before `id` (its needs, transitively), nearest
+/// first.
+fn ancestors(plan: &Plan, id: &str) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut queue: std::collections::VecDeque<&str> =
+        plan.steps[id].needs.iter().map(String::as_str).collect();
+    while let Some(n) = queue.pop_front() {
+        if !seen.insert(n) {
+            continue;
+        }
+        out.push(n.to_string());
+        if let Some(def) = plan.steps.get(n) {
+            queue.extend(def.needs.iter().map(String::as_str));
+        }
+    }
+    out
+}
 
 /// Where a step's checks run.
 enum Place {
@@ -376,6 +396,25 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
     let mut step_lines: Vec<(usize, Line)> = Vec::new();
     let mut here_hosts: BTreeMap<String, ()> = BTreeMap::new();
     let mut ssh_hosts: BTreeMap<String, ()> = BTreeMap::new();
+    // Every step as an earlier step of those that need it: a file missing
+    // now may be laid down by one of them.
+    let earlier_of: BTreeMap<&str, Arc<Earlier>> = plan
+        .order
+        .iter()
+        .map(|id| {
+            let def = &plan.steps[id];
+            let with =
+                resolve(plan, &def.body.with, &secrets).unwrap_or_else(|_| def.body.with.clone());
+            (
+                id.as_str(),
+                Arc::new(Earlier {
+                    id: id.clone(),
+                    kind: def.body.kind.clone(),
+                    with_text: with.to_string(),
+                }),
+            )
+        })
+        .collect();
     for (i, id) in plan.order.iter().enumerate() {
         let def = &plan.steps[id];
         let place = match def.host.as_deref().and_then(|h| plan.hosts.get(h)) {
@@ -410,10 +449,15 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
         let built = resolve(plan, &def.body.with, &secrets)
             .and_then(|w| kind.build(&w).map_err(|e| e.message));
         match built {
-            Ok(step) => per_host
-                .entry(host)
-                .or_default()
-                .push((i, id.clone(), Arc::from(step))),
+            Ok(step) => per_host.entry(host).or_default().push((
+                i,
+                id.clone(),
+                Arc::from(step),
+                ancestors(plan, id)
+                    .into_iter()
+                    .filter_map(|a| earlier_of.get(a.as_str()).cloned())
+                    .collect(),
+            )),
             Err(e) => step_lines.push((
                 i,
                 line(Check::not_checked(
@@ -435,12 +479,13 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
     let mut set = tokio::task::JoinSet::new();
     for (host, steps) in per_host {
         let sem = Arc::new(tokio::sync::Semaphore::new(opts.per_host.max(1)));
-        for (i, id, step) in steps {
+        for (i, id, step, earlier) in steps {
             let sem = Arc::clone(&sem);
             let ctx = PreflightContext {
                 step_id: id.clone(),
                 host: (host != COORDINATOR).then(|| host.clone()),
                 time_limit: opts.step_limit,
+                earlier,
             };
             let host = host.clone();
             set.spawn(async move {

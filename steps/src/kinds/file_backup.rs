@@ -98,9 +98,10 @@ impl Backup {
 impl Step for Backup {
     async fn preflight(
         &self,
-        _ctx: &crate::preflight::PreflightContext,
+        ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
-        vec![crate::preflight::files::check_path(
+        vec![crate::preflight::files::check_path_for(
+            ctx,
             &self.file,
             crate::preflight::files::Expect::File,
             "the file the step saves",

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::Check;
+use super::{Check, PreflightContext};
 use crate::kinds::component::xml::Doc;
 
 /// What a path is expected to be.
@@ -89,6 +89,31 @@ pub fn check_xml_config(path: &Path, role: &str) -> Vec<Check> {
     vec![parsed]
 }
 
+/// [`check_path`] for a step: a path missing now that an earlier step
+/// may create is not a finding (the run finds out when it gets there).
+pub fn check_path_for(ctx: &PreflightContext, path: &Path, expect: Expect, role: &str) -> Check {
+    let c = check_path(path, expect, role);
+    match ctx.laid_down_by(path) {
+        Some(e) if c.is_finding() && !path.exists() => Check::not_checked(
+            format!("{}: {role}, not there yet", path.display()),
+            format!(
+                "step {} ({}) runs before this one and may lay it down",
+                e.id, e.kind
+            ),
+        ),
+        _ => c,
+    }
+}
+
+/// [`check_xml_config`] for a step (see [`check_path_for`]).
+pub fn check_xml_config_for(ctx: &PreflightContext, path: &Path, role: &str) -> Vec<Check> {
+    let exists = check_path_for(ctx, path, Expect::File, role);
+    if !matches!(exists, Check::Ok { .. }) {
+        return vec![exists];
+    }
+    check_xml_config(path, role)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +134,18 @@ mod tests {
         assert!(check_xml_config(&d.path().join("none"), "settings")[0].is_finding());
         assert!(check_path(d.path(), Expect::File, "x").is_finding());
         assert!(!check_path(d.path(), Expect::Dir, "x").is_finding());
+        let mut ctx = PreflightContext::new("s");
+        assert!(check_path_for(&ctx, &d.path().join("later"), Expect::File, "x").is_finding());
+        ctx.earlier.push(std::sync::Arc::new(super::super::Earlier {
+            id: "make".into(),
+            kind: "powershell".into(),
+            with_text: format!("Out = '{}'", d.path().join("later").display()),
+        }));
+        assert!(matches!(
+            check_path_for(&ctx, &d.path().join("later"), Expect::File, "x"),
+            Check::NotChecked { why, .. } if why.contains("step make")
+        ));
+        assert!(check_path_for(&ctx, &d.path().join("other"), Expect::File, "x").is_finding());
         match check_path(Path::new("no/such/dir"), Expect::Dir, "scripts") {
             Check::Finding { fix, .. } => assert!(fix.contains("relative")),
             other => panic!("{other:?}"),

@@ -23,6 +23,8 @@
 //! assert!(c.is_finding());
 //! ```
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -42,7 +44,25 @@ pub struct PreflightContext {
     /// How long the whole preflight of this step may take; the caller
     /// enforces it too (a step over it gets a finding).
     pub time_limit: Duration,
+    /// The steps that run before this one (its `needs`, transitively): a
+    /// file missing now may be laid down by one of them.
+    pub earlier: Vec<Arc<Earlier>>,
 }
+
+/// A step that runs before the one being checked.
+#[derive(Debug, Clone)]
+pub struct Earlier {
+    /// Its id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its parameters as text (with this site's values), to find the paths
+    /// it names.
+    pub with_text: String,
+}
+
+/// Kinds that lay down files of their own (an installer's files).
+const LAYS_DOWN_FILES: &[&str] = &["msi.install"];
 
 impl PreflightContext {
     /// A context for `step` on the coordinator with a 30 s limit.
@@ -51,7 +71,23 @@ impl PreflightContext {
             step_id: step.into(),
             host: None,
             time_limit: DEFAULT_TIME_LIMIT,
+            earlier: Vec::new(),
         }
+    }
+
+    /// The earlier step that may create `path`: one whose parameters name
+    /// it, else an installer that runs before.
+    pub fn laid_down_by(&self, path: &Path) -> Option<&Earlier> {
+        let shown = path.display().to_string();
+        self.earlier
+            .iter()
+            .find(|e| e.with_text.contains(&shown))
+            .or_else(|| {
+                self.earlier
+                    .iter()
+                    .find(|e| LAYS_DOWN_FILES.contains(&e.kind.as_str()))
+            })
+            .map(|e| e.as_ref())
     }
 }
 

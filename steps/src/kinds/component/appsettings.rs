@@ -257,9 +257,10 @@ pub(crate) fn restore(file: &Path, backup: &Path) -> Result<bool, StepError> {
 impl Step for ConfigAppSettings {
     async fn preflight(
         &self,
-        _ctx: &crate::preflight::PreflightContext,
+        ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
-        crate::preflight::files::check_xml_config(
+        crate::preflight::files::check_xml_config_for(
+            ctx,
             &self.edit.file,
             "the settings file the step edits",
         )

@@ -235,9 +235,10 @@ impl Compare {
 impl Step for Compare {
     async fn preflight(
         &self,
-        _ctx: &crate::preflight::PreflightContext,
+        ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
-        crate::preflight::files::check_xml_config(
+        crate::preflight::files::check_xml_config_for(
+            ctx,
             &self.p.file,
             "the settings file the step compares",
         )

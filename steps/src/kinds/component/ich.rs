@@ -479,9 +479,13 @@ impl Cleanup {
 impl Step for Cleanup {
     async fn preflight(
         &self,
-        _ctx: &crate::preflight::PreflightContext,
+        ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
-        crate::preflight::files::check_xml_config(&self.config, "the ICH service's config file")
+        crate::preflight::files::check_xml_config_for(
+            ctx,
+            &self.config,
+            "the ICH service's config file",
+        )
     }
     fn resources(&self) -> Vec<crate::Resource> {
         // It edits the ICH configuration and restarts the service.

@@ -466,9 +466,10 @@ impl DbUpdate {
 impl Step for DbUpdate {
     async fn preflight(
         &self,
-        _ctx: &crate::preflight::PreflightContext,
+        ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
-        let mut out = vec![crate::preflight::files::check_path(
+        let mut out = vec![crate::preflight::files::check_path_for(
+            ctx,
             &self.dir,
             crate::preflight::files::Expect::Dir,
             "the folder of update scripts",

@@ -110,9 +110,10 @@ pub(crate) fn batch_lines(batches: &[Batch]) -> Vec<String> {
 impl Step for Script {
     async fn preflight(
         &self,
-        _ctx: &crate::preflight::PreflightContext,
+        ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
-        let mut out = vec![crate::preflight::files::check_path(
+        let mut out = vec![crate::preflight::files::check_path_for(
+            ctx,
             &self.file,
             crate::preflight::files::Expect::File,
             "the SQL script the step runs",
