@@ -197,10 +197,11 @@ pub fn check_site(site: &SiteView<'_>) -> Vec<PlanError> {
     // Thumbprints: 40 hex characters once invisible marks are stripped.
     let mut thumbprints = Vec::new();
     for (path, v) in site.values {
-        if path
-            .rsplit('.')
-            .next()
-            .is_some_and(|k| k.ends_with("thumbprint"))
+        if path.starts_with("certificates.")
+            && path
+                .rsplit('.')
+                .next()
+                .is_some_and(|k| k.ends_with("thumbprint"))
             && let toml::Value::String(s) = v
         {
             thumbprints.push((path.clone(), s.clone()));
