@@ -599,6 +599,23 @@ impl Step for Msi {
                 }
             ));
         }
+        match (
+            self.mode,
+            &self.product_code,
+            &self.package,
+            &self.previous_package,
+        ) {
+            (Mode::Uninstall, _, Some(p), _) => {
+                lines.push(format!("  on rollback: reinstall {}", p.display()))
+            }
+            (Mode::Install, Some(code), _, prev) => lines.push(format!(
+                "  on rollback: msiexec /x {code}{}",
+                prev.as_ref()
+                    .map(|p| format!(", then reinstall {}", p.display()))
+                    .unwrap_or_default()
+            )),
+            _ => {}
+        }
         lines
     }
 
