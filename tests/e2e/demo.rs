@@ -267,3 +267,87 @@ fn a_crashed_demo_is_finished_by_upshift_resume() {
         assert!((1..=2).contains(&n), "{c} installed {n} times:\n{calls}");
     }
 }
+
+/// Windows Installer ignores a public property the package does not
+/// define: with a wrong name in the site's `[msi_property_names]`, the
+/// install "succeeds" and the read-back (`X_verify`) must fail, naming the
+/// key, what was expected and what the component really got.
+#[test]
+fn a_wrong_msi_property_name_fails_the_read_back() {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("site");
+    let _stop = StopStandins(dir.clone());
+    // Build the simulated site (the demo dies right after its first events).
+    let crashed = sb.run(&["demo", "--dir", dir.to_str().unwrap(), "--crash-at", "3"]);
+    assert!(crashed.code != Some(0), "{crashed:?}");
+    let site = std::fs::read_to_string(dir.join("plan/sites/demo.toml")).unwrap();
+    let wrong = site.replacen(
+        "INSTANCENAME = \"INSTANCENAME\"",
+        "INSTANCENAME = \"INSTANCE_NAME\"",
+        1,
+    );
+    assert_ne!(site, wrong);
+    let wrong_site = dir.join("plan/sites/wrong.toml");
+    std::fs::write(&wrong_site, wrong).unwrap();
+    // No reboot in this run (the plain `run` would register a real one).
+    let ich = dir.join("packages/TM-ICH.msi");
+    let pkg = std::fs::read_to_string(&ich).unwrap();
+    std::fs::write(&ich, pkg.replace("ExitCode=3010\n", "")).unwrap();
+    let d = |p: &str| dir.join(p).display().to_string();
+    let journal = d("journal-wrong");
+    let vars = [
+        format!("state_dir={}", d("state")),
+        format!("msiexec={}", d("bin/msiexec")),
+        format!("powershell={}", d("bin/pwsh")),
+        format!("systemctl={}", d("bin/systemctl")),
+    ];
+    let secret = format!("sql_password=file:{}", d("secrets/sql_password"));
+    let mut args = vec![
+        "run".to_string(),
+        d("plan/teammanager.toml"),
+        "--site".into(),
+        wrong_site.display().to_string(),
+        "--journal".into(),
+        journal.clone(),
+        "--secret".into(),
+        secret,
+    ];
+    for v in &vars {
+        args.push("--var".into());
+        args.push(v.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = sb.run(&args);
+    r.expect(3); // waits for the Database Updater
+    let run = r.run_id();
+    let out = std::process::Command::new(dir.join("bin/DataBaseUpdater-standin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    sb.run(&["approve", &run, "db_updater", "--journal", &journal])
+        .expect(0);
+    let r = sb.run(&["resume", &run, "--journal", &journal]);
+    assert_ne!(r.code, Some(0), "{r:?}");
+    let log = sb.run(&["log", &run, "--journal", &journal]).stdout;
+    // The first read-back to finish fails (the run pauses there).
+    let failed = log
+        .lines()
+        .find(|l| l.contains("step.failed ") && l.contains("_verify@"))
+        .unwrap_or_else(|| panic!("no read-back failed:\n{log}\n{}", r.stderr));
+    assert!(
+        failed.contains("appSettings `InstanzName`: expected \"TM\", found \"\""),
+        "{failed}"
+    );
+    // The installs themselves passed: the property was silently ignored.
+    let component = failed
+        .split("step.failed ")
+        .nth(1)
+        .and_then(|s| s.split("_verify@").next())
+        .unwrap();
+    assert!(
+        log.contains(&format!("step.succeeded {component}_install@")),
+        "{log}"
+    );
+    let calls = std::fs::read_to_string(dir.join("bin/msiexec-state/calls.log")).unwrap();
+    assert!(calls.contains("INSTANCE_NAME=TM"), "{calls}");
+}
