@@ -237,3 +237,48 @@ pub fn locate_key(
         None => PlanError::whole_file(file, message, hint),
     }
 }
+
+/// A hint for a TOML error inside a double-quoted string that looks like a
+/// Windows path (`"D:\Backup"`, `"\\server\share"`): a backslash starts an
+/// escape there, so such paths go in single quotes (a literal string).
+pub fn windows_path_hint(text: &str, at: usize) -> Option<String> {
+    let at = at.min(text.len());
+    let line_start = text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[at..].find('\n').map(|i| at + i).unwrap_or(text.len());
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    // The double-quoted string around the error.
+    let rel = at - line_start;
+    let open = line[..rel.min(line.len())].rfind('"')?;
+    let close = line[open + 1..].find('"').map(|i| open + 1 + i)?;
+    let inner = &line[open + 1..close];
+    let drive =
+        inner.len() >= 3 && inner.as_bytes()[0].is_ascii_alphabetic() && &inner[1..3] == ":\\";
+    let unc = inner.starts_with("\\\\");
+    let relative = inner.contains('\\') && !inner.contains("\\\\") && !inner.contains(' ');
+    if !(drive || unc || relative) || inner.contains('\'') {
+        return None;
+    }
+    let fixed = format!("{}'{inner}'{}", &line[..open], &line[close + 1..]);
+    Some(format!(
+        "a backslash in a double-quoted string starts an escape; write Windows paths in single quotes (a literal string, no escapes): {}",
+        fixed.trim()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_paths_in_double_quotes_get_the_single_quote_hint() {
+        let text = "[sql]\nbackup_dir = \"D:\\Backup\"\n";
+        let at = text.find("\\B").unwrap();
+        assert_eq!(
+            windows_path_hint(text, at).unwrap().rsplit(": ").next(),
+            Some("backup_dir = 'D:\\Backup'")
+        );
+        let unc = "p = \"\\\\srv\\share\"\n";
+        assert!(windows_path_hint(unc, 6).is_some());
+        assert_eq!(windows_path_hint("x = \"a\\qb c\"\n", 6), None);
+    }
+}

@@ -1033,8 +1033,9 @@ host = "lync"
         assert_eq!(p.steps["smd"].host.as_deref(), Some("lync"));
 
         let extended = format!(
-            "name = \"p\"\n[hosts]\ninclude = \"${{site.hosts}}\"\n[hosts.lync]\nport = 2200\n[hosts.extra]\ntransport = \"local\"\nwork_dir = \"/w\"\n{}",
-            step("s", "host = \"extra\"")
+            "name = \"p\"\n[hosts]\ninclude = \"${{site.hosts}}\"\n[hosts.lync]\nport = 2200\n[hosts.extra]\ntransport = \"local\"\nwork_dir = \"/w\"\n{}{}",
+            step("s", "host = \"extra\""),
+            step("smd", "host = \"${site.components.SMD.host}\"")
         );
         let p = load(&extended, Some(site)).unwrap();
         assert_eq!(p.hosts.len(), 3);
@@ -1139,7 +1140,12 @@ host = "lync"
                 "hosts = \"${site.components.FE.hosts}\"\nneeds = [\"ich_start\", \"none\"]"
             ),
         ) + "[steps.ich_config]\nkind = \"process\"\nhosts = \"${site.components.ICH.hosts}\"\nwith = { program = \"${site.components.ICH.config}\" }\n";
-        let p = load(&text, Some(site)).unwrap();
+        // (A site key no one reads is an error: BAD is read below only.)
+        let p = load(
+            &text,
+            Some(&site.replace("[components.BAD]\nport = 1\n", "")),
+        )
+        .unwrap();
         assert_eq!(
             p.absent.keys().collect::<Vec<_>>(),
             ["ich_config", "ich_install", "ich_start", "none"],

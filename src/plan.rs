@@ -20,6 +20,7 @@ pub use crate::diagnostics::{PlanError, PlanErrors};
 use crate::hosts::{self, HostDef, Placement};
 use crate::refs::{self, MapResolver, Ref};
 use crate::rules;
+use crate::sitekeys::{self, KeyPattern};
 
 /// What to do when a step fails for good (retries exhausted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -466,7 +467,9 @@ pub fn parse(
     let raw: RawPlan = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().to_string();
-        let hint = if message.contains("unknown field") {
+        let hint = if let Some(h) = crate::diagnostics::windows_path_hint(text, span.start) {
+            Some(h)
+        } else if message.contains("unknown field") {
             Some("top-level keys are name, description, site, rules, reboot, vars, secrets, locks, hosts, targets, notify, steps; step keys are kind, needs, with, retry, timeout, locks, on_failure, resume, compensate, description, host, hosts; [notify] keys are on, webhook, format, command, env, timeout, attempts".to_string())
         } else if message.contains("missing field") {
             Some("see the plan format in the README".to_string())
@@ -599,8 +602,11 @@ pub fn parse(
     let site = match load_site(path, &raw, &opts.site, &loc) {
         Ok(site) => site,
         Err(e) => {
-            errors.push(e);
-            None
+            // Everything after this reads the site file: without it, each
+            // of its references would be one more error about the same
+            // mistake. The site file's own error is the one to fix.
+            errors.insert(0, e);
+            return Err(PlanErrors(errors));
         }
     };
     let reboot = match raw
@@ -647,6 +653,12 @@ pub fn parse(
     let host_defs = hosts::parse(raw.hosts.as_ref(), &loc, &host_scope, &mut errors);
 
     let ids: BTreeSet<&str> = raw.steps.keys().map(String::as_str).collect();
+    // `${site.X}` the site file lacks, by X: reported after the site's
+    // unread keys, unless one of them is X misspelt (then the site file's
+    // line is the one to fix, and this would be the same mistake twice).
+    let missing_site: std::cell::RefCell<Vec<(String, PlanError)>> = Default::default();
+    // Where each site value is written, to report a bad value at its line.
+    let site_spans = site.as_ref().map(|s| crate::sitekeys::value_spans(&s.text));
     let mut steps = BTreeMap::new();
     let mut placements: BTreeMap<String, Placement> = BTreeMap::new();
 
@@ -792,7 +804,12 @@ pub fn parse(
                                     .unwrap_or_else(|| "add it to the site file".into()),
                             ),
                         };
-                        errors.push(loc.at(loc.find_in(at, &format!("site.{p}")), msg, Some(hint)));
+                        let e = loc.at(loc.find_in(at, &format!("site.{p}")), msg, Some(hint));
+                        if site.is_some() {
+                            missing_site.borrow_mut().push((p.clone(), e));
+                        } else {
+                            errors.push(e);
+                        }
                     }
                     Ok(Ref::Output { step, .. }) if !ids.contains(step.as_str()) => {
                         refs_ok = false;
@@ -856,6 +873,31 @@ pub fn parse(
                     }) {
                     Ok(resolved) => {
                         if let Err(e) = k.build(&resolved) {
+                            // A bad value that comes from the site file is
+                            // reported once, at its line there.
+                            let from_site = e.field.as_deref().and_then(|f| {
+                                let written = expand_target(&with_table, &targets).ok()?;
+                                let p = site_ref_at(&written, f)?;
+                                let s = site.as_ref()?;
+                                let span = site_spans.as_ref()?.get(&p)?.clone();
+                                Some((p, s, span))
+                            });
+                            if let Some((p, s, span)) = from_site {
+                                let site_loc = Locator {
+                                    file: &s.path,
+                                    text: &s.text,
+                                };
+                                let what = e.message.split("\nin `").next().unwrap_or_default();
+                                errors.push(site_loc.at(
+                                    span,
+                                    format!("site value {p}: {what}"),
+                                    e.hint.clone(),
+                                ));
+                                return Some(Body {
+                                    kind: kind.get_ref().clone(),
+                                    with: raw_table,
+                                });
+                            }
                             let at = match &e.field {
                                 Some(f) => loc.find_key(with_span.clone(), f),
                                 None => with_span.clone(),
@@ -1057,27 +1099,53 @@ pub fn parse(
     for rule in rules::PLAN_RULES {
         errors.extend(rule(&loc, &kinds));
     }
+    // Site keys read: by the plan's references and by the rule sets.
+    let mut reads = match toml::from_str::<toml::Table>(text) {
+        Ok(t) => sitekeys::plan_reads(&t),
+        Err(_) => BTreeSet::new(),
+    };
+    let mut rule_sets_known = true;
     for r in &raw.rules {
         let name = r.get_ref().as_str();
         match (rules::rule_set(name), &site) {
-            (Some(set), Some(site)) => errors.extend((set.check_site)(&rules::SiteView {
-                path: &site.path,
-                text: &site.text,
-                doc: &site.doc,
-                values: &site.values,
-            })),
+            (Some(set), Some(site)) => {
+                let own: Vec<KeyPattern> = set.reads.iter().map(|p| KeyPattern::parse(p)).collect();
+                // A rule set sees only the keys it declares it reads.
+                let doc = sitekeys::restrict(&site.doc, &own);
+                let mut values = BTreeMap::new();
+                refs::flatten("", &doc, &mut values);
+                errors.extend((set.check_site)(&rules::SiteView {
+                    path: &site.path,
+                    text: &site.text,
+                    doc: &doc,
+                    values: &values,
+                }));
+                reads.extend(own);
+            }
             (Some(_), None) => errors.push(loc.at(
                 r.span(),
                 format!("rules = [\"{name}\"] checks a site file, but the plan has none"),
                 Some("add `site = \"sites/<customer>.toml\"`".into()),
             )),
-            (None, _) => errors.push(loc.at(
-                r.span(),
-                format!("unknown rule set `{name}`"),
-                Some(format!("known rule sets: {}", rules::known())),
-            )),
+            (None, _) => {
+                rule_sets_known = false;
+                errors.push(loc.at(
+                    r.span(),
+                    format!("unknown rule set `{name}`"),
+                    Some(format!("known rule sets: {}", rules::known())),
+                ))
+            }
         }
     }
+    let mut missing_site = missing_site.into_inner();
+    if let Some(site) = &site
+        && rule_sets_known
+    {
+        let unread = sitekeys::unread_keys(&site.path, &site.text, &reads);
+        missing_site.retain(|(p, _)| !unread.iter().any(|u| u.suggests.as_deref() == Some(p)));
+        errors.extend(unread.into_iter().map(|u| u.error));
+    }
+    errors.extend(missing_site.into_iter().map(|(_, e)| e));
 
     if raw.steps.is_empty() {
         errors.push(loc.at(
@@ -1541,11 +1609,9 @@ fn load_site(
                 file: &path,
                 text: &text,
             };
-            site_loc.at(
-                e.span().unwrap_or(0..0),
-                e.message().trim().to_string(),
-                None,
-            )
+            let span = e.span().unwrap_or(0..0);
+            let hint = crate::diagnostics::windows_path_hint(&text, span.start);
+            site_loc.at(span, e.message().trim().to_string(), hint)
         })?;
     let mut values = BTreeMap::new();
     refs::flatten("", &doc, &mut values);
@@ -1559,15 +1625,38 @@ fn load_site(
 
 fn read_site(p: &Path, span: Option<Range<usize>>, loc: &Locator<'_>) -> Result<String, PlanError> {
     std::fs::read_to_string(p).map_err(|e| {
-        let message = format!("cannot read the site file {}: {e}", p.display());
-        let hint = Some(
-            "the path is relative to the plan file; give another with --site FILE".to_string(),
-        );
+        let full = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let message = format!("cannot read the site file {}: {e}", full.display());
+        let hint = Some(match span {
+            Some(_) => format!(
+                "`site` is relative to the plan file ({}); fix it, or give the site file with --site FILE",
+                loc.file.display()
+            ),
+            None => "--site is relative to the current folder, like any path on the command line"
+                .to_string(),
+        });
         match span {
             Some(sp) => loc.at(sp, message, hint),
             None => PlanError::whole_file(p, message, hint),
         }
     })
+}
+
+/// The site path a parameter's value comes from: the first `${site.X}` in
+/// the string at dotted `field` of a `with` table as written.
+fn site_ref_at(with: &toml::Table, field: &str) -> Option<String> {
+    let mut parts = field.split('.');
+    let mut cur = with.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_table()?.get(p)?;
+    }
+    refs::refs_in(cur.as_str()?)
+        .ok()?
+        .into_iter()
+        .find_map(|r| match r {
+            Ref::Site(p) => Some(p),
+            _ => None,
+        })
 }
 
 /// SHA-256 of a plan text, hex.

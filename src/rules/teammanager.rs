@@ -96,6 +96,18 @@ pub fn one_ich_cleanup(loc: &Locator<'_>, steps: &[StepKind<'_>]) -> Vec<PlanErr
     )]
 }
 
+/// The site keys [`check_site`] reads (it is handed no other).
+pub const READS: &[&str] = &[
+    "components.*.host",
+    "components.*.port",
+    "components.*.site_port",
+    "components.*.instance",
+    "products.lucs.instances",
+    "ad.*_group",
+    "**.*thumbprint",
+    "ich.cleanup_host",
+];
+
 /// The TeamManager site rules. Returns every violation.
 pub fn check_site(site: &SiteView<'_>) -> Vec<PlanError> {
     let mut errors = Vec::new();
