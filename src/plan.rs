@@ -1654,7 +1654,7 @@ fn site_ref_at(with: &toml::Table, field: &str) -> Option<String> {
         .ok()?
         .into_iter()
         .find_map(|r| match r {
-            Ref::Site(p) => Some(p),
+            Ref::Site(p) | Ref::SiteOptional(p) => Some(p),
             _ => None,
         })
 }

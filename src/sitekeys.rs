@@ -160,7 +160,7 @@ pub fn plan_reads(plan: &toml::Table) -> BTreeSet<KeyPattern> {
                 let s = s.replace("${host}", ANY_HOST);
                 if let Ok(found) = refs::refs_in(&s) {
                     for r in found {
-                        if let Ref::Site(p) = r {
+                        if let Ref::Site(p) | Ref::SiteOptional(p) = r {
                             out.insert(KeyPattern(
                                 p.split('.')
                                     .map(|k| {
