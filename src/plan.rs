@@ -214,6 +214,31 @@ pub struct Plan {
     pub reboot: RebootPolicy,
     /// `[notify]`, if the plan has one.
     pub notify: Option<Notify>,
+    /// Files and folders on this machine that steps name, resolved
+    /// (see [`LocalPathUse`]).
+    pub local_paths: Vec<LocalPathUse>,
+}
+
+/// A file or folder on this machine that a step's parameter names
+/// ([`upshift_steps::LocalPath`]), resolved relative to the file that
+/// names it: the plan file (its own text, its `[vars]`), the site file, or
+/// the current folder (`--var`, like any path on the command line).
+#[derive(Debug, Clone)]
+pub struct LocalPathUse {
+    /// The step (as written).
+    pub step: String,
+    /// The parameter.
+    pub field: &'static str,
+    /// The path the run uses.
+    pub path: PathBuf,
+    /// A folder (else a file).
+    pub dir: bool,
+    /// It must exist before the run.
+    pub must_exist: bool,
+    /// Where the value is written (file, line; message and hint empty).
+    pub written: PlanError,
+    /// What the path was relative to, in words (`None`: it was absolute).
+    pub relative_to: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -453,7 +478,18 @@ pub fn load(path: &Path, registry: &Registry, opts: &LoadOptions) -> Result<Plan
             Some("give the path of a plan .toml file".into()),
         )])
     })?;
-    parse(path, &text, registry, opts)
+    let mut plan = parse(path, &text, registry, opts)?;
+    // A run pins these paths and a resume may start in another folder:
+    // they are kept absolute (messages above keep the paths as given).
+    if let Ok(abs) = std::path::absolute(path) {
+        plan.path = abs;
+    }
+    if let Some(site) = &mut plan.site
+        && let Ok(abs) = std::path::absolute(&site.path)
+    {
+        site.path = abs;
+    }
+    Ok(plan)
 }
 
 /// Validates a plan given as text (`path` is used in messages).
@@ -1081,6 +1117,26 @@ pub fn parse(
         }
     }
 
+    // Paths on this machine: relative to the file that names them.
+    let local_paths = if errors.is_empty() {
+        resolve_local_paths(
+            &mut steps,
+            &LocalScope {
+                registry,
+                placements: &placements,
+                hosts: &host_defs,
+                resolver: &resolver,
+                cli_vars: &opts.vars,
+                plan_path: path,
+                site: site.as_ref(),
+                raw: &raw,
+                loc: &loc,
+            },
+        )
+    } else {
+        Vec::new()
+    };
+
     // Where steps run: instances of fanned-out steps, steps not on this
     // site, and the needs between them.
     let (steps, absent, fanned) = expand_placements(steps, &placements, &raw, &loc, &mut errors);
@@ -1183,6 +1239,7 @@ pub fn parse(
     }
     let dependents = direct_dependents(&steps, &order);
     Ok(Plan {
+        local_paths,
         dependents,
         site,
         reboot,
@@ -1202,6 +1259,179 @@ pub fn parse(
         steps,
         order,
     })
+}
+
+/// What [`resolve_local_paths`] needs to know.
+struct LocalScope<'a> {
+    registry: &'a Registry,
+    placements: &'a BTreeMap<String, Placement>,
+    hosts: &'a BTreeMap<String, HostDef>,
+    resolver: &'a MapResolver<'a>,
+    cli_vars: &'a BTreeMap<String, String>,
+    plan_path: &'a Path,
+    site: Option<&'a Site>,
+    raw: &'a RawPlan,
+    loc: &'a Locator<'a>,
+}
+
+/// Makes every relative path a step running on this machine names
+/// ([`upshift_steps::Kind::local_paths`]) relative to the file that names
+/// it, in the step's `with` (so `check`, `--dry-run` and the run use the
+/// same path), and returns them all for [`Plan::local_path_problems`].
+fn resolve_local_paths(
+    steps: &mut BTreeMap<String, StepDef>,
+    scope: &LocalScope<'_>,
+) -> Vec<LocalPathUse> {
+    let dir_of = |p: &Path| {
+        std::path::absolute(p)
+            .ok()
+            .and_then(|a| a.parent().map(Path::to_path_buf))
+            .unwrap_or_default()
+    };
+    let plan_dir = dir_of(scope.plan_path);
+    let site_dir = scope.site.map(|s| dir_of(&s.path));
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut out = Vec::new();
+    for (id, def) in steps.iter_mut() {
+        let here = match &scope.placements[id] {
+            Placement::Coordinator => true,
+            Placement::One(h) => scope
+                .hosts
+                .get(h)
+                .is_some_and(|d| d.transport == hosts::Transport::Local),
+            Placement::Fan(hs) => hs.iter().all(|h| {
+                scope
+                    .hosts
+                    .get(h)
+                    .is_some_and(|d| d.transport == hosts::Transport::Local)
+            }),
+            Placement::Absent(_) => false,
+        };
+        if !here {
+            continue;
+        }
+        let raw_step = &scope.raw.steps[id];
+        for (body, raw_with) in std::iter::once((&mut def.body, raw_step.get_ref().with.as_ref()))
+            .chain(def.compensate.as_mut().map(|c| {
+                (
+                    c,
+                    raw_step
+                        .get_ref()
+                        .compensate
+                        .as_ref()
+                        .and_then(|c| c.get_ref().with.as_ref()),
+                )
+            }))
+        {
+            let Some(kind) = scope.registry.get(body.kind.as_str()) else {
+                continue;
+            };
+            for lp in kind.local_paths() {
+                let Some(written) = body
+                    .with
+                    .get(lp.field)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                else {
+                    continue;
+                };
+                if written.contains("${host}") {
+                    continue;
+                }
+                let Ok(found) = refs::refs_in(&written) else {
+                    continue;
+                };
+                // Known only at run time: left as written.
+                if found
+                    .iter()
+                    .any(|r| matches!(r, Ref::Secret(_) | Ref::Output { .. } | Ref::Item))
+                {
+                    continue;
+                }
+                let Ok(toml::Value::String(value)) = refs::substitute_str(&written, scope.resolver)
+                else {
+                    continue;
+                };
+                // The file that names the path: where its first part comes from.
+                let with_span = raw_with.map(|w| w.span()).unwrap_or(raw_step.span());
+                let in_plan = scope
+                    .loc
+                    .at(scope.loc.find_key(with_span, lp.field), "", None);
+                let (base, what, at) = match found.first() {
+                    Some(Ref::Var(n))
+                        if written.starts_with("${") && scope.cli_vars.contains_key(n) =>
+                    {
+                        (
+                            cwd.clone(),
+                            format!("--var {n}: the current folder"),
+                            in_plan,
+                        )
+                    }
+                    Some(Ref::Var(n)) if written.starts_with("${") => (
+                        plan_dir.clone(),
+                        format!("[vars] {n}: the plan file's folder"),
+                        crate::diagnostics::locate_key(
+                            scope.plan_path,
+                            scope.loc.text,
+                            &["vars"],
+                            Some(n),
+                            String::new(),
+                            None,
+                        ),
+                    ),
+                    Some(Ref::Site(p) | Ref::SiteOptional(p))
+                        if written.starts_with("${")
+                            && let (Some(s), Some(d)) = (scope.site, &site_dir) =>
+                    {
+                        let span = crate::sitekeys::value_spans(&s.text)
+                            .get(p)
+                            .cloned()
+                            .unwrap_or(0..0);
+                        (
+                            d.clone(),
+                            format!("site value {p}: the site file's folder"),
+                            Locator {
+                                file: &s.path,
+                                text: &s.text,
+                            }
+                            .at(span, "", None),
+                        )
+                    }
+                    _ => (
+                        plan_dir.clone(),
+                        "the plan file's folder".to_string(),
+                        in_plan,
+                    ),
+                };
+                let (path, relative_to) = if hosts::absolute_anywhere(&value) || value.is_empty() {
+                    (PathBuf::from(&value), None)
+                } else {
+                    let p = base.join(&value);
+                    body.with.insert(
+                        lp.field.to_string(),
+                        toml::Value::String(p.display().to_string().replace("${", "$${")),
+                    );
+                    (
+                        p,
+                        Some(format!(
+                            "`{value}` is relative to {what}, {}",
+                            base.display()
+                        )),
+                    )
+                };
+                out.push(LocalPathUse {
+                    step: id.clone(),
+                    field: lp.field,
+                    path,
+                    dir: lp.dir,
+                    must_exist: lp.must_exist,
+                    written: at,
+                    relative_to,
+                });
+            }
+        }
+    }
+    out
 }
 
 type Expanded = (
@@ -1853,6 +2083,42 @@ impl Plan {
         hs.iter()
             .any(|h| h == host)
             .then(|| hosts::instance_id(from, host))
+    }
+
+    /// Files and folders on this machine that the run needs before it
+    /// starts and that are not there (or are not what the step needs),
+    /// located where their value is written. Checked where a plan is run
+    /// or checked (parsing reads no other file).
+    pub fn local_path_problems(&self) -> Vec<PlanError> {
+        let mut out = Vec::new();
+        for u in &self.local_paths {
+            // A Windows path cannot be looked for on another system.
+            if !u.must_exist || (!cfg!(windows) && !u.path.is_absolute()) {
+                continue;
+            }
+            let what = if u.dir { "folder" } else { "file" };
+            let problem = match std::fs::metadata(&u.path) {
+                Ok(m) if m.is_dir() == u.dir => continue,
+                Ok(_) => format!("is not a {what}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".into(),
+                Err(e) => format!("cannot be read: {e}"),
+            };
+            let mut e = u.written.clone();
+            e.message = format!(
+                "step `{}` needs the {what} {} ({}), which {problem}",
+                u.step,
+                u.path.display(),
+                u.field
+            );
+            e.hint = Some(match &u.relative_to {
+                Some(r) => format!("{r}; give the right path (an absolute one is taken as it is)"),
+                None => format!("give the path of an existing {what}"),
+            });
+            out.push(e);
+        }
+        out.sort_by(|a, b| (&a.file, a.line, &a.message).cmp(&(&b.file, b.line, &b.message)));
+        out.dedup();
+        out
     }
 
     /// Key files of the plan's ssh hosts that cannot be read (checked where
