@@ -181,7 +181,7 @@ impl Locator<'_> {
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim::levenshtein(word, c), c))
+        .map(|c| (strsim::osa_distance(word, c), c))
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -258,7 +258,7 @@ pub fn windows_path_hint(text: &str, at: usize) -> Option<String> {
     if !(drive || unc || relative) || inner.contains('\'') {
         return None;
     }
-    let fixed = format!("{}'{inner}'{}", &line[..open], &line[close + 1..]);
+    let fixed = format!("{}'{inner}'", &line[..open]);
     Some(format!(
         "a backslash in a double-quoted string starts an escape; write Windows paths in single quotes (a literal string, no escapes): {}",
         fixed.trim()

@@ -608,7 +608,12 @@ fn host(
             (true, Some((p, _, _))) => p,
             _ => scope.plan_path,
         };
-        file.parent().map(Path::to_path_buf).unwrap_or_default()
+        // Absolute, so that messages say which file and a resume in
+        // another folder finds the same one.
+        std::path::absolute(file)
+            .ok()
+            .and_then(|f| f.parent().map(Path::to_path_buf))
+            .unwrap_or_default()
     };
     let path_of = |k: &str, v: Option<String>| -> PathBuf {
         match v {

@@ -635,6 +635,7 @@ pub fn parse(
         .map(|(k, v)| (k.clone(), v.get_ref().clone()))
         .collect();
 
+    let errors_before_site = errors.len();
     let site = match load_site(path, &raw, &opts.site, &loc) {
         Ok(site) => site,
         Err(e) => {
@@ -1198,7 +1199,14 @@ pub fn parse(
         && rule_sets_known
     {
         let unread = sitekeys::unread_keys(&site.path, &site.text, &reads);
-        missing_site.retain(|(p, _)| !unread.iter().any(|u| u.suggests.as_deref() == Some(p)));
+        if !unread.is_empty() {
+            // A key nobody reads is usually a misspelt one: what reads the
+            // right key found nothing (a component without hosts, a rule
+            // without its value). Those follow-on errors are the same
+            // mistakes again; the site file's lines are the ones to fix.
+            errors.truncate(errors_before_site);
+            missing_site.clear();
+        }
         errors.extend(unread.into_iter().map(|u| u.error));
     }
     errors.extend(missing_site.into_iter().map(|(_, e)| e));
