@@ -242,17 +242,20 @@ pub fn locate_key(
 /// Windows path (`"D:\Backup"`, `"\\server\share"`): a backslash starts an
 /// escape there, so such paths go in single quotes (a literal string).
 pub fn windows_path_hint(text: &str, at: usize) -> Option<String> {
-    let at = at.min(text.len());
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
     let line_start = text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line_end = text[at..].find('\n').map(|i| at + i).unwrap_or(text.len());
     let line = text[line_start..line_end].trim_end_matches('\r');
     // The double-quoted string around the error.
-    let rel = at - line_start;
-    let open = line[..rel.min(line.len())].rfind('"')?;
+    let rel = (at - line_start).min(line.len());
+    let open = line.get(..rel)?.rfind('"')?;
     let close = line[open + 1..].find('"').map(|i| open + 1 + i)?;
     let inner = &line[open + 1..close];
-    let drive =
-        inner.len() >= 3 && inner.as_bytes()[0].is_ascii_alphabetic() && &inner[1..3] == ":\\";
+    let b = inner.as_bytes();
+    let drive = b.len() >= 3 && b[0].is_ascii_alphabetic() && &b[1..3] == b":\\";
     let unc = inner.starts_with("\\\\");
     let relative = inner.contains('\\') && !inner.contains("\\\\") && !inner.contains(' ');
     if !(drive || unc || relative) || inner.contains('\'') {
@@ -280,5 +283,10 @@ mod tests {
         let unc = "p = \"\\\\srv\\share\"\n";
         assert!(windows_path_hint(unc, 6).is_some());
         assert_eq!(windows_path_hint("x = \"a\\qb c\"\n", 6), None);
+        // Any offset of any text: never a panic.
+        let odd = "é = \"ü\\é\"\n\"";
+        for at in 0..odd.len() + 2 {
+            let _ = windows_path_hint(odd, at);
+        }
     }
 }
