@@ -239,6 +239,10 @@ pub struct LocalPathUse {
     pub written: PlanError,
     /// What the path was relative to, in words (`None`: it was absolute).
     pub relative_to: Option<String>,
+    /// A relative `--var` the value starts with, and that var made
+    /// absolute (what a run pins, so that a resume started in another
+    /// folder uses the same path).
+    pub cli_var: Option<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -1411,6 +1415,14 @@ fn resolve_local_paths(
                         in_plan,
                     ),
                 };
+                let cli_var = match found.first() {
+                    Some(Ref::Var(n)) if written.starts_with("${") => scope
+                        .cli_vars
+                        .get(n)
+                        .filter(|v| !hosts::absolute_anywhere(v))
+                        .map(|v| (n.clone(), cwd.join(v).display().to_string())),
+                    _ => None,
+                };
                 let (path, relative_to) = if hosts::absolute_anywhere(&value) || value.is_empty() {
                     (PathBuf::from(&value), None)
                 } else {
@@ -1435,6 +1447,7 @@ fn resolve_local_paths(
                     must_exist: lp.must_exist,
                     written: at,
                     relative_to,
+                    cli_var,
                 });
             }
         }
@@ -2091,6 +2104,19 @@ impl Plan {
         hs.iter()
             .any(|h| h == host)
             .then(|| hosts::instance_id(from, host))
+    }
+
+    /// The `--var` values a run pins: those naming a path on this machine
+    /// made absolute (relative to the current folder, as given), so that
+    /// a resume started in another folder uses the same files.
+    pub fn vars_to_pin(&self, vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut out = vars.clone();
+        for u in &self.local_paths {
+            if let Some((name, abs)) = &u.cli_var {
+                out.insert(name.clone(), abs.clone());
+            }
+        }
+        out
     }
 
     /// Files and folders on this machine that the run needs before it

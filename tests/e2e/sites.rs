@@ -246,3 +246,51 @@ fn a_named_sql_instance_reaches_the_connection() {
     );
     assert!(!r.stdout.contains("sql01.contoso.com:1433"), "{}", r.stdout);
 }
+
+/// A relative `--var` path is the current folder's when the run starts; a
+/// resume started in another folder still uses that one (the run pins it
+/// absolute).
+#[test]
+fn a_resume_in_another_folder_uses_the_paths_the_run_started_with() {
+    let sb = Sandbox::new();
+    let a = sb.path().join("a");
+    let b = sb.path().join("b");
+    std::fs::create_dir_all(a.join("work")).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let plan = sb.plan(
+        "p.toml",
+        r#"name = "resume-paths"
+[steps.gate]
+kind = "manual"
+with = { instructions = "approve" }
+[steps.here]
+kind = "process"
+needs = ["gate"]
+with = { program = "sh", args = ["-c", "pwd > @M@/pwd"], cwd = "${vars.wd}" }
+"#,
+    );
+    let p = plan.to_str().unwrap();
+    let j = sb.journal();
+    let j = j.to_str().unwrap();
+    let in_dir = |dir: &Path, args: &[&str]| -> Ran {
+        let out = sb.cmd(args).current_dir(dir).output().expect("spawn");
+        Ran {
+            code: out.status.code(),
+            signal: None,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let started = in_dir(&a, &["run", p, "--var", "wd=work", "--journal", j]);
+    started.expect(3);
+    let run = started.run_id();
+    in_dir(&b, &["approve", &run, "gate", "--journal", j]).expect(0);
+    let resumed = in_dir(&b, &["resume", &run, "--journal", j]);
+    resumed.expect(0);
+    assert_eq!(
+        sb.marker_lines("pwd"),
+        [a.join("work").display().to_string()],
+        "{}",
+        resumed.stderr
+    );
+}
