@@ -542,7 +542,15 @@ pub fn parse(
                 secrets.insert(name.clone(), SecretRef::Env(env.clone()));
             }
             (None, Some(file)) => {
-                secrets.insert(name.clone(), SecretRef::File(file.clone()));
+                // Relative to the plan file, like every path it names.
+                let file = match file.to_str() {
+                    Some(f) if hosts::absolute_anywhere(f) => file.clone(),
+                    _ => std::path::absolute(path)
+                        .ok()
+                        .and_then(|p| p.parent().map(|d| d.join(file)))
+                        .unwrap_or_else(|| file.clone()),
+                };
+                secrets.insert(name.clone(), SecretRef::File(file));
             }
             _ => errors.push(loc.at(
                 s.span(),
@@ -557,7 +565,10 @@ pub fn parse(
     for (name, source) in &secret_sources {
         let parsed = match source.split_once(':') {
             Some(("env", var)) if !var.is_empty() => Some(SecretRef::Env(var.to_string())),
-            Some(("file", path)) if !path.is_empty() => Some(SecretRef::File(PathBuf::from(path))),
+            // Relative to the current folder, like any path on the command line.
+            Some(("file", path)) if !path.is_empty() => Some(SecretRef::File(
+                std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path)),
+            )),
             _ => None,
         };
         match parsed {
@@ -2111,6 +2122,15 @@ impl Plan {
     /// a resume started in another folder uses the same files.
     pub fn vars_to_pin(&self, vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         let mut out = vars.clone();
+        for (k, v) in out.iter_mut() {
+            if k.starts_with("secret:")
+                && let Some(f) = v.strip_prefix("file:")
+                && !hosts::absolute_anywhere(f)
+                && let Ok(abs) = std::path::absolute(f)
+            {
+                *v = format!("file:{}", abs.display());
+            }
+        }
         for u in &self.local_paths {
             if let Some((name, abs)) = &u.cli_var {
                 out.insert(name.clone(), abs.clone());

@@ -294,3 +294,38 @@ with = { program = "sh", args = ["-c", "pwd > @M@/pwd"], cwd = "${vars.wd}" }
         resumed.stderr
     );
 }
+
+/// A secret's `file` in the plan is relative to the plan file.
+#[test]
+fn a_secret_file_is_relative_to_the_plan_file() {
+    let sb = Sandbox::new();
+    let plans = sb.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    std::fs::write(plans.join("token.txt"), "s3cr3t-value\n").unwrap();
+    std::fs::write(
+        plans.join("p.toml"),
+        format!(
+            r#"name = "secret-file"
+[secrets]
+token = {{ file = "token.txt" }}
+[steps.use]
+kind = "process"
+with = {{ program = "sh", args = ["-c", "test \"$T\" = s3cr3t-value && echo ok > {m}/ok"], env = {{ T = "${{secrets.token}}" }} }}
+"#,
+            m = sb.markers().display()
+        ),
+    )
+    .unwrap();
+    let out = sb
+        .cmd(&["run", "plans/p.toml"])
+        .current_dir(sb.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sb.marker_lines("ok"), ["ok"]);
+}
