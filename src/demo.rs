@@ -633,7 +633,8 @@ pub fn standins_main(dir: &Path) -> Result<()> {
                 *last.lock().expect("poisoned") = Instant::now();
             }
             let idle = last.lock().expect("poisoned").elapsed();
-            if dir.join("standins.stop").exists() || idle > STANDINS_IDLE {
+            // A demo folder removed (a test's sandbox) ends them too.
+            if dir.join("standins.stop").exists() || !dir.exists() || idle > STANDINS_IDLE {
                 break;
             }
         }

@@ -286,3 +286,52 @@ fn the_dry_run_shows_each_assumption_at_the_step_relying_on_it() {
     let un = step("ac_uninstall@tm01");
     assert!(un.contains("TM-7.2"), "{un}");
 }
+
+/// "Enable Tenant ID": a manual step names the computer and the AD groups;
+/// on without the groups, `check` names the line.
+#[test]
+fn cic_with_enable_tenant_id_asks_for_the_ad_groups() {
+    let sb = Sandbox::new();
+    let on = example().replacen(
+        "enable_tenant_id = \"false\"",
+        "enable_tenant_id = \"true\"",
+        1,
+    );
+    let s = site(&sb, &on);
+    let r = sb.run(&["check", &plan(), "--site", s.to_str().unwrap()]);
+    r.expect(2);
+    let line = line_under(&on, "[components.CIC]", "enable_tenant_id");
+    assert!(
+        r.stderr.contains(&format!("site.toml:{line}:"))
+            && r.stderr.contains("no [components.CIC.tenant]"),
+        "{}",
+        r.stderr
+    );
+    let with = on.replacen(
+        "# [components.CIC.tenant]\n# hosts = [\"tm01\"]\n# computers = { tm01 = \"TM01\" }\n# ad_groups = ",
+        "[components.CIC.tenant]\nhosts = [\"tm01\"]\ncomputers = { tm01 = \"TM01\" }\nad_groups = ",
+        1,
+    );
+    assert_ne!(with, on);
+    let s = site(&sb, &with);
+    sb.run(&["check", &plan(), "--site", s.to_str().unwrap()])
+        .expect(0);
+    let d = sb.run(&["run", &plan(), "--site", s.to_str().unwrap(), "--dry-run"]);
+    d.expect(0);
+    let at = d.stdout.find("cic_tenant@tm01 [manual] on tm01").unwrap();
+    let step = &d.stdout[at..at + 700];
+    assert!(
+        step.contains("add the computer TM01")
+            && step.contains("CN=TM-Tenant,OU=Groups,DC=contoso,DC=com"),
+        "{step}"
+    );
+    // CIC starts only after the approval.
+    let start = d.stdout.find("cic_start@tm01 [service]").unwrap();
+    assert!(
+        d.stdout[start..]
+            .lines()
+            .next()
+            .unwrap()
+            .contains("cic_tenant@tm01")
+    );
+}
