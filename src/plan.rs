@@ -1213,12 +1213,20 @@ pub fn parse(
     if let Some(site) = &site
         && rule_sets_known
     {
-        let unread = sitekeys::unread_keys(&site.path, &site.text, &reads);
-        if !unread.is_empty() {
-            // A key nobody reads is usually a misspelt one: what reads the
-            // right key found nothing (a component without hosts, a rule
-            // without its value). Those follow-on errors are the same
-            // mistakes again; the site file's lines are the ones to fix.
+        let mut unread = sitekeys::unread_keys(&site.path, &site.text, &reads);
+        // A rule that already names the line says it better.
+        unread.retain(|u| {
+            !errors[errors_before_site..]
+                .iter()
+                .any(|e| e.file == u.error.file && e.line == u.error.line)
+        });
+        // A key nobody reads that is close to one that is read is a
+        // misspelling: what reads the right key found nothing (a
+        // component without hosts, a rule without its value, a step
+        // without its host). Those errors are the same mistake again, in
+        // other words and other files; the misspelt keys' lines are the
+        // ones to fix first.
+        if unread.iter().any(|u| u.suggests.is_some()) {
             errors.truncate(errors_before_site);
             missing_site.clear();
         }

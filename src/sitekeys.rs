@@ -253,7 +253,21 @@ fn walk_unread(
         } else if reads.iter().any(|r| r.touches(&keys))
             && let toml::de::DeValue::Table(t) = v.get_ref()
         {
-            walk_unread(t, path, reads, loc, out);
+            let mut inside = Vec::new();
+            walk_unread(t, path, reads, loc, &mut inside);
+            let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+            let (parent, key) = keys.split_at(keys.len() - 1);
+            let named = reads
+                .iter()
+                .any(|r| r.names_under(parent).as_deref() == Some(key[0]));
+            if !inside.is_empty() && !named {
+                // A table only a wildcard reaches (`components.*.port`)
+                // with keys nobody reads is itself the mistake
+                // (`[components.PSX]`): one error, at its header.
+                out.push(unread_error(&keys, k.span(), reads, loc));
+            } else {
+                out.extend(inside);
+            }
         } else {
             out.push(unread_error(&keys, k.span(), reads, loc));
         }
@@ -363,15 +377,21 @@ mod tests {
 
     #[test]
     fn unread_keys_are_located_with_a_suggestion_toward_the_read_one() {
-        let text = "[sql]\nhost = \"s\"\n\n[components.API]\nport = 1\nsite_prot = 8443\n\n[componentz.FE]\nport = 2\n";
-        let r = reads(&["sql.host", "components.API.port", "components.*.site_port"]);
+        let text = "[sql]\nhost = \"s\"\n\n[components.API]\nport = 1\nsite_prot = 8443\n\n[componentz.FE]\nport = 2\n\n[components.PSX]\nport = 3\nfolder = 'x'\n";
+        let r = reads(&[
+            "sql.host",
+            "components.API.port",
+            "components.PS.folder",
+            "components.*.port",
+            "components.*.site_port",
+        ]);
         let found = unread_keys(Path::new("s.toml"), text, &r);
         assert_eq!(
             found[0].suggests.as_deref(),
             Some("components.API.site_port")
         );
         let errs: Vec<PlanError> = found.into_iter().map(|u| u.error).collect();
-        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!(errs.len(), 3, "{errs:#?}");
         assert_eq!((errs[0].line, errs[0].col), (6, 1));
         assert!(errs[0].message.contains("`components.API.site_prot`"));
         assert!(
@@ -381,8 +401,21 @@ mod tests {
                 .unwrap()
                 .contains("did you mean `site_port` (components.API.site_port)?")
         );
-        assert_eq!(errs[1].line, 8, "a misspelt table is one error: {errs:#?}");
-        assert!(errs[1].message.contains("`componentz`"));
+        assert_eq!(
+            errs[1].line, 11,
+            "a table only a wildcard reaches: {errs:#?}"
+        );
+        assert!(errs[1].message.contains("`components.PSX`"));
+        assert!(
+            errs[1]
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("did you mean `PS`"),
+            "{errs:#?}"
+        );
+        assert_eq!(errs[2].line, 8, "a misspelt table is one error: {errs:#?}");
+        assert!(errs[2].message.contains("`componentz`"));
     }
 
     #[test]
