@@ -101,7 +101,16 @@ impl fmt::Display for PlanErrors {
             write!(f, "{e}")?;
         }
         if self.0.len() > 1 {
-            write!(f, "\n\n{} problems in the plan", self.0.len())?;
+            // Errors in the site file too: say so (the site file's own
+            // lines are the ones to fix).
+            let files: std::collections::BTreeSet<&Path> =
+                self.0.iter().map(|e| e.file.as_path()).collect();
+            let place = if files.len() > 1 {
+                "in the plan and its site file"
+            } else {
+                "in the plan"
+            };
+            write!(f, "\n\n{} problems {place}", self.0.len())?;
         }
         Ok(())
     }
