@@ -276,14 +276,13 @@ fn a_ready_site_is_ready_and_preflight_changes_nothing() {
 }
 
 #[test]
-fn a_misspelled_property_a_wrong_code_a_missing_package_and_no_backup_right_are_found() {
+fn a_misspelled_property_a_wrong_code_no_backup_right_and_a_missing_package_are_found() {
     let site = Site::new(demo_model().deny("upshift", "BACKUP DATABASE"));
     let plan = site.plan(|t| {
         let d = site.sb.path().display().to_string();
         t.replace("INSTANCENAME = \"TM\"", "INSTANCENAM = \"TM\"")
             + &format!(
-                "\n[steps.ps_install]\nkind = \"msi.install\"\nwith = {{ package = '{d}/packages/TM-PS.msi', program = '{d}/bin/msiexec' }}\n\
-                 \n[steps.ac_again]\nkind = \"msi.install\"\nwith = {{ package = '{d}/packages/TM-AC.msi', product_code = \"{{6C1B0A52-7A0E-4C61-9F1A-080000000099}}\", program = '{d}/bin/msiexec' }}\n"
+                "\n[steps.ac_again]\nkind = \"msi.install\"\nwith = {{ package = '{d}/packages/TM-AC.msi', product_code = \"{{6C1B0A52-7A0E-4C61-9F1A-080000000099}}\", program = '{d}/bin/msiexec' }}\n"
             )
     });
     let before = site.state();
@@ -309,7 +308,6 @@ fn a_misspelled_property_a_wrong_code_a_missing_package_and_no_backup_right_are_
     );
     assert!(prop["expected"].is_string());
     assert_eq!(prop["host"], "this machine");
-    one("ps_install", "no package at");
     let code = one(
         "ac_again",
         "ProductCode is {6C1B0A52-7A0E-4C61-9F1A-080000000001}",
@@ -320,17 +318,23 @@ fn a_misspelled_property_a_wrong_code_a_missing_package_and_no_backup_right_are_
     );
     one("db_backup", "may not BACKUP DATABASE");
     assert_eq!(v["findings"], f.len());
-    assert_eq!(f.len(), 4, "one finding per problem: {v:#}");
+    assert_eq!(f.len(), 3, "one finding per problem: {v:#}");
     // The text says the same, one finding per problem, with the fix.
     let text = site.preflight(&plan, &[]);
     text.expect(1);
-    assert!(text.stdout.contains("4 FINDING(S)"), "{}", text.stdout);
+    assert!(text.stdout.contains("3 FINDING(S)"), "{}", text.stdout);
     assert!(
         text.stdout.contains("fix:      did you mean INSTANCENAME?"),
         "{}",
         text.stdout
     );
     assert_eq!(site.state(), before, "preflight changed the site");
+    // A package missing on this machine is a plan error, located at the
+    // line naming it (as `check` reports it): exit 2.
+    let missing = site.plan(|t| t.replace("TM-AC.msi", "TM-PS.msi"));
+    let ran = site.preflight(&missing, &[]);
+    ran.expect(2);
+    assert!(ran.stderr.contains("TM-PS.msi"), "{}", ran.stderr);
 }
 
 #[test]
