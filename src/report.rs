@@ -167,6 +167,12 @@ pub fn event_line(e: &Event) -> String {
             },
             short(detail, 300)
         ),
+        Event::StepDispatched {
+            step,
+            attempt,
+            host,
+            ticket,
+        } => format!("{name} {step} attempt {attempt} on host {host} (ticket {ticket})"),
     }
 }
 

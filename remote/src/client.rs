@@ -85,6 +85,9 @@ pub struct ClientOptions {
     pub reconnect_max: Duration,
     /// Reconnecting stops after this long (the engine then pauses the run).
     pub reconnect_give_up: Duration,
+    /// The binary's SHA-256 (hex), when the caller hashed it already (an
+    /// engine with several hosts hashes its binary once, not per host).
+    pub binary_sha256: Option<String>,
 }
 
 impl ClientOptions {
@@ -99,6 +102,7 @@ impl ClientOptions {
             reconnect_initial: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(10),
             reconnect_give_up: Duration::from_secs(30 * 60),
+            binary_sha256: None,
         }
     }
 }
@@ -220,14 +224,20 @@ impl RemoteHost {
         transport: Arc<dyn Transport>,
         opts: ClientOptions,
     ) -> Result<RemoteHost, RemoteError> {
-        let (binary_sha256, _) =
-            upshift_steps::hash::sha256_file(&opts.binary).map_err(|e| RemoteError::Config {
-                host: name.clone(),
-                message: format!(
-                    "cannot read the binary to install, {}: {e}",
-                    opts.binary.display()
-                ),
-            })?;
+        let binary_sha256 = match &opts.binary_sha256 {
+            Some(sha) => sha.clone(),
+            None => {
+                upshift_steps::hash::sha256_file(&opts.binary)
+                    .map_err(|e| RemoteError::Config {
+                        host: name.clone(),
+                        message: format!(
+                            "cannot read the binary to install, {}: {e}",
+                            opts.binary.display()
+                        ),
+                    })?
+                    .0
+            }
+        };
         let os = transport.os();
         Ok(RemoteHost {
             inner: Arc::new(Inner {
