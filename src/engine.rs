@@ -789,8 +789,15 @@ impl Engine {
     fn probe_request(
         &self,
         id: &str,
-    ) -> Option<Result<(upshift_remote::RemoteHost, upshift_remote::protocol::StartRequest), String>>
-    {
+    ) -> Option<
+        Result<
+            (
+                upshift_remote::RemoteHost,
+                upshift_remote::protocol::StartRequest,
+            ),
+            String,
+        >,
+    > {
         let (_, host) = self.remote_host(id)?;
         Some((|| {
             let host = host.clone()?;
@@ -798,8 +805,13 @@ impl Engine {
             let st = self.state.step(id);
             let suffix = format!("p{}", Utc::now().timestamp_millis());
             let ticket = crate::remote::ticket_id(&self.run.to_string(), id, &suffix)?;
-            let with =
-                resolve_with(&self.plan, Some(id), &def.body.with, &self.secrets, &self.state)?;
+            let with = resolve_with(
+                &self.plan,
+                Some(id),
+                &def.body.with,
+                &self.secrets,
+                &self.state,
+            )?;
             let request = crate::remote::request(
                 ticket,
                 &self.run.to_string(),
@@ -980,7 +992,10 @@ impl Engine {
         // Tickets in flight on remote hosts (aborted with the run).
         let mut remote_tickets: BTreeMap<
             String,
-            (upshift_remote::RemoteHost, upshift_remote::protocol::TicketId),
+            (
+                upshift_remote::RemoteHost,
+                upshift_remote::protocol::TicketId,
+            ),
         > = BTreeMap::new();
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
@@ -1114,10 +1129,8 @@ impl Engine {
                 let ctx = self.ctx(&id, work, attempt);
                 if let Some(dispatch) = self.dispatch(&id, work, attempt, reattach) {
                     if let Ok(d) = &dispatch {
-                        remote_tickets.insert(
-                            id.clone(),
-                            (d.host.clone(), d.request.ticket.clone()),
-                        );
+                        remote_tickets
+                            .insert(id.clone(), (d.host.clone(), d.request.ticket.clone()));
                         if work == Work::Compensate {
                             self.writer.post(
                                 self.run,

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use upshift_remote::RemoteHost;
-use upshift_remote::client::{ClientOptions, HostConfig, Redact, Started, TicketEvent, TransportConfig};
+use upshift_remote::client::{
+    ClientOptions, HostConfig, Redact, Started, TicketEvent, TransportConfig,
+};
 use upshift_remote::protocol::{Cursor, EndState, ProbeAnswer, StartRequest, StepOp, TicketId};
 use upshift_remote::transport::ssh::SshConfig;
 use upshift_steps::{Probe, StepContext, StepError, StepOutcome};
@@ -89,12 +91,7 @@ pub fn host_config(h: &HostDef) -> HostConfig {
     let transport = match h.transport {
         Transport::Local => TransportConfig::Local,
         Transport::Ssh => {
-            let mut c = SshConfig::new(
-                &h.address,
-                &h.user,
-                &h.identity_file,
-                &h.known_hosts_file,
-            );
+            let mut c = SshConfig::new(&h.address, &h.user, &h.identity_file, &h.known_hosts_file);
             c.port = h.port;
             if let Some(t) = h.connect_timeout {
                 c.connect_timeout = t;
@@ -120,8 +117,13 @@ pub fn host_config(h: &HostDef) -> HostConfig {
 /// hold (`@` of a fanned-out instance) become `.`; step ids cannot hold
 /// `.`, so two steps never share a ticket.
 pub fn ticket_id(run: &str, step: &str, suffix: &str) -> Result<TicketId, String> {
-    let step: String = step
-        .chars()
+    TicketId::new(format!("{run}-{}-{suffix}", remote_step_id(step)))
+}
+
+/// A step id as the host's runner takes it (its work folder's name): `@`
+/// of a fanned-out instance becomes `.`.
+pub fn remote_step_id(step: &str) -> String {
+    step.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
                 c
@@ -129,8 +131,7 @@ pub fn ticket_id(run: &str, step: &str, suffix: &str) -> Result<TicketId, String
                 '.'
             }
         })
-        .collect();
-    TicketId::new(format!("{run}-{step}-{suffix}"))
+        .collect()
 }
 
 /// What following a ticket came to.
@@ -340,7 +341,11 @@ pub async fn probe(host: &RemoteHost, request: StartRequest) -> Result<Probe, St
         Arc::new(upshift_remote::client::NoRedaction),
     );
     loop {
-        match follow.next().await.map_err(|e| format!("host {name}: {e}"))? {
+        match follow
+            .next()
+            .await
+            .map_err(|e| format!("host {name}: {e}"))?
+        {
             Some(TicketEvent::Ended(EndState::Probed { probe })) => {
                 let _ = host.prune(&ticket).await;
                 return Ok(match probe {
@@ -385,7 +390,7 @@ pub fn request(
     Ok(StartRequest {
         ticket,
         run_id: run.to_string(),
-        step_id: step.to_string(),
+        step_id: remote_step_id(step),
         attempt,
         op,
         kind: kind.to_string(),

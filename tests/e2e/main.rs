@@ -14,5 +14,6 @@ mod owners;
 mod processes;
 mod read_only;
 mod reboot_drift;
+mod remote_hosts;
 mod secrets;
 mod support_tools;

@@ -1,0 +1,340 @@
+//! Steps on remote hosts through the engine, over real OpenSSH `sshd`
+//! processes on loopback (127.0.0.2, .3, .4: the lab of upshift-remote's
+//! tests, shared through `#[path]`), with real faults. Where a step ran is
+//! told by the environment sshd gives each host's sessions
+//! (`UPSHIFT_TEST_HOST`), which only that host's processes have; how often
+//! it ran by the lines it appends to marker files. Skipped loudly where
+//! sshd is missing.
+
+#![cfg(target_os = "linux")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use upshift_journal::Event;
+
+use crate::support::{Sandbox, bin, wait_until};
+
+#[path = "../../remote/tests/remote/support/sshd.rs"]
+mod sshd;
+
+use sshd::Lab;
+
+/// A lab of `n` hosts with the `upshift` binary on all but the last (which
+/// gets it through the engine's install over sftp).
+fn lab(n: usize) -> Option<Lab> {
+    let lab = Lab::start_empty(n)?;
+    for i in 0..n.saturating_sub(1) {
+        lab.seed(i, Path::new(bin()));
+    }
+    Some(lab)
+}
+
+/// `[hosts.hN]` tables for every host of the lab (quick keepalive).
+fn hosts_toml(lab: &Lab) -> String {
+    let mut out = String::new();
+    for h in &lab.hosts {
+        out.push_str(&format!(
+            "[hosts.{name}]\ntransport = \"ssh\"\naddress = \"{addr}\"\nport = {port}\n\
+             user = \"{user}\"\nidentity_file = \"{key}\"\nknown_hosts_file = \"{kh}\"\n\
+             work_dir = \"{work}\"\nconnect_timeout = \"5s\"\nkeepalive_interval = \"1s\"\n\
+             keepalive_count_max = 2\n\n",
+            name = h.name,
+            addr = h.addr,
+            port = h.port,
+            user = lab.user,
+            key = lab.user_key.display(),
+            kh = lab.known_hosts.display(),
+            work = h.work_dir.display(),
+        ));
+    }
+    out
+}
+
+/// A step that appends `<its host> <word>` to marker `name`.
+fn mark(name: &str, word: &str) -> String {
+    format!(
+        "with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST {word} >> @M@/{name}\"] }}"
+    )
+}
+
+fn count(sb: &Sandbox, marker: &str, line: &str) -> usize {
+    sb.marker_lines(marker)
+        .iter()
+        .filter(|l| l.as_str() == line)
+        .count()
+}
+
+fn dispatched(events: &[upshift_journal::Envelope]) -> Vec<(String, u32, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::StepDispatched {
+                step,
+                attempt,
+                host,
+                ..
+            } => Some((step.clone(), *attempt, host.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn started(events: &[upshift_journal::Envelope], id: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::StepStarted { step, .. } if step == id))
+        .count()
+}
+
+/// Three hosts: each step runs on its host (a fan-out on all three, a
+/// chain across them, one step on the coordinator), outputs come back, the
+/// binary is installed where it was missing.
+#[test]
+fn each_step_runs_on_its_host() {
+    let Some(lab) = lab(3) else { return };
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "hosts.toml",
+        &format!(
+            "name = \"hosts\"\n\n{}\
+             [steps.a]\nkind = \"process\"\nhost = \"h1\"\n{}\n\n\
+             [steps.b]\nkind = \"process\"\nhost = \"h2\"\nneeds = [\"a\"]\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST b >> @M@/b; echo from-$UPSHIFT_TEST_HOST\"] }}\n\n\
+             [steps.c]\nkind = \"process\"\nhosts = [\"h1\", \"h2\", \"h3\"]\nneeds = [\"b\"]\n{}\n\n\
+             [steps.d]\nkind = \"process\"\nneeds = [\"c\"]\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"echo coordinator$UPSHIFT_TEST_HOST ${{steps.b.outputs.stdout}} >> @M@/d\"] }}\n",
+            hosts_toml(&lab),
+            mark("a", "a"),
+            mark("c", "c"),
+        ),
+    );
+    let r = sb.run(&["run", plan.to_str().unwrap()]);
+    r.expect(0);
+    let run = r.run_id();
+    assert_eq!(sb.marker_lines("a"), ["h1 a"]);
+    assert_eq!(sb.marker_lines("b"), ["h2 b"]);
+    let mut c = sb.marker_lines("c");
+    c.sort();
+    assert_eq!(c, ["h1 c", "h2 c", "h3 c"]);
+    // The coordinator's step got b's output from h2.
+    assert_eq!(sb.marker_lines("d"), ["coordinator from-h2"]);
+    let events = sb.events(&run);
+    let mut d = dispatched(&events);
+    d.sort();
+    assert_eq!(
+        d,
+        [
+            ("a".to_string(), 1, "h1".to_string()),
+            ("b".into(), 1, "h2".into()),
+            ("c@h1".into(), 1, "h1".into()),
+            ("c@h2".into(), 1, "h2".into()),
+            ("c@h3".into(), 1, "h3".into()),
+        ]
+    );
+    // The ticket was journaled before the host saw it: in the commit of
+    // the step's start (same time), right after it.
+    for (i, e) in events.iter().enumerate() {
+        if let Event::StepDispatched { step, .. } = &e.event {
+            assert!(
+                matches!(&events[i - 1].event, Event::StepStarted { step: s, .. } if s == step),
+                "{step}: {:?}",
+                events[i - 1].event
+            );
+            assert_eq!(events[i - 1].time, e.time);
+        }
+    }
+    // h3 had no binary: the engine installed it.
+    assert!(
+        std::fs::read_dir(lab.hosts[2].work_dir.join("bin"))
+            .unwrap()
+            .count()
+            == 1
+    );
+    // `log` shows where each step ran.
+    let log = sb.run(&["log", &run]);
+    log.expect(0);
+    assert!(
+        log.stdout
+            .contains("step.dispatched b attempt 1 on host h2"),
+        "{}",
+        log.stdout
+    );
+}
+
+/// The sshd of a host is killed in the middle of a long step and started
+/// again: the step goes on there, the run finishes, the step ran once.
+#[test]
+fn a_killed_sshd_does_not_stop_the_step() {
+    let Some(mut lab) = lab(3) else { return };
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "long.toml",
+        &format!(
+            "name = \"long\"\n\n{}\
+             [steps.long]\nkind = \"process\"\nhost = \"h2\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST start >> @M@/long; sleep 4; echo $UPSHIFT_TEST_HOST end >> @M@/long\"] }}\n\n\
+             [steps.after]\nkind = \"process\"\nhost = \"h3\"\nneeds = [\"long\"]\n{}\n",
+            hosts_toml(&lab),
+            mark("after", "after"),
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(60), || count(
+        &sb, "long", "h2 start"
+    ) == 1));
+    lab.kill_sshd(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.start_sshd(1).expect("sshd restarts");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(sb.marker_lines("long"), ["h2 start", "h2 end"]);
+    assert_eq!(sb.marker_lines("after"), ["h3 after"]);
+    let events = sb.events(&run);
+    assert_eq!(started(&events, "long"), 1);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.event, Event::Note { text } if text.contains("connection lost"))),
+        "no note of the lost connection"
+    );
+}
+
+/// The coordinator is SIGKILLed while steps run on two hosts; `upshift
+/// resume` follows their tickets again: nothing starts twice, the run
+/// finishes.
+#[test]
+fn resume_reattaches_after_a_coordinator_crash() {
+    let Some(lab) = lab(3) else { return };
+    let sb = Sandbox::new();
+    let step = |id: &str, host: &str| {
+        format!(
+            "[steps.{id}]\nkind = \"process\"\nhost = \"{host}\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST start >> @M@/{id}; sleep 3; echo $UPSHIFT_TEST_HOST end >> @M@/{id}\"] }}\n\n"
+        )
+    };
+    let plan = sb.plan(
+        "crash.toml",
+        &format!(
+            "name = \"crash\"\n\n{}{}{}",
+            hosts_toml(&lab),
+            step("x", "h1"),
+            step("y", "h2"),
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(60), || {
+        count(&sb, "x", "h1 start") == 1 && count(&sb, "y", "h2 start") == 1
+    }));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let r = sb.run(&["resume", &run]);
+    r.expect(0);
+    assert_eq!(sb.marker_lines("x"), ["h1 start", "h1 end"]);
+    assert_eq!(sb.marker_lines("y"), ["h2 start", "h2 end"]);
+    let events = sb.events(&run);
+    assert_eq!(started(&events, "x"), 1);
+    assert_eq!(started(&events, "y"), 1);
+    // Dispatched once by the first session, re-attached once by the resume.
+    let d = dispatched(&events);
+    assert_eq!(d.iter().filter(|(s, ..)| s == "x").count(), 2, "{d:?}");
+    // The status shows where each step ran.
+    let st = sb.status(&run);
+    assert_eq!(st["steps"]["x"]["remote"]["host"], "h1", "{st}");
+}
+
+/// A remote `foreach` of 200 items whose runner is SIGKILLed on the host
+/// after ~80 items: the engine starts the step again from its last
+/// checkpoint under a new ticket; every item ran, only those in flight
+/// twice.
+#[test]
+fn a_killed_runner_resumes_from_its_checkpoint() {
+    let Some(lab) = lab(3) else { return };
+    let sb = Sandbox::new();
+    let items: Vec<String> = (1..=200).map(|i| format!("\"{i}\"")).collect();
+    let plan = sb.plan(
+        "each.toml",
+        &format!(
+            "name = \"each\"\n\n{}\
+             [steps.each]\nkind = \"foreach\"\nhost = \"h1\"\n\
+             with = {{ items = [{}], concurrency = 4, program = \"sh\", args = [\"-c\", \"echo ${{item}} >> @M@/items; sleep 0.05\"] }}\n",
+            hosts_toml(&lab),
+            items.join(", "),
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(120), || sb
+        .marker_lines("items")
+        .len()
+        >= 80));
+    let ticket = lab.ticket_dir(0, &format!("{run}-each-1"));
+    let runner: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ticket.join("runner.json")).unwrap())
+            .unwrap();
+    sshd::kill9(runner["pid"].as_u64().unwrap() as u32);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let lines = sb.marker_lines("items");
+    let mut seen = std::collections::BTreeMap::<u32, u32>::new();
+    for l in &lines {
+        *seen.entry(l.parse().unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 200, "every item ran");
+    let twice = seen.values().filter(|n| **n > 1).count();
+    assert!(
+        twice <= 4,
+        "{twice} items ran twice (at most the 4 in flight)"
+    );
+    assert!(seen.values().all(|n| *n <= 2));
+    let events = sb.events(&run);
+    assert_eq!(started(&events, "each"), 2);
+    assert!(events.iter().any(|e| matches!(
+        &e.event,
+        Event::StepStarted { step, attempt: 2, resumed_from_checkpoint: true } if step == "each"
+    )));
+    eprintln!("killed runner: {} lines, {twice} items twice", lines.len());
+}
+
+/// A host whose key changed: nothing runs anywhere, the run pauses with
+/// an error naming the host; a login refused (wrong key) likewise.
+#[test]
+fn host_key_changed_or_login_refused_runs_nothing() {
+    let Some(mut lab) = lab(3) else { return };
+    let sb = Sandbox::new();
+    let text = |hosts: String| {
+        format!(
+            "name = \"refused\"\n\n{hosts}\
+             [steps.one]\nkind = \"process\"\nhost = \"h1\"\n{}\n\n\
+             [steps.two]\nkind = \"process\"\nhost = \"h2\"\n{}\n",
+            mark("one", "one"),
+            mark("two", "two"),
+        )
+    };
+    lab.change_host_key(1);
+    let plan = sb.plan("changed.toml", &text(hosts_toml(&lab)));
+    let r = sb.run(&["run", plan.to_str().unwrap()]);
+    r.expect(3);
+    assert!(
+        r.stderr.contains("h2") && r.stderr.contains("nothing was started"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.to_lowercase().contains("host key"), "{}", r.stderr);
+    assert!(sb.marker_lines("one").is_empty() && sb.marker_lines("two").is_empty());
+    assert!(!lab.hosts[1].work_dir.join("tickets").exists());
+
+    // A key the hosts do not accept, for h1 only.
+    let mut lab2 = Lab::start_empty(2).unwrap();
+    let hosts = hosts_toml(&lab2).replacen(
+        &lab2.user_key.display().to_string(),
+        &lab2.wrong_key.display().to_string(),
+        1,
+    );
+    let sb2 = Sandbox::new();
+    let plan = sb2.plan("wrong.toml", &text(hosts));
+    let r = sb2.run(&["run", plan.to_str().unwrap()]);
+    r.expect(3);
+    assert!(r.stderr.contains("h1"), "{}", r.stderr);
+    assert!(sb2.marker_lines("one").is_empty() && sb2.marker_lines("two").is_empty());
+    lab2.kill_sshd(0);
+}
