@@ -143,6 +143,9 @@ impl Observer for Ui {
                 self.event_line(format!("▶ {step}{extra}"));
                 self.start_bar(step);
             }
+            Event::StepDispatched {
+                step, host, ticket, ..
+            } => self.event_line(format!("  {step} on host {host} (ticket {ticket})")),
             Event::StepCheckpoint {
                 step, done, total, ..
             } if *total > 0 => {

@@ -240,7 +240,14 @@ fn resume_reattaches_after_a_coordinator_crash() {
     assert_eq!(d.iter().filter(|(s, ..)| s == "x").count(), 2, "{d:?}");
     // The status shows where each step ran.
     let st = sb.status(&run);
-    assert_eq!(st["steps"]["x"]["remote"]["host"], "h1", "{st}");
+    assert_eq!(st["steps"]["x"]["host"], "h1", "{st}");
+    assert_eq!(
+        st["steps"]["x"]["ticket"],
+        format!("{run}-x-1").as_str(),
+        "{st}"
+    );
+    let text = sb.run(&["status", &run]);
+    assert!(text.stdout.contains("succeeded   on h1"), "{}", text.stdout);
 }
 
 /// A remote `foreach` of 200 items whose runner is SIGKILLed on the host
