@@ -35,10 +35,10 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 /// engine's tests (`tests/e2e/remote_hosts.rs`, which include this file)
 /// use the `upshift` binary instead: [`Lab::start_empty`], [`Lab::seed`].
 fn stub() -> PathBuf {
-    PathBuf::from(
-        option_env!("CARGO_BIN_EXE_upshift-remote-stub")
-            .expect("the stub binary exists in upshift-remote's tests and benches only"),
-    )
+    match option_env!("CARGO_BIN_EXE_upshift-remote-stub") {
+        Some(p) => PathBuf::from(p),
+        None => panic!("the stub binary exists in upshift-remote's tests and benches only"),
+    }
 }
 
 /// One sshd "host".
