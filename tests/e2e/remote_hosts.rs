@@ -345,3 +345,86 @@ fn host_key_changed_or_login_refused_runs_nothing() {
     assert!(sb2.marker_lines("one").is_empty() && sb2.marker_lines("two").is_empty());
     lab2.kill_sshd(0);
 }
+
+/// The live engine's state after a run on two ssh hosts (a checkpointing
+/// remote `foreach`, a remote step, a local one) is the fold of its
+/// journal, field by field (`StepDispatched` and the remote checkpoint
+/// count included).
+#[test]
+fn the_live_state_is_the_fold_of_the_journal_with_remote_steps() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use upshift::engine::{Config, Engine, Exit, Quiet};
+    use upshift::plan::{LoadOptions, parse};
+    use upshift::state::RunState;
+    use upshift_journal::{Actor, Journal, Outcome, RunId};
+
+    let Some(lab) = lab(2) else { return };
+    let sb = Sandbox::new();
+    let text = format!(
+        "name = \"live\"\n\n{}\
+         [steps.each]\nkind = \"foreach\"\nhost = \"h1\"\n\
+         with = {{ items = [\"1\", \"2\", \"3\", \"4\", \"5\", \"6\"], concurrency = 2, program = \"sh\", args = [\"-c\", \"echo ${{item}}\"] }}\n\n\
+         [steps.two]\nkind = \"process\"\nhost = \"h2\"\n\
+         with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST\"] }}\n\n\
+         [steps.end]\nkind = \"process\"\nneeds = [\"each\", \"two\"]\n\
+         with = {{ program = \"sh\", args = [\"-c\", \"echo ${{steps.two.outputs.stdout}}\"] }}\n",
+        hosts_toml(&lab)
+    );
+    let registry = upshift_steps::registry();
+    let plan = parse(
+        &sb.path().join("live.toml"),
+        &text,
+        &registry,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let journal_dir = sb.journal();
+    let run = RunId::new();
+    let cfg = Config {
+        registry,
+        concurrency: None,
+        // What goes on the hosts: the upshift binary (it has `__remote`).
+        guard_program: Some(bin().into()),
+        work_root: sb.path().join("work"),
+        actor: Actor::default(),
+        observer: Arc::new(Quiet),
+        inbox: None,
+        journal_dir: None,
+        boot: Default::default(),
+    };
+    let mut eng = Engine::new(
+        plan.clone(),
+        cfg,
+        Journal::open(&journal_dir).unwrap(),
+        run,
+        &[],
+        BTreeMap::new(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let exit = rt.block_on(eng.start(BTreeMap::new())).unwrap();
+    assert_eq!(exit, Exit::Finished(Outcome::Succeeded));
+    let live = eng.state().clone();
+    drop(eng);
+    let events = Journal::open_read_only(&journal_dir)
+        .unwrap()
+        .read_run(run)
+        .unwrap();
+    let mut replay = RunState::for_plan(&plan);
+    for e in &events {
+        replay.apply(e);
+    }
+    assert_eq!(live.step("two").outputs["stdout"], "h2");
+    assert_eq!(live.step("end").outputs["stdout"], "h2");
+    let each = live.step("each").remote.clone().expect("dispatched");
+    assert_eq!((each.host.as_str(), each.checkpoints), ("h1", 6));
+    live.check_index().unwrap();
+    assert_eq!(format!("{live:#?}"), format!("{replay:#?}"));
+    assert_eq!(
+        serde_json::to_string(&live).unwrap(),
+        serde_json::to_string(&RunState::from_events(&events)).unwrap()
+    );
+}
