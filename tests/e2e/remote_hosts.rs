@@ -428,3 +428,48 @@ fn the_live_state_is_the_fold_of_the_journal_with_remote_steps() {
         serde_json::to_string(&RunState::from_events(&events)).unwrap()
     );
 }
+
+/// A simulated reboot of the host in the middle of a remote `foreach`
+/// (every process of that host killed, sshd started again, a new boot id):
+/// the ticket reads interrupted, the step starts again from its last
+/// checkpoint under a new ticket; a step on another host is not disturbed.
+#[test]
+fn a_rebooted_host_resumes_the_step_from_its_checkpoint() {
+    let Some(mut lab) = lab(3) else { return };
+    let sb = Sandbox::new();
+    let items: Vec<String> = (1..=60).map(|i| format!("\"{i}\"")).collect();
+    let plan = sb.plan(
+        "reboot.toml",
+        &format!(
+            "name = \"reboot\"\n\n{}\
+             [steps.each]\nkind = \"foreach\"\nhost = \"h1\"\n\
+             with = {{ items = [{}], concurrency = 2, program = \"sh\", args = [\"-c\", \"echo ${{item}} >> @M@/items; sleep 0.1\"] }}\n\n\
+             [steps.other]\nkind = \"process\"\nhost = \"h2\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST start >> @M@/other; sleep 4; echo $UPSHIFT_TEST_HOST end >> @M@/other\"] }}\n",
+            hosts_toml(&lab),
+            items.join(", "),
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(120), || sb
+        .marker_lines("items")
+        .len()
+        >= 20));
+    lab.simulate_reboot(0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut seen = std::collections::BTreeMap::<u32, u32>::new();
+    for l in sb.marker_lines("items") {
+        *seen.entry(l.parse().unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 60, "every item ran");
+    assert!(seen.values().filter(|n| **n > 1).count() <= 2);
+    assert_eq!(sb.marker_lines("other"), ["h2 start", "h2 end"]);
+    let events = sb.events(&run);
+    assert_eq!(started(&events, "each"), 2);
+    assert_eq!(started(&events, "other"), 1);
+    assert!(events.iter().any(|e| matches!(
+        &e.event,
+        Event::Note { text } if text.contains("each") && text.contains("interrupted")
+    )));
+}
