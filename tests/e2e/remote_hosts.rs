@@ -160,6 +160,17 @@ fn each_step_runs_on_its_host() {
         "{}",
         log.stdout
     );
+    // The report's timeline has a lane per host: h1's steps, then h2's...
+    let html = sb.path().join("report.html");
+    sb.run(&["report", &run, "-o", html.to_str().unwrap()])
+        .expect(0);
+    let html = std::fs::read_to_string(html).unwrap();
+    let at = |label: &str| {
+        html.find(&format!(">{label}</text>"))
+            .unwrap_or_else(|| panic!("no row {label}"))
+    };
+    assert!(at("d") < at("h1 · a") && at("h1 · a") < at("c@h1"));
+    assert!(at("c@h1") < at("h2 · b") && at("h2 · b") < at("c@h3"));
 }
 
 /// The sshd of a host is killed in the middle of a long step and started
