@@ -141,6 +141,12 @@ mod bench {
         if std::env::args().any(|a| a == "--list") {
             return;
         }
+        if std::env::var_os("UPSHIFT_BENCH_TRACE").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("upshift_remote=debug")
+                .with_writer(std::io::stderr)
+                .init();
+        }
         let Some(lab) = sshd::Lab::start_empty(8) else {
             return;
         };
@@ -159,6 +165,10 @@ mod bench {
             (hosts_toml(&l, 1), hosts_toml(&l, 8))
         };
 
+        // `UPSHIFT_BENCH_ONLY=overhead|reattach|hosts` runs one part.
+        let only = std::env::var("UPSHIFT_BENCH_ONLY").unwrap_or_default();
+        let part = |name: &str| only.is_empty() || only == name;
+
         // 1. Per-step overhead: remote vs local, chains of 21 and 1.
         let reps = 3;
         let per_step = |host: Option<&str>| {
@@ -173,124 +183,135 @@ mod bench {
             }
             (median(long).saturating_sub(median(short))) / 20
         };
-        let local = per_step(None);
-        let remote = per_step(Some("h1"));
-        summary(
-            "remote step overhead (engine, ssh) vs local step",
-            &ms(remote),
-            &ms(local),
-            remote.as_secs_f64() / local.as_secs_f64(),
-            Goal::Report,
-        );
+        if part("overhead") {
+            let local = per_step(None);
+            let remote = per_step(Some("h1"));
+            summary(
+                "remote step overhead (engine, ssh) vs local step",
+                &ms(remote),
+                &ms(local),
+                remote.as_secs_f64() / local.as_secs_f64(),
+                Goal::Report,
+            );
+        }
 
         // 2. Re-attach after a dropped connection vs a first connection.
-        let first = {
-            let l = lab.lock().unwrap();
-            let plan = parse(
-                &dir.join("h.toml"),
-                &format!(
-                    "name = \"h\"\n{hosts1}{}",
-                    chain("s", 1, Some("h1"), "true")
-                ),
-                &upshift_steps::registry(),
-                &LoadOptions::default(),
-            )
-            .unwrap();
-            drop(l);
-            let mut times = Vec::new();
-            for _ in 0..3 {
-                let mut opts = upshift_remote::client::ClientOptions::new(BIN);
-                opts.poll_wait = Duration::from_millis(500);
-                let host = upshift_remote::RemoteHost::new(
-                    upshift::remote::host_config(&plan.hosts["h1"]),
-                    opts,
+        if part("reattach") {
+            let first = {
+                let l = lab.lock().unwrap();
+                let plan = parse(
+                    &dir.join("h.toml"),
+                    &format!(
+                        "name = \"h\"\n{hosts1}{}",
+                        chain("s", 1, Some("h1"), "true")
+                    ),
+                    &upshift_steps::registry(),
+                    &LoadOptions::default(),
                 )
                 .unwrap();
-                let t = Instant::now();
-                rt.block_on(host.connect()).expect("connects");
-                times.push(t.elapsed());
-                rt.block_on(host.close());
-            }
-            median(times)
-        };
-        let mut outages = Vec::new();
-        for _ in 0..3 {
-            let text = format!(
-                "name = \"r\"\n{hosts1}{}",
-                chain("s", 1, Some("h1"), "sleep 4")
-            );
-            // The connection is cut on the coordinator's side: its `ssh`
-            // process for h1 (whose command line names h1's work folder)
-            // is SIGKILLed; the host stays up, so the outage is the
-            // detection plus the reconnection (backoff 0.25 s, ssh
-            // handshake, hello, poll).
-            let work = lab.lock().unwrap().hosts[0].work_dir.display().to_string();
-            let (_, events) = run(&rt, &dir.join("r"), &text, move || {
-                std::thread::sleep(Duration::from_millis(1500));
-                for pid in sshd::processes_with_cmdline(&work) {
-                    let comm =
-                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                    if comm.trim() == "ssh" {
-                        sshd::kill9(pid);
+                drop(l);
+                let mut times = Vec::new();
+                for _ in 0..3 {
+                    let mut opts = upshift_remote::client::ClientOptions::new(BIN);
+                    opts.poll_wait = Duration::from_millis(500);
+                    let host = upshift_remote::RemoteHost::new(
+                        upshift::remote::host_config(&plan.hosts["h1"]),
+                        opts,
+                    )
+                    .unwrap();
+                    let t = Instant::now();
+                    rt.block_on(host.connect()).expect("connects");
+                    times.push(t.elapsed());
+                    rt.block_on(host.close());
+                }
+                median(times)
+            };
+            let mut outages = Vec::new();
+            for _ in 0..3 {
+                let text = format!(
+                    "name = \"r\"\n{hosts1}{}",
+                    chain("s", 1, Some("h1"), "sleep 4")
+                );
+                // The connection is cut on the coordinator's side: its `ssh`
+                // process for h1 (whose command line names h1's work folder)
+                // is SIGKILLed; the host stays up, so the outage is the
+                // detection plus the reconnection (backoff 0.25 s, ssh
+                // handshake, hello, poll).
+                let work = lab.lock().unwrap().hosts[0].work_dir.display().to_string();
+                let (_, events) = run(&rt, &dir.join("r"), &text, move || {
+                    std::thread::sleep(Duration::from_millis(1500));
+                    for pid in sshd::processes_with_cmdline(&work) {
+                        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .unwrap_or_default();
+                        if comm.trim() == "ssh" {
+                            sshd::kill9(pid);
+                        }
+                    }
+                });
+                for e in &events {
+                    if let Event::Note { text } = &e.event {
+                        println!("  note: {text}");
                     }
                 }
-            });
-            let outage = events.iter().find_map(|e| match &e.event {
-                Event::Note { text } if text.contains("reconnected after") => text
-                    .split("reconnected after ")
-                    .nth(1)?
-                    .split(' ')
-                    .next()?
-                    .parse::<f64>()
-                    .ok(),
-                _ => None,
-            });
-            if let Some(s) = outage {
-                outages.push(Duration::from_secs_f64(s));
+                let outage = events.iter().find_map(|e| match &e.event {
+                    Event::Note { text } if text.contains("reconnected after") => text
+                        .split("reconnected after ")
+                        .nth(1)?
+                        .split(' ')
+                        .next()?
+                        .parse::<f64>()
+                        .ok(),
+                    _ => None,
+                });
+                if let Some(s) = outage {
+                    outages.push(Duration::from_secs_f64(s));
+                }
             }
-        }
-        if outages.is_empty() {
-            println!("re-attach: no reconnection seen (the connection survived?)");
-        } else {
-            let reattach = median(outages);
-            summary(
-                "re-attach after a dropped connection (engine) vs first connection",
-                &ms(reattach),
-                &ms(first),
-                reattach.as_secs_f64() / first.as_secs_f64(),
-                Goal::AtMost(2.0),
-            );
+            if outages.is_empty() {
+                println!("re-attach: no reconnection seen (the connection survived?)");
+            } else {
+                let reattach = median(outages);
+                summary(
+                    "re-attach after a dropped connection (engine) vs first connection",
+                    &ms(reattach),
+                    &ms(first),
+                    reattach.as_secs_f64() / first.as_secs_f64(),
+                    Goal::AtMost(2.0),
+                );
+            }
         }
 
         // 3. 8 hosts in parallel vs 1.
-        let script = "sleep 0.2";
-        let one = format!(
-            "name = \"one\"\n{hosts1}{}",
-            chain("a", 5, Some("h1"), script)
-        );
-        let mut eight = format!("name = \"eight\"\n{hosts8}");
-        for i in 0..8 {
-            eight.push_str(&chain(
-                &format!("c{i}_"),
-                5,
-                Some(&format!("h{}", i + 1)),
-                script,
-            ));
+        if part("hosts") {
+            let script = "sleep 0.2";
+            let one = format!(
+                "name = \"one\"\n{hosts1}{}",
+                chain("a", 5, Some("h1"), script)
+            );
+            let mut eight = format!("name = \"eight\"\n{hosts8}");
+            for i in 0..8 {
+                eight.push_str(&chain(
+                    &format!("c{i}_"),
+                    5,
+                    Some(&format!("h{}", i + 1)),
+                    script,
+                ));
+            }
+            let mut t1 = Vec::new();
+            let mut t8 = Vec::new();
+            for _ in 0..3 {
+                t1.push(run(&rt, &dir.join("one"), &one, || {}).0);
+                t8.push(run(&rt, &dir.join("eight"), &eight, || {}).0);
+            }
+            let (t1, t8) = (median(t1), median(t8));
+            summary(
+                "8 hosts in parallel (5 x 200 ms steps each) vs 1 host",
+                &ms(t8),
+                &ms(t1),
+                t8.as_secs_f64() / t1.as_secs_f64(),
+                Goal::AtMost(1.5),
+            );
         }
-        let mut t1 = Vec::new();
-        let mut t8 = Vec::new();
-        for _ in 0..3 {
-            t1.push(run(&rt, &dir.join("one"), &one, || {}).0);
-            t8.push(run(&rt, &dir.join("eight"), &eight, || {}).0);
-        }
-        let (t1, t8) = (median(t1), median(t8));
-        summary(
-            "8 hosts in parallel (5 x 200 ms steps each) vs 1 host",
-            &ms(t8),
-            &ms(t1),
-            t8.as_secs_f64() / t1.as_secs_f64(),
-            Goal::AtMost(1.5),
-        );
         drop(lab);
     }
 }

@@ -339,7 +339,18 @@ impl RemoteHost {
     /// What is new in a ticket after `cursor` (one request; waits on the
     /// host up to the poll wait for news).
     pub async fn poll(&self, ticket: &TicketId, cursor: Cursor) -> Result<PollReply, RemoteError> {
-        let wait_ms = self.inner.opts.poll_wait.as_millis() as u64;
+        self.poll_waiting(ticket, cursor, self.inner.opts.poll_wait)
+            .await
+    }
+
+    /// A poll that waits on the host up to `wait` for news.
+    async fn poll_waiting(
+        &self,
+        ticket: &TicketId,
+        cursor: Cursor,
+        wait: Duration,
+    ) -> Result<PollReply, RemoteError> {
+        let wait_ms = wait.as_millis() as u64;
         match self
             .call(Request::Poll {
                 ticket: ticket.clone(),
@@ -915,7 +926,18 @@ impl Follower {
             if self.done {
                 return Ok(None);
             }
-            match self.host.poll(&self.ticket, self.cursor).await {
+            // Right after an outage the poll does not wait for news: the
+            // reconnection is reported as soon as the host answers.
+            let wait = if self.outage.is_some() {
+                Duration::ZERO
+            } else {
+                opts.poll_wait
+            };
+            match self
+                .host
+                .poll_waiting(&self.ticket, self.cursor, wait)
+                .await
+            {
                 Ok(reply) => {
                     if let Some((since, _)) = self.outage.take() {
                         self.queue.push_back(TicketEvent::Reconnected {
