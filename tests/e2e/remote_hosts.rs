@@ -484,3 +484,73 @@ fn a_rebooted_host_resumes_the_step_from_its_checkpoint() {
         Event::Note { text } if text.contains("each") && text.contains("interrupted")
     )));
 }
+
+/// A remote step that needs a reboot (exit 100, its reboot code; 3010 on Windows) with `reboot = "auto"`:
+/// upshift reboots that host (its reboot command), waits until the host
+/// answers with a new boot id, then goes on with the host's next step; a
+/// step on another host is not held up, and the coordinator is not rebooted.
+#[test]
+fn a_step_that_needs_a_reboot_reboots_its_host() {
+    let Some(mut lab) = lab(2) else { return };
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "reboot.toml",
+        &format!(
+            "name = \"reboot\"\nreboot = \"auto\"\n\n{}\
+             [steps.inst]\nkind = \"process\"\nhost = \"h1\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST inst >> @M@/inst; exit 100\"], reboot_exit_codes = [100] }}\n\n\
+             [steps.after]\nkind = \"process\"\nhost = \"h1\"\nneeds = [\"inst\"]\n{}\n\n\
+             [steps.other]\nkind = \"process\"\nhost = \"h2\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"sleep 1; echo $UPSHIFT_TEST_HOST other >> @M@/other\"] }}\n",
+            hosts_toml(&lab),
+            mark("after", "after"),
+        ),
+    );
+    let err = std::fs::File::create(sb.path().join("stderr")).unwrap();
+    let mut child = sb
+        .cmd(&["run", plan.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let run = line.trim().to_string();
+    let log = lab.hosts[0].reboot_log.clone();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).is_ok_and(|s| !s.is_empty())
+        }),
+        "no reboot: {}\n{}",
+        sb.run(&["log", &run]).stdout,
+        std::fs::read_to_string(sb.path().join("stderr")).unwrap()
+    );
+    // Meanwhile the other host's step went on.
+    assert!(wait_until(Duration::from_secs(30), || sb
+        .marker_lines("other")
+        .len()
+        == 1));
+    // The host goes down and comes back with a new boot id.
+    std::thread::sleep(Duration::from_millis(500));
+    lab.simulate_reboot(0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
+    assert_eq!(sb.marker_lines("inst"), ["h1 inst"]);
+    assert_eq!(sb.marker_lines("after"), ["h1 after"]);
+    assert_eq!(sb.marker_lines("other"), ["h2 other"]);
+    let events = sb.events(&run);
+    assert!(events.iter().any(|e| matches!(
+        &e.event,
+        Event::Note { text } if text.contains("host h1 rebooted: boot id boot-h1-1 -> boot-h1-2")
+    )));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.event, Event::RebootRequested { .. }))
+    );
+}
