@@ -554,3 +554,72 @@ fn a_step_that_needs_a_reboot_reboots_its_host() {
             .any(|e| matches!(e.event, Event::RebootRequested { .. }))
     );
 }
+
+/// Drift of a remote step is probed on its host (an `op = probe` ticket
+/// there): `upshift drift` reports a value changed back by hand, and
+/// `resume` pauses on it.
+#[test]
+fn drift_of_a_remote_step_is_probed_on_its_host() {
+    let Some(lab) = lab(2) else { return };
+    let sb = Sandbox::new();
+    let config = lab.hosts[0].dir.join("AppSettings.config");
+    std::fs::write(
+        &config,
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<appSettings>\n  <add key=\"InstanzName\" value=\"old\" />\n</appSettings>\n",
+    )
+    .unwrap();
+    let plan = sb.plan(
+        "drift.toml",
+        &format!(
+            "name = \"drift\"\n\n{}\
+             [steps.edit]\nkind = \"config.appsettings\"\nhost = \"h1\"\n\
+             with = {{ file = \"{}\", set = {{ InstanzName = \"TM\" }} }}\n\n\
+             [steps.gate]\nkind = \"manual\"\nneeds = [\"edit\"]\n\
+             with = {{ instructions = \"check the site\" }}\n",
+            hosts_toml(&lab),
+            config.display()
+        ),
+    );
+    let r = sb.run(&["run", plan.to_str().unwrap()]);
+    r.expect(3);
+    let run = r.run_id();
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("value=\"TM\"")
+    );
+    let probes = || {
+        std::fs::read_dir(lab.hosts[0].work_dir.join("tickets"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{run}-edit-p"))
+            })
+            .count()
+    };
+    sb.run(&["drift", &run]).expect(0);
+    assert_eq!(probes(), 1, "the probe ran on h1");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("value=\"TM\"", "value=\"old\"");
+    std::fs::write(&config, text).unwrap();
+    let d = sb.run(&["drift", &run]);
+    d.expect(1);
+    assert!(
+        d.stdout.contains("edit:") && d.stdout.contains("InstanzName"),
+        "{}",
+        d.stdout
+    );
+    assert_eq!(probes(), 2);
+    sb.run(&["approve", &run, "gate"]).expect(0);
+    let paused = sb.run(&["resume", &run]);
+    paused.expect(3);
+    assert!(
+        paused.stderr.contains("--ignore-drift"),
+        "{}",
+        paused.stderr
+    );
+}
