@@ -772,15 +772,23 @@ impl Engine {
             .filter_map(|id| {
                 let st = self.state.step(id);
                 let r = st.remote.as_ref()?;
-                (matches!(st.status, StepStatus::Interrupted | StepStatus::Running)
+                let lost = st.status == StepStatus::Waiting
+                    && st
+                        .waiting
+                        .as_deref()
+                        .is_some_and(|w| w.contains(crate::remote::LOST_TICKET));
+                // The same host (an accepted plan change may have moved the
+                // step: then it starts anew there).
+                let same_host = self.remote_host(id).is_some_and(|(h, _)| h == r.host);
+                ((matches!(st.status, StepStatus::Interrupted | StepStatus::Running) || lost)
                     && r.attempt == st.attempts
-                    && self.remote_host(id).is_some())
-                .then(|| Event::StepDispatched {
-                    step: id.clone(),
-                    attempt: r.attempt,
-                    host: r.host.clone(),
-                    ticket: r.ticket.clone(),
-                })
+                    && same_host)
+                    .then(|| Event::StepDispatched {
+                        step: id.clone(),
+                        attempt: r.attempt,
+                        host: r.host.clone(),
+                        ticket: r.ticket.clone(),
+                    })
             })
             .collect()
     }

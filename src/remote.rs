@@ -37,6 +37,11 @@ use crate::plan::Plan;
 /// asked for (`reboot = "auto"`) before the run pauses.
 pub const REBOOT_WAIT: Duration = Duration::from_secs(30 * 60);
 
+/// How the wait of a step whose host could not be reached for too long
+/// begins: `resume` re-attaches to its ticket (it may still run there)
+/// instead of starting the step again.
+pub const LOST_TICKET: &str = "lost ticket";
+
 /// A run's ssh hosts, each ready to connect (or why it cannot be).
 pub type Hosts = BTreeMap<String, Result<RemoteHost, String>>;
 
@@ -199,7 +204,7 @@ pub async fn run_ticket(
                 // step may still run there; an operator decides.
                 return Ticket::Ended(Err(StepError::WaitForOperator {
                     reason: format!(
-                        "lost ticket {ticket} on host {host_name}: {e}; the step may still be \
+                        "{LOST_TICKET} {ticket} on host {host_name}: {e}; the step may still be \
                          running there. When the host is reachable, `upshift resume` re-attaches \
                          to it"
                     ),
