@@ -623,3 +623,46 @@ fn drift_of_a_remote_step_is_probed_on_its_host() {
         paused.stderr
     );
 }
+
+/// The coordinator SIGKILLed in the middle of a remote 200-item `foreach`,
+/// then `upshift resume`: the runner went on meanwhile on the host, the
+/// resume follows the same ticket, and no item runs twice.
+#[test]
+fn a_remote_foreach_survives_a_coordinator_crash_without_repeats() {
+    let Some(lab) = lab(2) else { return };
+    let sb = Sandbox::new();
+    let items: Vec<String> = (1..=200).map(|i| format!("\"{i}\"")).collect();
+    let plan = sb.plan(
+        "each.toml",
+        &format!(
+            "name = \"each\"\n\n{}\
+             [steps.each]\nkind = \"foreach\"\nhost = \"h1\"\n\
+             with = {{ items = [{}], concurrency = 4, program = \"sh\", args = [\"-c\", \"echo ${{item}} >> @M@/items; sleep 0.05\"] }}\n",
+            hosts_toml(&lab),
+            items.join(", "),
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(120), || sb
+        .marker_lines("items")
+        .len()
+        >= 60));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    sb.run(&["resume", &run]).expect(0);
+    let lines = sb.marker_lines("items");
+    let mut seen = std::collections::BTreeMap::<u32, u32>::new();
+    for l in &lines {
+        *seen.entry(l.parse().unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 200, "every item ran");
+    assert!(seen.values().all(|n| *n == 1), "an item ran twice");
+    let events = sb.events(&run);
+    assert_eq!(started(&events, "each"), 1);
+    // Every checkpoint journaled once: 200 in all.
+    let checkpoints = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::StepCheckpoint { step, .. } if step == "each"))
+        .count();
+    assert_eq!(checkpoints, 200);
+}
