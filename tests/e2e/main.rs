@@ -17,3 +17,4 @@ mod reboot_drift;
 mod remote_hosts;
 mod secrets;
 mod support_tools;
+mod teammanager;
