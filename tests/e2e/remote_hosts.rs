@@ -666,3 +666,177 @@ fn a_remote_foreach_survives_a_coordinator_crash_without_repeats() {
         .count();
     assert_eq!(checkpoints, 200);
 }
+
+/// The TeamManager plan on a three-host site over real sshd: the demo lays
+/// out the simulated site (stand-ins for msiexec, SQL Server, IIS...), its
+/// hosts tm01, web01 and lync01 become three ssh hosts of the lab, and the
+/// plan runs to its end on them, the operator's part played by the test
+/// (the Database Updater's stand-in, approvals, the reboot of the host
+/// whose installer asked for one). SMD's install is observed on the Lync
+/// host, and only there.
+#[cfg(feature = "demo")]
+#[test]
+fn the_tm_plan_runs_on_a_three_host_site_over_ssh() {
+    struct StopStandins(std::path::PathBuf);
+    impl Drop for StopStandins {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("standins.stop"), "");
+        }
+    }
+    let Some(mut lab) = lab(3) else { return };
+    let sb = Sandbox::new();
+    let dir = sb.path().join("site");
+    let _stop = StopStandins(dir.clone());
+    // The demo builds the site and its stand-ins; its own run stops at the
+    // first gate, before anything is installed.
+    let r = sb.run(&[
+        "demo",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--stop-at",
+        "db_updater",
+    ]);
+    r.expect(3);
+    let demo_events = {
+        let j = upshift_journal::Journal::open_read_only(&dir.join("journal")).unwrap();
+        j.read_run(r.run_id().parse().unwrap()).unwrap()
+    };
+    let vars = demo_events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::RunStarted { vars, .. } => Some(vars.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // The site's stand-in hosts become the lab's ssh hosts.
+    let site = dir.join("plan/sites/demo.toml");
+    let text = std::fs::read_to_string(&site).unwrap();
+    let names = ["tm01", "web01", "lync01"];
+    let mut out = String::new();
+    let mut skip = false;
+    for line in text.lines() {
+        if let Some(name) = line
+            .strip_prefix("[hosts.")
+            .and_then(|l| l.strip_suffix(']'))
+        {
+            let i = names.iter().position(|n| *n == name).expect("a demo host");
+            let h = &lab.hosts[i];
+            out.push_str(&format!(
+                "[hosts.{name}]\ntransport = \"ssh\"\naddress = \"{}\"\nport = {}\nuser = \"{}\"\n\
+                 identity_file = \"{}\"\nknown_hosts_file = \"{}\"\nwork_dir = \"{}\"\n\
+                 connect_timeout = \"5s\"\nkeepalive_interval = \"1s\"\nkeepalive_count_max = 2\n",
+                h.addr,
+                h.port,
+                lab.user,
+                lab.user_key.display(),
+                lab.known_hosts.display(),
+                h.work_dir.display()
+            ));
+            skip = true;
+            continue;
+        }
+        if skip && (line.starts_with("transport") || line.starts_with("work_dir")) {
+            continue;
+        }
+        skip = false;
+        out.push_str(line);
+        out.push('\n');
+    }
+    std::fs::write(&site, out).unwrap();
+    // Who runs msiexec: the stand-in wrapped once more.
+    let bin = dir.join("bin");
+    std::fs::rename(bin.join("msiexec"), bin.join("msiexec-demo")).unwrap();
+    let who = dir.join("msiexec-hosts.log");
+    std::fs::write(
+        bin.join("msiexec"),
+        format!(
+            "#!/bin/sh\necho \"${{UPSHIFT_TEST_HOST:-coordinator}} $*\" >> '{}'\nexec '{}' \"$@\"\n",
+            who.display(),
+            bin.join("msiexec-demo").display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(bin.join("msiexec"))
+        .status()
+        .unwrap();
+    let plan = dir.join("plan/teammanager.toml");
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        plan.display().to_string(),
+        "--site".into(),
+        site.display().to_string(),
+    ];
+    for (k, v) in &vars {
+        match k.strip_prefix("secret:") {
+            Some(name) => args.extend(["--secret".into(), format!("{name}={v}")]),
+            None => args.extend(["--var".into(), format!("{k}={v}")]),
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut r = sb.run(&args);
+    let run = r.run_id();
+    let mut rounds = 0;
+    while r.code == Some(3) {
+        rounds += 1;
+        assert!(rounds < 12, "too many pauses: {}", r.stderr);
+        let status = sb.status(&run);
+        let paused = status["paused"].as_str().unwrap_or_default().to_string();
+        if let Some(at) = paused.find("requires a reboot of host ") {
+            let host = paused[at + "requires a reboot of host ".len()..]
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string();
+            let i = names.iter().position(|n| *n == host).unwrap();
+            lab.simulate_reboot(i);
+        }
+        for (id, s) in status["steps"].as_object().unwrap() {
+            if s["state"] != "waiting" {
+                continue;
+            }
+            if id == "db_updater" {
+                let u = std::process::Command::new(bin.join("DataBaseUpdater-standin"))
+                    .output()
+                    .unwrap();
+                assert!(u.status.success(), "{u:?}");
+            }
+            sb.run(&["approve", &run, id]).expect(0);
+        }
+        r = sb.run(&["resume", &run]);
+    }
+    r.expect(0);
+    let status = sb.status(&run);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    // SMD was installed on the Lync host, and only there.
+    let lines = std::fs::read_to_string(&who).unwrap();
+    let smd: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains("TM-SMD") && l.contains("/i"))
+        .collect();
+    assert!(!smd.is_empty(), "{lines}");
+    assert!(smd.iter().all(|l| l.starts_with("h3 ")), "{lines}");
+    // FE on the IIS host, the application server's components on tm01.
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.starts_with("h2 ") && l.contains("TM-FE")),
+        "{lines}"
+    );
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.starts_with("h1 ") && l.contains("TM-ICH")),
+        "{lines}"
+    );
+    assert!(
+        !lines.lines().any(|l| l.starts_with("coordinator ")),
+        "{lines}"
+    );
+    let events = sb.events(&run);
+    assert!(events.iter().any(|e| matches!(
+        &e.event,
+        Event::StepDispatched { step, host, .. } if step.starts_with("smd_install") && host == "lync01"
+    )));
+}
