@@ -16,7 +16,7 @@
 
 #[cfg(unix)]
 #[path = "../remote/tests/remote/support/sshd.rs"]
-#[allow(dead_code, missing_docs)]
+#[allow(missing_docs)]
 mod sshd;
 #[path = "common/summary.rs"]
 #[allow(dead_code)]
