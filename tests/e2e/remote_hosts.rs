@@ -839,4 +839,17 @@ fn the_tm_plan_runs_on_a_three_host_site_over_ssh() {
         &e.event,
         Event::StepDispatched { step, host, .. } if step.starts_with("smd_install") && host == "lync01"
     )));
+    // The ICH installer asked for a reboot (reboot = "ask"): the run paused
+    // naming the host, which the test rebooted; the coordinator was not.
+    assert!(events.iter().any(|e| matches!(
+        &e.event,
+        Event::RebootRequested { step, action } if step == "ich_install@tm01" && action.contains("reboot host tm01")
+    )));
+    assert_eq!(
+        std::fs::read_to_string(&lab.hosts[0].boot_id_file)
+            .unwrap()
+            .trim(),
+        "boot-h1-2"
+    );
+    eprintln!("TM plan over ssh: {rounds} pauses played");
 }
