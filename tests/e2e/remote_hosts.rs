@@ -853,3 +853,63 @@ fn the_tm_plan_runs_on_a_three_host_site_over_ssh() {
     );
     eprintln!("TM plan over ssh: {rounds} pauses played");
 }
+
+/// A secret used by a remote step reaches the host only over the SSH
+/// channel: no file of the host's ticket or step folders, no byte of the
+/// journal, no line the coordinator printed holds it; the output comes
+/// back redacted.
+#[test]
+fn a_secret_of_a_remote_step_stays_off_disks_and_terminals() {
+    const SECRET: &str = "Rem0te-Sup3r-S3cret";
+    let Some(lab) = lab(2) else { return };
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "secret.toml",
+        &format!(
+            "name = \"secret\"\n\n{}\
+             [secrets]\npw = {{ env = \"UPSHIFT_TEST_PW\" }}\n\n\
+             [steps.uses]\nkind = \"process\"\nhost = \"h1\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"echo password is $PW; echo $PW >&2; echo $UPSHIFT_TEST_HOST >> @M@/uses\"], env = {{ PW = \"${{secrets.pw}}\" }} }}\n",
+            hosts_toml(&lab),
+        ),
+    );
+    let r = sb.run_env(
+        &["run", plan.to_str().unwrap(), "--show-output"],
+        &[("UPSHIFT_TEST_PW", SECRET)],
+    );
+    r.expect(0);
+    assert_eq!(sb.marker_lines("uses"), ["h1"]);
+    let run = r.run_id();
+    let log = sb.run(&["log", &run]);
+    assert!(
+        log.stdout.contains("password is ***"),
+        "the step saw the value, redacted: {}",
+        log.stdout
+    );
+    let host = &lab.hosts[0].work_dir;
+    for (what, bytes) in [
+        (
+            "journal folder",
+            crate::support::all_bytes_under(&sb.journal()),
+        ),
+        (
+            "host tickets",
+            crate::support::all_bytes_under(&host.join("tickets")),
+        ),
+        (
+            "host step folders",
+            crate::support::all_bytes_under(&host.join("steps")),
+        ),
+        ("run stderr", r.stderr.clone().into_bytes()),
+        ("log", log.stdout.clone().into_bytes()),
+    ] {
+        assert!(
+            !bytes.is_empty() || what == "host step folders",
+            "{what} is empty"
+        );
+        assert!(
+            !crate::support::contains(&bytes, SECRET),
+            "the secret is in the {what}"
+        );
+    }
+}
