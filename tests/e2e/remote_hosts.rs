@@ -112,6 +112,12 @@ fn each_step_runs_on_its_host() {
     let r = sb.run(&["run", plan.to_str().unwrap()]);
     r.expect(0);
     let run = r.run_id();
+    // The terminal says where steps go.
+    assert!(
+        r.stderr.contains("host h3: connected") && r.stderr.contains("b on host h2 (ticket"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(sb.marker_lines("a"), ["h1 a"]);
     assert_eq!(sb.marker_lines("b"), ["h2 b"]);
     let mut c = sb.marker_lines("c");
