@@ -919,3 +919,87 @@ fn a_secret_of_a_remote_step_stays_off_disks_and_terminals() {
         );
     }
 }
+
+/// A remote step's `timeout` kills its process tree on the host; an
+/// operator's abort of a live run kills the remote steps in flight; SIGTERM
+/// to the coordinator leaves them running, and `resume` follows them.
+#[test]
+fn timeouts_and_aborts_kill_remote_trees_and_sigterm_leaves_them_running() {
+    let Some(lab) = lab(2) else { return };
+    let long = |id: &str, host: &str, extra: &str| {
+        format!(
+            "[steps.{id}]\nkind = \"process\"\nhost = \"{host}\"\n{extra}\
+             with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST start >> @M@/{id}; sleep 4; echo $UPSHIFT_TEST_HOST end >> @M@/{id}\"] }}\n\n"
+        )
+    };
+    // Timeout: the step fails (transient), its `sleep` was killed on h1.
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "timeout.toml",
+        &format!(
+            "name = \"timeout\"\n\n{}{}",
+            hosts_toml(&lab),
+            long("slow", "h1", "timeout = \"1s\"\n")
+        ),
+    );
+    let r = sb.run(&["run", plan.to_str().unwrap()]);
+    r.expect(3);
+    assert!(
+        r.stderr.contains("timed out after 1.0 s on host h1"),
+        "{}",
+        r.stderr
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(sb.marker_lines("slow"), ["h1 start"]);
+
+    // Abort of a live run: the remote step is killed there.
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "abort.toml",
+        &format!(
+            "name = \"abort\"\n\n{}{}",
+            hosts_toml(&lab),
+            long("x", "h2", "")
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(60), || count(
+        &sb, "x", "h2 start"
+    ) == 1));
+    sb.run(&["abort", &run, "--reason", "test"]).expect(0);
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(sb.marker_lines("x"), ["h2 start"], "killed before its end");
+    let end =
+        std::fs::read_to_string(lab.ticket_dir(1, &format!("{run}-x-1")).join("end.json")).unwrap();
+    assert!(end.contains("aborted"), "{end}");
+
+    // SIGTERM: the coordinator stops, the step goes on on h1; resume
+    // follows it to its end.
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "term.toml",
+        &format!(
+            "name = \"term\"\n\n{}{}",
+            hosts_toml(&lab),
+            long("y", "h1", "")
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(60), || count(
+        &sb, "y", "h1 start"
+    ) == 1));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    child.wait().unwrap();
+    let events = sb.events(&run);
+    assert!(events.iter().any(|e| matches!(
+        &e.event,
+        Event::RunInterrupted { reason } if reason.contains("still running on their hosts: y on h1")
+    )), "{:?}", events.last());
+    sb.run(&["resume", &run]).expect(0);
+    assert_eq!(sb.marker_lines("y"), ["h1 start", "h1 end"]);
+    assert_eq!(started(&sb.events(&run), "y"), 1);
+}
