@@ -376,6 +376,52 @@ pub async fn probe(host: &RemoteHost, request: StartRequest) -> Result<Probe, St
     }
 }
 
+/// Asks the hosts to stop every attempt of `state` that an engine handed
+/// to an ssh host and that did not end (after a Ctrl-C or a crash the
+/// runners go on without a coordinator): what an abort of a run no engine
+/// holds does. One line per ticket, saying what happened.
+pub async fn abort_in_flight(
+    plan: &Plan,
+    state: &crate::state::RunState,
+    binary: Option<PathBuf>,
+    reason: &str,
+) -> Vec<String> {
+    use crate::state::StepStatus;
+    let hosts = hosts(plan, binary);
+    let mut out = Vec::new();
+    for (id, st) in &state.steps {
+        let Some(r) = &st.remote else { continue };
+        if r.attempt != st.attempts
+            || !matches!(
+                st.status,
+                StepStatus::Running | StepStatus::Interrupted | StepStatus::Waiting
+            )
+        {
+            continue;
+        }
+        let Some(Ok(host)) = hosts.get(&r.host) else {
+            out.push(format!(
+                "{id}: host {} is not an ssh host of the plan; ticket {} not stopped",
+                r.host, r.ticket
+            ));
+            continue;
+        };
+        let Ok(ticket) = TicketId::new(r.ticket.clone()) else {
+            continue;
+        };
+        let said = match tokio::time::timeout(Duration::from_secs(30), host.abort(&ticket, reason))
+            .await
+        {
+            Ok(Ok(())) => format!("stopped on host {}", r.host),
+            Ok(Err(e)) => format!("not stopped: {e}"),
+            Err(_) => format!("not stopped: host {} did not answer in 30 s", r.host),
+        };
+        out.push(format!("{id} (ticket {}): {said}", r.ticket));
+        host.close().await;
+    }
+    out
+}
+
 /// The start request of one operation of a step.
 #[allow(clippy::too_many_arguments)]
 pub fn request(

@@ -1002,4 +1002,32 @@ fn timeouts_and_aborts_kill_remote_trees_and_sigterm_leaves_them_running() {
     sb.run(&["resume", &run]).expect(0);
     assert_eq!(sb.marker_lines("y"), ["h1 start", "h1 end"]);
     assert_eq!(started(&sb.events(&run), "y"), 1);
+
+    // SIGTERM, then an abort while no engine holds the run: the step left
+    // running on h2 is stopped there.
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "term2.toml",
+        &format!(
+            "name = \"term2\"\n\n{}{}",
+            hosts_toml(&lab),
+            long("z", "h2", "")
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(60), || count(
+        &sb, "z", "h2 start"
+    ) == 1));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    child.wait().unwrap();
+    let a = sb.run(&["abort", &run, "--reason", "test"]);
+    assert!(a.stderr.contains("stopped on host h2"), "{}", a.stderr);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(sb.marker_lines("z"), ["h2 start"], "killed before its end");
+    let end =
+        std::fs::read_to_string(lab.ticket_dir(1, &format!("{run}-z-1")).join("end.json")).unwrap();
+    assert!(end.contains("aborted"), "{end}");
 }
