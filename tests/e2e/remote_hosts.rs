@@ -1031,3 +1031,28 @@ fn timeouts_and_aborts_kill_remote_trees_and_sigterm_leaves_them_running() {
         std::fs::read_to_string(lab.ticket_dir(1, &format!("{run}-z-1")).join("end.json")).unwrap();
     assert!(end.contains("aborted"), "{end}");
 }
+
+/// A rollback compensates a remote step on its host.
+#[test]
+fn a_rollback_compensates_a_remote_step_on_its_host() {
+    let Some(lab) = lab(2) else { return };
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "rollback.toml",
+        &format!(
+            "name = \"rollback\"\n\n{}\
+             [steps.a]\nkind = \"process\"\nhost = \"h1\"\n{}\n\
+             compensate = {{ kind = \"process\", with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST undo >> @M@/a.undo\"] }} }}\n\n\
+             [steps.b]\nkind = \"process\"\nhost = \"h2\"\nneeds = [\"a\"]\non_failure = \"rollback\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"exit 7\"] }}\n",
+            hosts_toml(&lab),
+            mark("a", "a"),
+        ),
+    );
+    let r = sb.run(&["run", plan.to_str().unwrap()]);
+    r.expect(1);
+    assert_eq!(sb.marker_lines("a"), ["h1 a"]);
+    assert_eq!(sb.marker_lines("a.undo"), ["h1 undo"]);
+    let status = sb.status(&r.run_id());
+    assert_eq!(status["state"], "rolled_back", "{status}");
+}
