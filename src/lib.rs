@@ -49,6 +49,7 @@ pub mod refs;
 pub mod remote;
 pub mod report;
 pub mod rules;
+pub mod sitekeys;
 pub mod state;
 pub mod support;
 pub mod ui;

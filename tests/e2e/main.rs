@@ -16,5 +16,6 @@ mod read_only;
 mod reboot_drift;
 mod remote_hosts;
 mod secrets;
+mod sites;
 mod support_tools;
 mod teammanager;
