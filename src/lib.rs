@@ -47,6 +47,7 @@ pub mod plan;
 pub mod preflight;
 pub mod reboot;
 pub mod refs;
+pub mod remote;
 pub mod report;
 pub mod rules;
 pub mod sitekeys;

@@ -16,6 +16,7 @@ mod preflight;
 mod processes;
 mod read_only;
 mod reboot_drift;
+mod remote_hosts;
 mod secrets;
 mod sites;
 mod support_tools;
