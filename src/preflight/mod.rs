@@ -159,32 +159,6 @@ fn resolve(
     refs::substitute_table(&expanded, &resolver).map_err(|b| b.message)
 }
 
-/// A plan's host as the remote crate takes it.
-fn host_config(h: &HostDef) -> upshift_remote::client::HostConfig {
-    use upshift_remote::client::{HostConfig, TransportConfig};
-    let transport = match h.transport {
-        Transport::Local => TransportConfig::Local,
-        Transport::Ssh => {
-            let mut c = upshift_remote::transport::ssh::SshConfig::new(
-                &h.address,
-                &h.user,
-                &h.identity_file,
-                &h.known_hosts_file,
-            );
-            c.port = h.port;
-            if let Some(t) = h.connect_timeout {
-                c.connect_timeout = t;
-            }
-            TransportConfig::Ssh(c)
-        }
-    };
-    HostConfig {
-        name: h.name.clone(),
-        transport,
-        work_dir: h.work_dir.clone(),
-    }
-}
-
 /// An ssh host through upshift-remote: reachable, host key known, login,
 /// administrator, free disk in the work folder.
 pub async fn ssh_host(h: &HostDef, opts: &Options) -> Vec<Check> {
@@ -195,7 +169,7 @@ pub async fn ssh_host(h: &HostDef, opts: &Options) -> Vec<Check> {
         )];
     };
     let host = match upshift_remote::client::RemoteHost::new(
-        host_config(h),
+        crate::remote::host_config(h),
         upshift_remote::client::ClientOptions::new(binary),
     ) {
         Ok(host) => host,
