@@ -462,7 +462,10 @@ pub fn demo_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
 
 /// Lays out the simulated site in `dir` and starts its stand-ins.
 pub fn build(dir: &Path) -> Result<DemoSite> {
-    let vars = build_site(dir)?;
+    let mut vars = build_site(dir)?;
+    // The run carries that it is a demo: every session of it (also a plain
+    // `upshift resume`) keeps its effects in this folder.
+    vars.insert(crate::app::run::DEMO_VAR.into(), dir.display().to_string());
     let standins = start_standins(dir)?;
     let site = dir.join("plan/sites/demo.toml");
     write(
@@ -475,10 +478,7 @@ pub fn build(dir: &Path) -> Result<DemoSite> {
         site,
         plan_path: dir.join("plan/teammanager.toml"),
         standins,
-        boot: crate::reboot::BootOverrides {
-            systemctl: Some(dir.join("bin/systemctl-boot").display().to_string()),
-            unit_dir: Some(dir.join("systemd")),
-        },
+        boot: crate::app::run::demo_boot(dir),
         vars,
     })
 }

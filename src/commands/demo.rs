@@ -8,6 +8,7 @@ use std::sync::Arc;
 use upshift_journal::{Envelope, Outcome};
 
 use crate::app::Workspace;
+use crate::app::next;
 use crate::app::run::Session;
 use crate::demo::{self, Note};
 use crate::engine::{Exit, Observer};
@@ -30,6 +31,7 @@ struct CrashAt {
     inner: Ui,
     n: u64,
     journal: PathBuf,
+    dir: PathBuf,
 }
 
 impl Observer for CrashAt {
@@ -37,11 +39,15 @@ impl Observer for CrashAt {
         self.inner.event(env, state);
         if env.seq + 1 >= self.n {
             self.inner.flush();
+            let j = &self.journal;
+            let run = env.run;
             eprintln!(
-                "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running. Continue with:\n    upshift resume --journal {}\n  (it may pause for the FE HTTPS binding — `upshift approve RUN fe_bind_https` — and for\n  the ICH installer's reboot; run `upshift resume --journal ...` again after each)",
+                "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running (they stop when the run succeeds, after 30 idle minutes,\n  or when {} exists). Continue with:\n    {}\n  It may pause for the FE HTTPS binding and for the ICH installer's reboot; each pause\n  prints the command that continues it (e.g. {}), then run the resume again.",
                 env.seq + 1,
                 env.event.name(),
-                self.journal.display()
+                self.dir.join("standins.stop").display(),
+                next::command(j, &format!("resume {run}")),
+                next::command(j, &format!("approve {run} fe_bind_https")),
             );
             #[cfg(unix)]
             {
@@ -82,6 +88,7 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
             inner: Ui::new(args.show_output),
             n,
             journal: site.journal.clone(),
+            dir: site.dir.clone(),
         }),
         None => Arc::new(Ui::new(args.show_output)),
     };
@@ -98,10 +105,27 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
             boot_dir.display()
         ),
         Note::Approving { run, step } => eprintln!(
-            "\ndemo: step {step} waits for an operator; the demo approves it as one would:\n  upshift approve {run} {step} --reason \"...\"\n"
+            "\ndemo: step {step} waits for an operator; the demo approves it as one would:\n  {}\n",
+            next::command(
+                &site.journal,
+                &format!("approve {run} {step} --reason \"...\"")
+            )
         ),
         Note::Approved { run } => super::decisions::say_journaled(run, &ws),
     })?;
+    if let Some(n) = args.crash_at {
+        // Still here: the crash never came.
+        let events = ws
+            .open_reader()
+            .and_then(|j| crate::app::workspace::fold_run(&j, run))
+            .map(|st| st.events)
+            .unwrap_or(0);
+        eprintln!(
+            "\ndemo: --crash-at {n} did not crash: the run journaled only {events} events (event {n} never came).\n  Give a number from 1 to {}, e.g. --crash-at {}.",
+            events.saturating_sub(1).max(1),
+            (events / 2).max(1)
+        );
+    }
     let code = match &exit {
         Exit::Finished(Outcome::Succeeded) => code::OK,
         Exit::Paused(reason) => {
