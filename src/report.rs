@@ -212,6 +212,7 @@ pub fn status_word(s: RunStatus) -> &'static str {
         RunStatus::Paused => "paused",
         RunStatus::Interrupted => "interrupted",
         RunStatus::Failed => "failed",
+        RunStatus::Aborted => "aborted",
         RunStatus::Succeeded => "succeeded",
         RunStatus::RolledBack => "rolled_back",
     }
@@ -407,7 +408,15 @@ mod tests {
         }
         {
             use RunStatus::*;
-            for s in [Running, Paused, Interrupted, Failed, Succeeded, RolledBack] {
+            for s in [
+                Running,
+                Paused,
+                Interrupted,
+                Failed,
+                Aborted,
+                Succeeded,
+                RolledBack,
+            ] {
                 assert_eq!(status_word(s), json(&s));
             }
         }

@@ -93,7 +93,7 @@ fn end_words(state: &RunState, dir: &std::path::Path) -> String {
 fn follow_exit_code(state: &RunState) -> u8 {
     match state.status(false) {
         RunStatus::Succeeded => code::OK,
-        RunStatus::Failed | RunStatus::RolledBack => code::FAILED,
+        RunStatus::Failed | RunStatus::Aborted | RunStatus::RolledBack => code::FAILED,
         RunStatus::Paused => code::PAUSED,
         RunStatus::Interrupted | RunStatus::Running => code::INTERRUPTED,
     }

@@ -32,6 +32,9 @@ pub struct Ui {
     counter: ProgressStyle,
     /// Event lines not written yet (plain output), see [`Observer::flush`].
     pending: Mutex<String>,
+    /// The last `done/total` line printed per step (plain output): a
+    /// checkpoint that repeats it prints nothing.
+    counted: Mutex<HashMap<String, (u64, u64)>>,
     verbose_output: bool,
 }
 
@@ -56,6 +59,7 @@ impl Ui {
             .expect("template")
             .progress_chars("=> "),
             pending: Mutex::new(String::new()),
+            counted: Mutex::new(HashMap::new()),
             verbose_output,
         }
     }
@@ -135,8 +139,12 @@ impl Observer for Ui {
                 attempt,
                 resumed_from_checkpoint,
             } => {
+                // A step an operator approved goes on: that is not a
+                // second try of it.
+                let approved = state.step(step).approved;
                 let extra = match (*attempt, resumed_from_checkpoint) {
                     (1, false) => String::new(),
+                    (_, false) if approved => " (approved)".to_string(),
                     (a, true) => format!(" (attempt {a}, from its checkpoint)"),
                     (a, false) => format!(" (attempt {a})"),
                 };
@@ -147,7 +155,15 @@ impl Observer for Ui {
                 step, done, total, ..
             } if *total > 0 => {
                 self.set_progress(step, *done, *total, "");
-                if !self.tty && (*done == *total || *done % (*total / 10).max(1) == 0) {
+                if !self.tty
+                    && (*done == *total || *done % (*total / 10).max(1) == 0)
+                    && self
+                        .counted
+                        .lock()
+                        .expect("poisoned")
+                        .insert(step.clone(), (*done, *total))
+                        != Some((*done, *total))
+                {
                     self.event_line(format!("  {step}: {done}/{total}"));
                 }
             }
