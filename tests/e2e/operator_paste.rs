@@ -1,0 +1,385 @@
+//! Issue 14, items 5, 8, 9 and 10, through the binary: messages that can be
+//! pasted (`--journal DIR` whenever the journal is not the default one),
+//! unknown runs that name the journal and create nothing, a demo run that
+//! keeps every effect in its folder, a full journal disk said in words,
+//! and the small things (abort says aborted, `skip --help`, `--crash-at`
+//! beyond the run, `replay --explain` before a manual step).
+
+#![cfg(unix)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::support::{Ran, Sandbox, bin};
+
+/// A command with no `UPSHIFT_JOURNAL` and a private HOME/XDG, so that the
+/// OS default journal lives in `home` and nothing reaches the real one.
+fn bare(home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env_remove("UPSHIFT_JOURNAL")
+        .env_remove("UPSHIFT_SYSTEMD_DIR")
+        .env_remove("UPSHIFT_SYSTEMCTL")
+        .env_remove("UPSHIFT_FAILPOINT_CRASH_AFTER")
+        .env_remove("RUST_LOG")
+        .env("HOME", home)
+        .env("XDG_STATE_HOME", home.join("xdg-state"))
+        .env("XDG_CONFIG_HOME", home.join("xdg-config"))
+        .env("XDG_DATA_HOME", home.join("xdg-data"))
+        .env("XDG_RUNTIME_DIR", home.join("xdg-runtime"))
+        .stdin(Stdio::null());
+    c
+}
+
+fn ran(mut c: Command) -> Ran {
+    let out = c.output().expect("spawn upshift");
+    Ran {
+        code: out.status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Every file under `dir` (relative paths).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+const MANUAL_AND_FAIL: &str = r#"
+name = "paste"
+[steps.first]
+kind = "process"
+with = { program = "true" }
+[steps.bind]
+kind = "manual"
+needs = ["first"]
+with = { instructions = "bind the certificate in IIS Manager, then approve" }
+[steps.after]
+kind = "process"
+needs = ["bind"]
+with = { program = "sh", args = ["-c", "[ -e @M@/fixed ] || { echo broken >&2; exit 4; }"] }
+"#;
+
+#[test]
+fn every_pause_and_failure_prints_the_command_with_its_journal() {
+    let sb = Sandbox::new();
+    let home = sb.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let plan = sb.plan("p.toml", MANUAL_AND_FAIL);
+    let j = sb.path().join("my journal");
+    let js = j.to_str().unwrap();
+    let quoted = format!("--journal \"{js}\"");
+    let r = ran(bare(&home, &["run", plan.to_str().unwrap(), "--journal", js]));
+    r.expect(3);
+    let run = r.run_id();
+    assert!(
+        r.stderr
+            .contains(&format!("`upshift approve {run} bind {quoted}`")),
+        "the pause names the journal:\n{}",
+        r.stderr
+    );
+    // `status` says the same, ready to paste.
+    let st = ran(bare(&home, &["status", &run, "--journal", js]));
+    st.expect(0);
+    assert!(
+        st.stdout
+            .contains(&format!("`upshift approve {run} bind {quoted}`")),
+        "{}",
+        st.stdout
+    );
+    let a = ran(bare(&home, &["approve", &run, "bind", "--journal", js]));
+    a.expect(0);
+    assert!(
+        a.stderr
+            .contains(&format!("upshift resume {run} {quoted}")),
+        "{}",
+        a.stderr
+    );
+    let r = ran(bare(&home, &["resume", &run, "--journal", js]));
+    r.expect(3);
+    for cmd in [
+        format!("`upshift retry {run} after {quoted}`"),
+        format!("`upshift rollback {run} {quoted}`"),
+        format!("`upshift abort {run} {quoted}`"),
+    ] {
+        assert!(r.stderr.contains(&cmd), "{cmd} missing:\n{}", r.stderr);
+    }
+    // The default journal gets no --journal (and nothing was created there).
+    assert!(
+        !home.join("xdg-state/upshift").exists(),
+        "the default journal was created"
+    );
+    std::fs::write(sb.markers().join("fixed"), "").unwrap();
+    ran(bare(&home, &["retry", &run, "after", "--journal", js])).expect(0);
+    ran(bare(&home, &["resume", &run, "--journal", js])).expect(0);
+}
+
+#[test]
+fn the_default_journal_needs_no_flag_and_an_unknown_run_creates_nothing() {
+    let sb = Sandbox::new();
+    let home = sb.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let default = home.join("xdg-state/upshift");
+    // An unknown run in the default journal: named, nothing created.
+    for args in [
+        vec!["resume", "0190a1b2-dead"],
+        vec!["approve", "0190a1b2-dead", "bind"],
+        vec!["abort", "0190a1b2-dead"],
+        vec!["status", "0190a1b2-dead"],
+        vec!["drift", "0190a1b2-dead"],
+    ] {
+        let r = ran(bare(&home, &args));
+        r.expect(2);
+        assert!(
+            r.stderr.contains(&default.display().to_string()),
+            "{args:?} does not name the journal it looked in:\n{}",
+            r.stderr
+        );
+        assert!(
+            !default.exists(),
+            "{args:?} created an empty default journal"
+        );
+    }
+    // A run in the default journal: its pause needs no --journal.
+    let plan = sb.plan("p.toml", MANUAL_AND_FAIL);
+    let r = ran(bare(&home, &["run", plan.to_str().unwrap()]));
+    r.expect(3);
+    let run = r.run_id();
+    assert!(
+        r.stderr.contains(&format!("`upshift approve {run} bind`")),
+        "{}",
+        r.stderr
+    );
+    // An unknown run in an existing journal names it too.
+    let r = ran(bare(&home, &["approve", "0190a1b2-dead", "bind"]));
+    r.expect(2);
+    assert!(
+        r.stderr.contains("no run 0190a1b2-dead in the journal")
+            && r.stderr.contains(&default.display().to_string()),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn abort_says_aborted_and_skip_requires_its_reason() {
+    let sb = Sandbox::new();
+    let plan = sb.plan("p.toml", MANUAL_AND_FAIL);
+    let r = sb.run(&["run", plan.to_str().unwrap()]);
+    r.expect(3);
+    let run = r.run_id();
+    sb.run(&["abort", &run, "--reason", "test"]).expect(1);
+    let st = sb.run(&["status", &run]);
+    assert!(st.stdout.contains("state aborted"), "{}", st.stdout);
+    assert_eq!(sb.status(&run)["state"], "aborted");
+    let help = sb.run(&["skip", "--help"]);
+    help.expect(0);
+    assert!(!help.stdout.contains("[default: \"\"]"), "{}", help.stdout);
+    assert!(help.stdout.contains("--reason <REASON>"), "{}", help.stdout);
+    let r = sb.run(&["skip", &run, "bind"]);
+    r.expect(2);
+    assert!(r.stderr.contains("--reason"), "{}", r.stderr);
+}
+
+#[test]
+fn replay_explain_stops_at_a_manual_step_nobody_approved() {
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "p.toml",
+        r#"
+name = "explain"
+[steps.first]
+kind = "process"
+with = { program = "true" }
+[steps.bind]
+kind = "manual"
+needs = ["first"]
+with = { instructions = "bind it" }
+[steps.after]
+kind = "process"
+needs = ["bind"]
+with = { program = "true" }
+"#,
+    );
+    // Killed right after `first` started: resume would run it again, then
+    // reach the manual step.
+    let r = sb.run_env(
+        &["run", plan.to_str().unwrap()],
+        &[("UPSHIFT_FAILPOINT_CRASH_AFTER", "2")],
+    );
+    assert!(r.code != Some(0), "{r:?}");
+    let run = r.run_id();
+    let ex = sb.run(&["replay", &run, "--explain"]);
+    ex.expect(0);
+    assert!(
+        !ex.stdout.contains("ends succeeded"),
+        "a manual step is still ahead:\n{}",
+        ex.stdout
+    );
+    assert!(ex.stdout.contains("bind"), "{}", ex.stdout);
+    assert!(
+        ex.stdout.contains("waiting for an operator"),
+        "{}",
+        ex.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The demo (items 8 and 10).
+
+#[cfg(feature = "demo")]
+struct StopStandins(PathBuf);
+#[cfg(feature = "demo")]
+impl Drop for StopStandins {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("standins.stop"), "");
+        // Wait (bounded) until the stand-ins are gone: a test leaves no
+        // `upshift __demo-standins` behind.
+        let pid = std::fs::read_to_string(self.0.join("standins.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["pid"].as_u64());
+        if let Some(pid) = pid {
+            crate::support::wait_until(std::time::Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "))
+            });
+        }
+    }
+}
+
+#[cfg(feature = "demo")]
+fn unit_name(run: &str) -> String {
+    format!("upshift-resume-{run}.service")
+}
+
+/// After `demo --crash-at`, the plain `upshift resume` (no demo process, no
+/// overrides in the environment) reaches the ICH reboot: its boot task goes
+/// into the demo folder, never into /etc/systemd/system, and nothing is
+/// written outside the demo folder.
+#[cfg(feature = "demo")]
+#[test]
+fn a_resumed_demo_keeps_every_effect_in_its_folder() {
+    let sb = Sandbox::new();
+    let home = sb.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let dir = sb.path().join("site");
+    let _stop = StopStandins(dir.clone());
+    let crashed = ran(bare(
+        &home,
+        &["demo", "--dir", dir.to_str().unwrap(), "--crash-at", "30"],
+    ));
+    assert!(crashed.signal.is_some(), "{crashed:?}");
+    let run = crashed.run_id();
+    let j = dir.join("journal");
+    let js = j.to_str().unwrap();
+    assert!(
+        crashed
+            .stderr
+            .contains(&format!("upshift resume {run} --journal {js}")),
+        "{}",
+        crashed.stderr
+    );
+    assert!(
+        crashed.stderr.contains("standins.stop"),
+        "says how the stand-ins stop: {}",
+        crashed.stderr
+    );
+    let etc = Path::new("/etc/systemd/system").join(unit_name(&run));
+    let mut saw_reboot = false;
+    let mut last = None;
+    for _ in 0..8 {
+        let r = ran(bare(&home, &["resume", &run, "--journal", js]));
+        // Cleaned up at once if it ever lands there, then failed on.
+        if etc.exists() {
+            let _ = std::fs::remove_file(&etc);
+            panic!("a demo run wrote {}", etc.display());
+        }
+        if r.code == Some(0) {
+            last = Some(r);
+            break;
+        }
+        r.expect(3);
+        if r.stderr.contains("requires a reboot") {
+            saw_reboot = true;
+            assert!(
+                dir.join("systemd").join(unit_name(&run)).exists(),
+                "the boot task is in the demo folder: {}",
+                r.stderr
+            );
+            assert!(!r.stderr.contains("could NOT register"), "{}", r.stderr);
+        }
+        let waiting: std::collections::BTreeSet<String> = r
+            .stderr
+            .split("`upshift approve ")
+            .skip(1)
+            .filter_map(|rest| {
+                rest.split('`')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)
+                    .map(str::to_string)
+            })
+            .collect();
+        for step in waiting {
+            ran(bare(&home, &["approve", &run, &step, "--journal", js])).expect(0);
+        }
+    }
+    assert!(saw_reboot, "the resumed demo never reached the reboot");
+    assert!(last.is_some(), "the resumed demo did not finish");
+    let calls = std::fs::read_to_string(dir.join("bin/systemctl-boot.calls")).unwrap_or_default();
+    assert!(
+        calls.contains(&format!("enable {}", unit_name(&run))),
+        "the demo's stand-in systemctl registered the task: {calls}"
+    );
+    assert!(
+        !dir.join("systemd").join(unit_name(&run)).exists(),
+        "removed after the reboot"
+    );
+    // Nothing in HOME or the XDG folders (no default journal, no log).
+    assert_eq!(files_under(&home), Vec::<PathBuf>::new());
+    // The run succeeded: the stand-ins were told to stop.
+    assert!(
+        dir.join("standins.stop").exists(),
+        "a finished demo run stops its stand-ins"
+    );
+}
+
+/// `--crash-at` beyond the run's events says so at the end.
+#[cfg(feature = "demo")]
+#[test]
+fn a_crash_point_beyond_the_run_is_reported() {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("site");
+    let _stop = StopStandins(dir.clone());
+    let r = sb.run(&["demo", "--dir", dir.to_str().unwrap(), "--crash-at", "9999"]);
+    r.expect(0);
+    assert!(
+        r.stderr.contains("--crash-at 9999 did not crash"),
+        "{}",
+        r.stderr
+    );
+    // Each count line once, and an approval is not a second attempt.
+    let n = r.stderr.matches("ich_cleanup: 30/30").count();
+    assert!(n <= 1, "ich_cleanup: 30/30 printed {n} times:\n{}", r.stderr);
+    assert!(
+        !r.stderr.contains("fe_bind_https (attempt 2)"),
+        "{}",
+        r.stderr
+    );
+}
