@@ -102,7 +102,9 @@ pub fn start(
     started(run);
     let _log = crate::logging::run_log(ws.dir(), run);
     let mut eng = Engine::new(p, cfg, j, run, &[], secrets);
-    let exit = notified(&mut eng, notify, |eng| block_on(eng.start(vars)));
+    let exit = notified(&mut eng, notify, |eng| {
+        block_on(eng.start(vars)).map_err(|e| resumable(e, ws, run))
+    });
     Ok((run, exit?))
 }
 
@@ -185,6 +187,7 @@ pub fn resume(
             }
             eng.resume(extra).await
         })
+        .map_err(|e| resumable(e, ws, run))
     })?;
     if let (Some(dir), Exit::Finished(Outcome::Succeeded)) = (&demo, &exit) {
         // The demo's stand-ins (SQL Server, IIS) are done too.
@@ -211,7 +214,9 @@ pub fn rollback(
     cfg.boot = boot_for(&state.cli_vars, session);
     let notify = notifier(&plan, &secrets, run, ws, &mut cfg)?;
     let mut eng = Engine::new(plan, cfg, journal, run, history, secrets);
-    notified(&mut eng, notify, |eng| block_on(eng.rollback(Vec::new())))
+    notified(&mut eng, notify, |eng| {
+        block_on(eng.rollback(Vec::new())).map_err(|e| resumable(e, ws, run))
+    })
 }
 
 /// The plan's `[notify]` for this session, if it has one: its observer
@@ -292,10 +297,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn block_on<F: std::future::Future<Output = Result<Exit, engine::EngineError>>>(
     f: F,
 ) -> Result<Exit> {
-    runtime()?.block_on(f).map_err(|e| {
-        Error::failed(format!("engine stopped: {e}"))
-            .with_hint("the run is resumable once the cause is fixed: upshift resume")
-    })
+    runtime()?
+        .block_on(f)
+        .map_err(|e| Error::failed(format!("engine stopped: {e}")))
+}
+
+/// An engine that stopped on an error leaves the run resumable: the hint
+/// gives the command, ready to paste.
+fn resumable(e: Error, ws: &Workspace, run: RunId) -> Error {
+    e.with_hint(format!(
+        "the run is resumable once the cause is fixed: {}",
+        super::next::command(ws.dir(), &format!("resume {run}"))
+    ))
 }
 
 /// The plan to resume with: the pinned one, or (with `accept`) the edited

@@ -83,7 +83,10 @@ fn every_pause_and_failure_prints_the_command_with_its_journal() {
     let j = sb.path().join("my journal");
     let js = j.to_str().unwrap();
     let quoted = format!("--journal \"{js}\"");
-    let r = ran(bare(&home, &["run", plan.to_str().unwrap(), "--journal", js]));
+    let r = ran(bare(
+        &home,
+        &["run", plan.to_str().unwrap(), "--journal", js],
+    ));
     r.expect(3);
     let run = r.run_id();
     assert!(
@@ -104,8 +107,7 @@ fn every_pause_and_failure_prints_the_command_with_its_journal() {
     let a = ran(bare(&home, &["approve", &run, "bind", "--journal", js]));
     a.expect(0);
     assert!(
-        a.stderr
-            .contains(&format!("upshift resume {run} {quoted}")),
+        a.stderr.contains(&format!("upshift resume {run} {quoted}")),
         "{}",
         a.stderr
     );
@@ -376,10 +378,109 @@ fn a_crash_point_beyond_the_run_is_reported() {
     );
     // Each count line once, and an approval is not a second attempt.
     let n = r.stderr.matches("ich_cleanup: 30/30").count();
-    assert!(n <= 1, "ich_cleanup: 30/30 printed {n} times:\n{}", r.stderr);
+    assert!(
+        n <= 1,
+        "ich_cleanup: 30/30 printed {n} times:\n{}",
+        r.stderr
+    );
     assert!(
         !r.stderr.contains("fe_bind_https (attempt 2)"),
         "{}",
         r.stderr
     );
+}
+
+// ---------------------------------------------------------------------------
+// A full journal disk (item 9).
+
+/// Mounts a tmpfs of `size` at `dir`; false (with a loud message) where
+/// that is not permitted.
+#[cfg(target_os = "linux")]
+fn mount_tmpfs(dir: &Path, size: &str) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = Command::new("mount")
+        // mode=700: upshift refuses a journal folder others may write into.
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=700"),
+            "tmpfs",
+        ])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (needs root): the disk-full message test did not run"
+        );
+    }
+    ok
+}
+
+#[cfg(target_os = "linux")]
+struct Unmount(PathBuf);
+#[cfg(target_os = "linux")]
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The journal fills a 1 MiB tmpfs by itself (step outputs): the console
+/// names the cause, the device's path and its free bytes, keeps the OS
+/// error rather than the store's follow-up "Previous I/O error", and says
+/// how to go on; with space back, the run resumes to the end.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_journal_disk_is_named_with_its_path_and_free_bytes() {
+    let sb = Sandbox::new();
+    if !mount_tmpfs(&sb.journal(), "1m") {
+        return;
+    }
+    let _unmount = Unmount(sb.journal());
+    let mut plan = String::from("name = \"fill\"\n");
+    for i in 0..160 {
+        plan.push_str(&format!(
+            "[steps.s{i:03}]\nkind = \"process\"\nwith = {{ program = \"sh\", args = [\"-c\", \"head -c 16000 /dev/zero | tr '\\\\0' {}; echo {i} >> @M@/done\"] }}\n",
+            (b'a' + (i % 26) as u8) as char
+        ));
+    }
+    let plan = sb.plan("fill.toml", &plan);
+    let r = sb.run(&["run", plan.to_str().unwrap()]);
+    r.expect(1);
+    let run = r.run_id();
+    let journal = sb.journal().display().to_string();
+    assert!(
+        r.stderr
+            .contains("no space left on the device holding the journal"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(&journal), "{}", r.stderr);
+    assert!(r.stderr.contains("bytes free"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("No space left on device"),
+        "the OS error is kept: {}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("Previous I/O"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("upshift resume {run} --journal {journal}")),
+        "{}",
+        r.stderr
+    );
+    // Space comes back: the run resumes to the end.
+    assert!(
+        Command::new("mount")
+            .args(["-o", "remount,size=16m"])
+            .arg(sb.journal())
+            .status()
+            .unwrap()
+            .success()
+    );
+    sb.run(&["resume", &run]).expect(0);
+    assert_eq!(sb.status(&run)["state"], "succeeded");
 }
