@@ -128,13 +128,33 @@ fn log_follow(ws: &Workspace, run: Option<&str>) -> Result<u8> {
     Ok(code::OK)
 }
 
-/// `upshift status RUN --follow`: per-step progress (see
+/// `upshift status RUN --follow`: what runs, waits and failed (see
 /// [`crate::ui::follow`]) until the run is over or no engine works on it;
-/// then the final status on stdout.
+/// then the final status on stdout. Started while no engine works on the
+/// run (before `upshift resume`), it waits for one.
 fn status_follow(ws: &Workspace, run: Option<&str>) -> Result<u8> {
     let mut f = Follower::open(run, ws)?;
-    let plan = crate::ui::follow::progress(&mut f)?;
-    let doc = status_json(&f.state, plan.as_ref(), false);
+    let waited = f.wait_for_engine(|state| {
+        let run = state.run.map(|r| r.to_string()).unwrap_or_default();
+        eprintln!(
+            "run {run} is {}: no engine works on it. Waiting for one — continue it with `{}` (Ctrl-C stops watching)",
+            status_word(state.status(false)),
+            next::command(ws.dir(), &format!("resume {run}"))
+        );
+    })?;
+    if waited {
+        eprintln!(
+            "run {}: {} — following",
+            f.run,
+            match f.state.outcome {
+                Some(o) => format!("ended {}", crate::report::outcome_word(o)),
+                None => "an engine took it up".to_string(),
+            }
+        );
+    }
+    let plan = crate::ui::follow::progress(&mut f, ws.dir())?;
+    let mut doc = status_json(&f.state, plan.as_ref(), false);
+    doc.paused = doc.paused.map(|p| next::complete(&p, ws.dir()));
     print!("{}", status_text(&doc));
     eprintln!(
         "run {} {} — end of follow",
