@@ -32,7 +32,12 @@ fn bare(home: &Path, args: &[&str]) -> Command {
 }
 
 fn ran(mut c: Command) -> Ran {
-    let out = c.output().expect("spawn upshift");
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    ran_child(c.spawn().expect("spawn upshift"))
+}
+
+fn ran_child(c: std::process::Child) -> Ran {
+    let out = c.wait_with_output().expect("wait for upshift");
     Ran {
         code: out.status.code(),
         signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
@@ -483,4 +488,195 @@ fn a_full_journal_disk_is_named_with_its_path_and_free_bytes() {
     );
     sb.run(&["resume", &run]).expect(0);
     assert_eq!(sb.status(&run)["state"], "succeeded");
+}
+
+// ---------------------------------------------------------------------------
+// The live view at 50 steps (item 6).
+
+/// 53 steps: 50 quick ones (two with names alike for their first 30
+/// characters), a counting step that runs a while, and a manual step with
+/// instructions.
+fn fifty_step_plan(sb: &Sandbox) -> PathBuf {
+    let mut p = String::from("name = \"fifty\"\n");
+    for i in 0..48 {
+        p.push_str(&format!(
+            "[steps.step_{i:02}]\nkind = \"process\"\nwith = {{ program = \"true\" }}\n"
+        ));
+    }
+    p.push_str(
+        r#"[steps.db_push_reporting_procedures_and_views]
+kind = "process"
+with = { program = "true" }
+[steps.db_push_reporting_procedures_and_views_again]
+kind = "process"
+with = { program = "true" }
+[steps.ich_cleanup_of_conferences_on_the_farm]
+kind = "foreach"
+needs = ["step_00"]
+with = { items = ["a", "b", "c", "d", "e", "f", "g", "h"], program = "sh", args = ["-c", "[ ${item} = a ] || [ -e @M@/go ] || sleep 30"] }
+[steps.fe_bind_https_certificate_in_iis_manager]
+kind = "manual"
+needs = ["step_01"]
+with = { instructions = "bind the certificate 3A7F to the FE site (port 443) in IIS Manager,\nthen approve" }
+[steps.after_everything]
+kind = "process"
+needs = ["ich_cleanup_of_conferences_on_the_farm", "fe_bind_https_certificate_in_iis_manager"]
+with = { program = "true" }
+"#,
+    );
+    sb.plan("fifty.toml", &p)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn status_follow_on_a_terminal_shows_what_runs_and_waits_at_fifty_steps() {
+    use std::io::Read;
+    let Some(script) = ["/usr/bin/script", "/bin/script"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+    else {
+        eprintln!(
+            "SKIPPED: `script` (util-linux) is not installed: the terminal view was not tested"
+        );
+        return;
+    };
+    let sb = Sandbox::new();
+    let plan = fifty_step_plan(&sb);
+    let mut engine = sb
+        .cmd(&["run", plan.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(engine.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let run = line.trim().to_string();
+    assert!(sb.wait_for_step(&run, "fe_bind_https_certificate_in_iis_manager", "waiting"));
+    let cmd = format!("{} status {run} --follow", bin());
+    let mut term = Command::new(script)
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("UPSHIFT_JOURNAL", sb.journal())
+        .env("COLUMNS", "200")
+        .env("LINES", "60")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let mut pipe = term.stdout.take().unwrap();
+        let buf = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+    }
+    let text = || seen.lock().unwrap().clone();
+    let journal = sb.journal().display().to_string();
+    let approve = format!(
+        "approve: upshift approve {run} fe_bind_https_certificate_in_iis_manager --journal {journal}"
+    );
+    let drawn = crate::support::wait_until(std::time::Duration::from_secs(30), || {
+        let t = text();
+        t.contains(&approve) && t.contains("left (estimated)")
+    });
+    let _ = std::fs::write(sb.markers().join("go"), "");
+    let t = text();
+    let _ = term.kill();
+    let _ = term.wait();
+    let _ = engine.kill();
+    let _ = engine.wait();
+    if let Ok(p) = std::env::var("UPSHIFT_TEST_SCREEN") {
+        let _ = std::fs::write(p, &t);
+    }
+    assert!(drawn, "the view lacks the approve command or the ETA:\n{t}");
+    for want in [
+        // Full names, never cut.
+        "ich_cleanup_of_conferences_on_the_farm",
+        "fe_bind_https_certificate_in_iis_manager",
+        // The instructions, whole.
+        "bind the certificate 3A7F to the FE site (port 443) in IIS Manager,",
+        "then approve",
+        // The rest in one line.
+        "the other steps: ",
+        " succeeded",
+        "of 53 steps done",
+    ] {
+        assert!(t.contains(want), "{want:?} missing from the view:\n{t}");
+    }
+    // No bar for each of the 53 steps: the finished ones are one line.
+    assert!(
+        !t.contains("step_17 "),
+        "a finished step has a line of its own:\n{t}"
+    );
+}
+
+/// Without a terminal: changes only (no line per pending step), the run's
+/// own pause, and the waiting step's instructions and approve command.
+#[test]
+fn status_follow_without_a_terminal_prints_changes_and_the_pause() {
+    let sb = Sandbox::new();
+    let plan = fifty_step_plan(&sb);
+    // step_00 waits for the follower to be there.
+    let text = std::fs::read_to_string(&plan).unwrap().replacen(
+        "[steps.step_00]\nkind = \"process\"\nwith = { program = \"true\" }",
+        &format!(
+            "[steps.step_00]\nkind = \"process\"\nwith = {{ program = \"sh\", args = [\"-c\", \"while [ ! -e {0}/start ]; do sleep 0.05; done\"] }}",
+            sb.markers().display()
+        ),
+        1,
+    );
+    assert!(text.contains("/start ]"));
+    std::fs::write(&plan, text).unwrap();
+    std::fs::write(sb.markers().join("go"), "").unwrap();
+    let mut engine = sb
+        .cmd(&["run", plan.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(engine.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let run = line.trim().to_string();
+    let follower = sb
+        .cmd(&["status", &run, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::write(sb.markers().join("start"), "").unwrap();
+    let f = ran_child(follower);
+    let _ = engine.wait();
+    f.expect(3);
+    let journal = sb.journal().display().to_string();
+    assert!(
+        f.stderr.contains(&format!(
+            "approve: upshift approve {run} fe_bind_https_certificate_in_iis_manager --journal {journal}"
+        )),
+        "{}",
+        f.stderr
+    );
+    assert!(f.stderr.contains("run paused: "), "{}", f.stderr);
+    assert!(
+        !f.stderr.contains("step_30 pending"),
+        "pending steps are not changes:\n{}",
+        f.stderr
+    );
 }
