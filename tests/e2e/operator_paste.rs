@@ -680,3 +680,129 @@ fn status_follow_without_a_terminal_prints_changes_and_the_pause() {
         f.stderr
     );
 }
+
+// ---------------------------------------------------------------------------
+// Values shown whole, and a graph that fits the page (item 7).
+
+/// Headless Chromium, if installed.
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .flat_map(|name| dirs.iter().map(move |d| d.join(name)))
+        .find(|p| p.is_file())
+}
+
+/// `log` and the report show a long path and a long error whole; the
+/// report's graph of 53 steps fits a 1280-pixel page in headless Chromium.
+#[test]
+fn long_values_are_whole_and_the_graph_of_53_steps_fits_the_page() {
+    let sb = Sandbox::new();
+    let plan = fifty_step_plan(&sb);
+    // A long output value (an msiexec log path) and a long error line.
+    let long_path = format!(
+        "C:\\ProgramData\\upshift\\work\\{}\\msiexec-ich_install-df226a0c9e5b4f7f8a1d2c3b4a5f6e7d.log",
+        "0".repeat(36)
+    );
+    let long_error = format!("the installer said: {}: end of the error", "x".repeat(300));
+    let text = std::fs::read_to_string(&plan).unwrap()
+        + &format!(
+            "[steps.with_a_long_output]\nkind = \"process\"\nwith = {{ program = \"printf\", args = [\"%s\", '{long_path}'] }}\n[steps.with_a_long_error]\nkind = \"process\"\nneeds = [\"with_a_long_output\"]\nwith = {{ program = \"sh\", args = [\"-c\", \"echo '{long_error}' >&2; exit 7\"] }}\n"
+        );
+    std::fs::write(&plan, text).unwrap();
+    std::fs::write(sb.markers().join("go"), "").unwrap();
+    let r = sb.run(&["run", plan.to_str().unwrap()]);
+    r.expect(3);
+    let run = r.run_id();
+    let log = sb.run(&["log", &run]);
+    log.expect(0);
+    assert!(
+        log.stdout.contains(&long_path),
+        "log cut the path:\n{}",
+        log.stdout
+    );
+    assert!(
+        log.stdout.contains("end of the error"),
+        "log cut the error:\n{}",
+        log.stdout
+    );
+    let st = sb.run(&["status", &run]);
+    assert!(st.stdout.contains("end of the error"), "{}", st.stdout);
+    let html = sb.path().join("report.html");
+    sb.run(&["report", &run, "-o", html.to_str().unwrap()])
+        .expect(0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    if let Ok(p) = std::env::var("UPSHIFT_TEST_REPORT") {
+        let _ = std::fs::write(p, &page);
+    }
+    assert!(
+        page.contains(&long_path.replace('\\', "\\\\")) || page.contains(&long_path),
+        "the report cut the path"
+    );
+    let Some(chrome) = chromium() else {
+        eprintln!(
+            "SKIPPED: chromium is not installed (apt-get install -y chromium): the graph's width was not measured in a browser"
+        );
+        return;
+    };
+    // Measure in the page: the graph's box against the page's width.
+    let probe = sb.path().join("probe.html");
+    std::fs::write(
+        &probe,
+        page.replace(
+            "</body>",
+            "<script>(function(){var g=document.getElementById('dag').getBoundingClientRect();var e=document.documentElement;var n=document.querySelectorAll('#dag g.node').length;var wide=[];Array.prototype.forEach.call(document.querySelectorAll('body *'),function(x){var r=x.getBoundingClientRect();if(r.right>e.clientWidth+1&&wide.length<5)wide.push(x.tagName+'.'+x.className+'#'+x.id+'='+Math.round(r.right));});document.body.setAttribute('data-probe',[Math.round(g.left),Math.round(g.right),e.clientWidth,e.scrollWidth,n].join(' '));document.body.setAttribute('data-wide',wide.join(','));})();</script></body>",
+        ),
+    )
+    .unwrap();
+    let profile = sb.path().join("chrome-profile");
+    let mut c = Command::new(&chrome)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,900",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", probe.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut dom = String::new();
+    std::io::Read::read_to_string(c.stdout.as_mut().unwrap(), &mut dom).unwrap();
+    let _ = c.wait();
+    let probe = dom
+        .split("data-probe=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("the probe did not run:\n{}", &dom[..dom.len().min(2000)]));
+    let v: Vec<i64> = probe
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (left, right, client, scroll, nodes) = (v[0], v[1], v[2], v[3], v[4]);
+    assert_eq!(nodes, 55, "every step is a node: {probe}");
+    assert!(
+        left >= 0 && right <= client,
+        "the graph runs off the page: left {left}, right {right}, page {client}"
+    );
+    assert!(
+        scroll <= client,
+        "the page scrolls sideways: {scroll} > {client}; too wide: {}",
+        dom.split("data-wide=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("")
+    );
+    assert!(
+        dom.contains(">ich_cleanup_of_conferences_on_the_farm</text>"),
+        "a long step name is shown whole"
+    );
+}
