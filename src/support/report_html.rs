@@ -834,7 +834,7 @@ pre.error{background:#fff2f2;border-color:#f3c9c9}
 .result{font-size:13px;padding:2px 10px;border-radius:12px;vertical-align:middle;color:#fff;background:#7a8091}
 .r-succeeded{background:#2e8b57}.r-failed{background:#c0392b}.r-paused{background:#b7791f}.r-interrupted{background:#d35400}.r-rolled_back{background:#5b6bbf}.r-running{background:#2b7bb9}
 table.facts th{text-align:left;color:#6b7080;font-weight:normal;padding:2px 12px 2px 0}table.facts td{padding:2px 24px 2px 0}
-table.list{border-collapse:collapse;margin:6px 0;font-size:13px}table.list th,table.list td{border-bottom:1px solid #e6e6ee;padding:3px 10px 3px 0;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+table.list{border-collapse:collapse;margin:6px 0;font-size:13px}table.list th,table.list td{border-bottom:1px solid #e6e6ee;padding:3px 10px 3px 0;text-align:left;vertical-align:top;overflow-wrap:break-word}table.list td.small{overflow-wrap:anywhere;min-width:16em}
 table.list th{color:#6b7080;font-weight:600}
 .why{background:#fff8e6;border:1px solid #f0dca8;padding:6px 10px;white-space:pre-wrap;overflow-wrap:anywhere}
 .scroll{overflow:auto;max-width:100%;border:1px solid #e6e6ee;background:#fff}
