@@ -7,8 +7,10 @@
 //! scripts (`steps/tests/standins/`), SQL Server is the TDS stand-in of the
 //! steps crate, IIS is a tiny HTTP server. The stand-ins for SQL Server and
 //! IIS run in a background process (`upshift __demo-standins DIR`) so that a
-//! crashed demo can be resumed with the plain `upshift resume`; it stops by
-//! itself after 30 idle minutes, or when `DIR/standins.stop` exists.
+//! crashed demo can be resumed with the plain `upshift resume`; it stops
+//! when the run succeeds (the demo, or a resume of the demo run, writes
+//! `DIR/standins.stop`), when that file is written by hand, when the folder
+//! is removed, or after 30 idle minutes.
 //!
 //! This module builds the site and plays the operator through the
 //! application layer; it tells what happens through [`Note`]s and prints
@@ -375,7 +377,9 @@ pub fn standins_main(dir: &Path) -> Result<()> {
                 *last.lock().expect("poisoned") = Instant::now();
             }
             let idle = last.lock().expect("poisoned").elapsed();
-            if dir.join("standins.stop").exists() || idle > STANDINS_IDLE {
+            // Also when the folder is gone (a test's temporary folder
+            // removed with the stop file in it): nothing is left to serve.
+            if dir.join("standins.stop").exists() || !dir.exists() || idle > STANDINS_IDLE {
                 break;
             }
         }

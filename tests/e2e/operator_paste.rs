@@ -5,7 +5,7 @@
 //! and the small things (abort says aborted, `skip --help`, `--crash-at`
 //! beyond the run, `replay --explain` before a manual step).
 
-#![cfg(unix)]
+#![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -256,17 +256,10 @@ impl Drop for StopStandins {
         let _ = std::fs::write(self.0.join("standins.stop"), "");
         // Wait (bounded) until the stand-ins are gone: a test leaves no
         // `upshift __demo-standins` behind.
-        let pid = std::fs::read_to_string(self.0.join("standins.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["pid"].as_u64());
-        if let Some(pid) = pid {
-            crate::support::wait_until(std::time::Duration::from_secs(5), || {
-                !Path::new(&format!("/proc/{pid}")).exists()
-                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .is_ok_and(|s| s.contains(") Z "))
-            });
-        }
+        let token = format!("__demo-standins {}", self.0.display());
+        crate::support::wait_until(std::time::Duration::from_secs(10), || {
+            crate::support::processes_with(&token).is_empty()
+        });
     }
 }
 
