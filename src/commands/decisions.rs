@@ -75,7 +75,7 @@ pub fn whole_run(
     }
     let session = Session {
         concurrency,
-        observer: Arc::new(Ui::new(false)),
+        observer: Arc::new(Ui::for_journal(false, ws.dir())),
         ..Session::default()
     };
     let exit = run::rollback(ws, run, done.journal, &done.state, &done.history, &session)?;

@@ -85,12 +85,12 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
     let plan = demo::load_plan(&site)?;
     let observer: Arc<dyn Observer> = match args.crash_at {
         Some(n) => Arc::new(CrashAt {
-            inner: Ui::new(args.show_output),
+            inner: Ui::for_journal(args.show_output, &site.journal),
             n,
             journal: site.journal.clone(),
             dir: site.dir.clone(),
         }),
-        None => Arc::new(Ui::new(args.show_output)),
+        None => Arc::new(Ui::for_journal(args.show_output, &site.journal)),
     };
     let session = Session {
         concurrency: None,

@@ -36,6 +36,9 @@ pub struct Ui {
     /// checkpoint that repeats it prints nothing.
     counted: Mutex<HashMap<String, (u64, u64)>>,
     verbose_output: bool,
+    /// The journal, so that the commands in a line name it
+    /// ([`crate::app::next::complete`]).
+    journal: Option<std::path::PathBuf>,
 }
 
 impl Ui {
@@ -61,6 +64,24 @@ impl Ui {
             pending: Mutex::new(String::new()),
             counted: Mutex::new(HashMap::new()),
             verbose_output,
+            journal: None,
+        }
+    }
+
+    /// The same, for a run in the journal `dir`: commands shown in its
+    /// lines carry `--journal DIR` unless it is the default journal.
+    pub fn for_journal(verbose_output: bool, dir: &std::path::Path) -> Ui {
+        Ui {
+            journal: Some(dir.to_path_buf()),
+            ..Ui::new(verbose_output)
+        }
+    }
+
+    /// `text` with the journal added to the commands in it.
+    fn pasteable(&self, text: &str) -> String {
+        match &self.journal {
+            Some(dir) => crate::app::next::complete(text, dir),
+            None => text.to_string(),
         }
     }
 
@@ -201,7 +222,10 @@ impl Observer for Ui {
             }
             Event::StepWaiting { step, reason } => {
                 self.end_bar(step);
-                self.event_line(format!("⏸ {step} waits for an operator: {reason}"));
+                self.event_line(format!(
+                    "⏸ {step} waits for an operator: {}",
+                    self.pasteable(reason)
+                ));
             }
             Event::StepSkipped { step, reason } => {
                 self.event_line(format!("⤼ {step} skipped: {reason}"))
@@ -219,9 +243,10 @@ impl Observer for Ui {
                 self.end_bar(step);
                 self.event_line(format!("✗ compensation of {step} failed: {error}"));
             }
-            Event::RebootRequested { step, action } => {
-                self.event_line(format!("⚠ {step} requires a reboot: {action}"))
-            }
+            Event::RebootRequested { step, action } => self.event_line(format!(
+                "⚠ {step} requires a reboot: {}",
+                self.pasteable(action)
+            )),
             Event::RunResumed { .. } => {
                 let inflight = state.in_flight();
                 if !inflight.is_empty() {
