@@ -621,13 +621,16 @@ fn log_follow_ends_when_the_engine_is_killed() {
         "{}",
         text(&status_err)
     );
+    // (The reader threads may lag the exit by a moment.)
     assert!(
-        text(&status_out).contains("state succeeded"),
+        wait_until(Duration::from_secs(5), || text(&status_out)
+            .contains("state succeeded")),
         "{}",
         text(&status_out)
     );
     assert!(
-        text(&status_err).contains("an engine took it up"),
+        wait_until(Duration::from_secs(5), || text(&status_err)
+            .contains("an engine took it up")),
         "the resume is shown: {}",
         text(&status_err)
     );
