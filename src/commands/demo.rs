@@ -22,6 +22,8 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
     /// Crash right after this event.
     pub crash_at: Option<u64>,
+    /// Leave the run paused when this step waits.
+    pub stop_at: Option<String>,
     /// Echo step output.
     pub show_output: bool,
 }
@@ -42,12 +44,13 @@ impl Observer for CrashAt {
             let j = &self.journal;
             let run = env.run;
             eprintln!(
-                "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running (they stop when the run succeeds, after 30 idle minutes,\n  or when {} exists). Continue with:\n    {}\n  It may pause for the FE HTTPS binding and for the ICH installer's reboot; each pause\n  prints the command that continues it (e.g. {}), then run the resume again.",
+                "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running (they stop when a resume finishes the run, after 30 idle\n  minutes, or when {} exists). Continue with:\n    {}\n  It may pause for the Database Updater (run {}/bin/DataBaseUpdater-standin, then approve\n  db_updater), for changed FE settings and for the ICH installer's reboot; each pause prints\n  the command that continues it (e.g. {}), then run the resume again.",
                 env.seq + 1,
                 env.event.name(),
                 self.dir.join("standins.stop").display(),
                 next::command(j, &format!("resume {run}")),
-                next::command(j, &format!("approve {run} fe_bind_https")),
+                self.dir.display(),
+                next::command(j, &format!("approve {run} db_updater")),
             );
             #[cfg(unix)]
             {
@@ -98,21 +101,31 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
         boot: site.boot.clone(),
     };
     let ws = Workspace::new(&site.journal);
-    let (run, exit) = demo::play(&site, plan, &session, &mut |note| match note {
-        Note::RunStarted(run) => println!("{run}"),
-        Note::Reboot { boot_dir } => eprintln!(
-            "\ndemo: an installer asked for a reboot (msiexec 3010). upshift registered itself to resume\n  the run at boot ({}). A stand-in reboot happens now; the run resumes as the boot task would.\n",
-            boot_dir.display()
-        ),
-        Note::Approving { run, step } => eprintln!(
-            "\ndemo: step {step} waits for an operator; the demo approves it as one would:\n  {}\n",
-            next::command(
-                &site.journal,
-                &format!("approve {run} {step} --reason \"...\"")
-            )
-        ),
-        Note::Approved { run } => super::decisions::say_journaled(run, &ws),
-    })?;
+    let (run, exit) = demo::play(
+        &site,
+        plan,
+        &session,
+        args.stop_at.as_deref(),
+        &mut |note| match note {
+            Note::RunStarted(run) => println!("{run}"),
+            Note::Reboot { boot_dir } => eprintln!(
+                "\ndemo: an installer asked for a reboot (msiexec 3010). upshift registered itself to resume\n  the run at boot ({}). A stand-in reboot happens now; the run resumes as the boot task would.\n",
+                boot_dir.display()
+            ),
+            Note::Approving { run, step } => eprintln!(
+                "\ndemo: step {step} waits for an operator; the demo approves it as one would:\n  {}\n",
+                next::command(
+                    &site.journal,
+                    &format!("approve {run} {step} --reason \"...\"")
+                )
+            ),
+            Note::Updater { script } => eprintln!(
+                "\ndemo: the database phase waits for the Luware Database Updater. The demo plays the admin:\n  it runs the Updater's STAND-IN ({}: upshift's db.update against the SQL Server stand-in),\n  then approves the step; db_version_after reads the new version back.\n",
+                script.display()
+            ),
+            Note::Approved { run } => super::decisions::say_journaled(run, &ws),
+        },
+    )?;
     if let Some(n) = args.crash_at {
         // Still here: the crash never came.
         let events = ws
@@ -136,7 +149,7 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
     };
     let j = site.journal.display();
     eprintln!(
-        "\ndemo: run {run} {}.\n  journal: {j}\n  site:    {}\nLook at it:\n  upshift status {run} --journal {j}\n  upshift log {run} --journal {j}\n  upshift report {run} --journal {j} -o report.html\n  upshift run {} --site {} --dry-run   (every command line, no action)",
+        "\ndemo: run {run} {}.\n  journal: {j}\n  site:    {}\nLook at it:\n  upshift status {run} --journal {j}\n  upshift log {run} --journal {j}\n  upshift report {run} --journal {j} -o report.html\n  upshift run {} --site {} --dry-run   (every command line, no action)\nUndo it (the previous packages come back, the database is restored):\n  upshift rollback {run} --journal {j}\nThe stand-ins keep running for that; they stop after 30 idle minutes, or now with:\n  touch {}/standins.stop",
         match &exit {
             Exit::Finished(o) => crate::report::outcome_word(*o).to_string(),
             Exit::Paused(_) => "paused".into(),
@@ -144,7 +157,8 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
         },
         site.dir.display(),
         site.plan_path.display(),
-        site.site.display()
+        site.site.display(),
+        site.dir.display()
     );
     Ok(code)
 }

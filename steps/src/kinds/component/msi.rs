@@ -259,6 +259,11 @@ struct Params {
     previous_package: Option<PathBuf>,
     program: Option<String>,
     standin_state: Option<PathBuf>,
+    /// The names the package really uses for `properties`' keys (`KEY =
+    /// "REALNAME"`; `""` leaves the property out): property names are
+    /// often an assumption, kept in one table a site can correct.
+    #[serde(default)]
+    property_names: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +322,17 @@ fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
     }
     let mut properties: Vec<(String, String)> = Vec::new();
     for (k, v) in p.properties {
+        let k = match p.property_names.get(&k) {
+            Some(real) if real.trim().is_empty() => continue,
+            Some(real) => real.trim().to_string(),
+            None => k,
+        };
+        if properties.iter().any(|(x, _)| *x == k) {
+            return Err(ParamError::field(
+                "property_names",
+                format!("two properties end up named `{k}`"),
+            ));
+        }
         if !valid_property(&k) {
             return Err(ParamError::field(
                 "properties",
@@ -583,6 +599,23 @@ impl Step for Msi {
                 }
             ));
         }
+        match (
+            self.mode,
+            &self.product_code,
+            &self.package,
+            &self.previous_package,
+        ) {
+            (Mode::Uninstall, _, Some(p), _) => {
+                lines.push(format!("  on rollback: reinstall {}", p.display()))
+            }
+            (Mode::Install, Some(code), _, prev) => lines.push(format!(
+                "  on rollback: msiexec /x {code}{}",
+                prev.as_ref()
+                    .map(|p| format!(", then reinstall {}", p.display()))
+                    .unwrap_or_default()
+            )),
+            _ => {}
+        }
         lines
     }
 
@@ -619,8 +652,26 @@ impl Step for Msi {
         outputs.insert("exit_code".into(), code.to_string());
         outputs.insert("log".into(), log.display().to_string());
         outputs.insert("reboot_required".into(), reboot.to_string());
-        if let Ok(Some(Some(v))) = self.installed_version(ctx).await {
-            outputs.insert("installed_version".into(), v);
+        match self.installed_version(ctx).await {
+            Ok(Some(Some(v))) => {
+                // Read back: the product really is at the wanted version.
+                if self.mode == Mode::Install
+                    && let (Some(want), Some(code)) = (&self.version, &self.product_code)
+                    && v.trim() != want.trim()
+                {
+                    return Err(StepError::fatal(format!(
+                        "after the install, {code} reports version {v}, not {want}: the package is not the one the plan expects (check `package` and `version`)"
+                    )));
+                }
+                outputs.insert("installed_version".into(), v);
+            }
+            Ok(Some(None)) if self.mode == Mode::Install && self.version.is_some() => {
+                return Err(StepError::fatal(format!(
+                    "after the install, {} is not registered as installed: the package's ProductCode differs from the plan's `product_code`",
+                    self.product_code.as_deref().unwrap_or_default()
+                )));
+            }
+            _ => {}
         }
         Ok(StepOutcome {
             outputs,
