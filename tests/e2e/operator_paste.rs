@@ -817,3 +817,42 @@ fn long_values_are_whole_and_the_graph_of_53_steps_fits_the_page() {
         "a long step name is shown whole"
     );
 }
+
+/// The dry run of the TM plan with the example site: the backup file
+/// shows `<run id>` as such, and a Windows path put together from a
+/// reference keeps one separator.
+#[test]
+fn the_dry_run_shows_backup_names_and_windows_paths_as_they_will_be() {
+    let sb = Sandbox::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let r = sb.run(&[
+        "run",
+        root.join("plans/teammanager.toml").to_str().unwrap(),
+        "--site",
+        root.join("plans/sites/example.toml").to_str().unwrap(),
+        "--dry-run",
+    ]);
+    r.expect(0);
+    assert!(r.stdout.contains("_<run id>.bak"), "{}", r.stdout);
+    assert!(!r.stdout.contains("_run id_"), "{}", r.stdout);
+    // Each drive path (`X:\...`) up to a quote, the line's end or a ` /switch`.
+    for line in r.stdout.lines() {
+        let b = line.as_bytes();
+        for i in 1..b.len().saturating_sub(1) {
+            if b[i] == b':' && b[i + 1] == b'\\' && b[i - 1].is_ascii_alphabetic() {
+                let rest = &line[i - 1..];
+                let end = rest
+                    .find(['"', '\''])
+                    .into_iter()
+                    .chain(rest.find(" /"))
+                    .min()
+                    .unwrap_or(rest.len());
+                let path = &rest[..end];
+                assert!(
+                    !path.contains('/'),
+                    "a Windows path mixes separators: {path}\n  in: {line}"
+                );
+            }
+        }
+    }
+}
