@@ -48,6 +48,7 @@ pub mod reboot;
 pub mod refs;
 pub mod report;
 pub mod rules;
+pub mod sitekeys;
 pub mod state;
 pub mod support;
 pub mod ui;

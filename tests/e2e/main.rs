@@ -16,5 +16,6 @@ mod processes;
 mod read_only;
 mod reboot_drift;
 mod secrets;
+mod sites;
 mod support_tools;
 mod teammanager;

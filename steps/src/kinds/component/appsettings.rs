@@ -28,6 +28,7 @@ pub const KIND: KindFn = KindFn {
     name: "config.appsettings",
     summary: "set/remove <appSettings> keys of a .NET config file, byte-exact elsewhere",
     build,
+    local_paths: &[],
 };
 
 /// A setting's value: text, or a boolean/number written as text.

@@ -38,6 +38,7 @@ pub const KIND: KindFn = KindFn {
     name: "cert.check",
     summary: "normalise a certificate thumbprint (strip invisible marks) and check it in LocalMachine\\My on Windows",
     build,
+    local_paths: &[],
 };
 
 /// The name of an invisible or space character stripped from thumbprints;

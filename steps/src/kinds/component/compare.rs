@@ -40,6 +40,7 @@ pub const KIND: KindFn = KindFn {
     name: "config.compare",
     summary: "compare a new AppSettings.config with its backup: report, fail, or carry over lost keys",
     build,
+    local_paths: &[],
 };
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]

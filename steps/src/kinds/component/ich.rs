@@ -75,6 +75,7 @@ pub const KIND: KindFn = KindFn {
     name: "ich.cleanup_conferences",
     summary: "turn ICH CleanupConferences on, follow ConferenceTerminationLog.txt until done, turn it off",
     build,
+    local_paths: &[],
 };
 
 /// Default ICH config path (the manual's default install folder).

@@ -48,6 +48,10 @@ pub const INSTALL: KindFn = KindFn {
     name: "msi.install",
     summary: "install an MSI with msiexec /qn /norestart /l*v; 3010/1641 = reboot required",
     build: build_install,
+    local_paths: &[
+        crate::LocalPath::input("package", false),
+        crate::LocalPath::any("previous_package", false),
+    ],
 };
 
 /// The `msi.uninstall` kind.
@@ -55,6 +59,7 @@ pub const UNINSTALL: KindFn = KindFn {
     name: "msi.uninstall",
     summary: "uninstall an MSI (package or ProductCode); 1605 = already absent",
     build: build_uninstall,
+    local_paths: &[crate::LocalPath::any("package", false)],
 };
 
 /// Default `INSTALLFOLDER` (the manual's default install folder).

@@ -35,6 +35,7 @@ pub const KIND: KindFn = KindFn {
     name: "service",
     summary: "stop/start/restart a Windows service (systemd unit elsewhere) and wait for the state",
     build,
+    local_paths: &[],
 };
 
 /// What to do.

@@ -23,6 +23,7 @@ pub const KIND: KindFn = KindFn {
     name: "sql.agent_jobs.remove",
     summary: "delete SQL Agent jobs whose steps call a procedure (default [mgt].[usp_CleanupReporting_DboSchema]): connection, procedure",
     build,
+    local_paths: &[],
 };
 
 const DEFAULT_PROCEDURE: &str = "[mgt].[usp_CleanupReporting_DboSchema]";

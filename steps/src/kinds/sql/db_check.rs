@@ -30,6 +30,7 @@ pub const KIND: KindFn = KindFn {
     name: "db.check",
     summary: "read the TM database version and check the target is reachable: connection, target_version, versions, oldest_supported, incremental_from",
     build,
+    local_paths: &[],
 };
 
 /// The default query for the TM database version: one row, one column.

@@ -56,6 +56,7 @@ pub const KIND: KindFn = KindFn {
     name: "db.update",
     summary: "apply <from>_to_<to>.sql update scripts up to target_version with a history table: connection, scripts_dir, target_version",
     build,
+    local_paths: &[crate::LocalPath::input("scripts_dir", true)],
 };
 
 const DEFAULT_LIMIT: Duration = Duration::from_secs(4 * 60 * 60);

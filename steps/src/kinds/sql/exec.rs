@@ -24,6 +24,7 @@ pub const KIND: KindFn = KindFn {
     name: "sql.exec",
     summary: "run one T-SQL statement with typed parameters: connection, sql, params, first_row, command_timeout",
     build,
+    local_paths: &[],
 };
 
 const DEFAULT_LIMIT: Duration = Duration::from_secs(30 * 60);

@@ -30,6 +30,7 @@ pub const KIND: KindFn = KindFn {
     name: "sql.restore",
     summary: "restore a database from a backup file (single user, replace, back to multi user): connection, database, path",
     build,
+    local_paths: &[],
 };
 
 pub(crate) const DEFAULT_LIMIT: Duration = Duration::from_secs(12 * 60 * 60);

@@ -22,6 +22,7 @@ pub const KIND: KindFn = KindFn {
     name: "sql.script",
     summary: "run a .sql file batch by batch (sqlcmd GO rules), resumable: connection, file, command_timeout",
     build,
+    local_paths: &[crate::LocalPath::input("file", false)],
 };
 
 const DEFAULT_LIMIT: Duration = Duration::from_secs(60 * 60);
