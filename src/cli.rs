@@ -370,6 +370,14 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// (internal) The host side of remote steps (`serve`, `run`), started
+    /// by a coordinator over ssh.
+    #[command(name = "__remote", hide = true)]
+    Remote {
+        /// `serve --work-dir DIR` or `run --ticket-dir DIR`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// A decision about one step.
@@ -431,6 +439,7 @@ impl From<GraphFormat> for commands::plan::GraphFormat {
 pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Guard { args } => Ok(upshift_steps::child::guard_main(args).clamp(0, 255) as u8),
+        Command::Remote { args } => Ok(upshift_remote::main(args).clamp(0, 255) as u8),
         Command::Check { plan, vars, site } => commands::plan::check(&plan, &vars, site.as_deref()),
         Command::Graph { plan, format, site } => {
             commands::plan::graph(&plan, format.into(), site.as_deref())

@@ -46,6 +46,7 @@ pub mod logging;
 pub mod plan;
 pub mod reboot;
 pub mod refs;
+pub mod remote;
 pub mod report;
 pub mod rules;
 pub mod sitekeys;

@@ -15,6 +15,7 @@ mod owners;
 mod processes;
 mod read_only;
 mod reboot_drift;
+mod remote_hosts;
 mod secrets;
 mod sites;
 mod support_tools;
