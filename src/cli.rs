@@ -277,11 +277,7 @@ pub enum Command {
     /// Run a failed or paused step again (or retry a failed compensation).
     Retry(DecisionArgs),
     /// Mark a step done without running it. A reason is required.
-    Skip {
-        /// Journal location.
-        #[command(flatten)]
-        d: DecisionArgs,
-    },
+    Skip(SkipArgs),
     /// Let a step that waits for an operator go on (manual steps, resume = "ask").
     Approve(DecisionArgs),
     /// End a run now: nothing more runs, nothing is compensated.
@@ -459,6 +455,21 @@ pub struct DecisionArgs {
     pub journal: JournalArg,
 }
 
+/// `skip`: like [`DecisionArgs`], with a reason that must be given.
+#[derive(Args, Debug)]
+pub struct SkipArgs {
+    /// The run.
+    pub run: String,
+    /// The step.
+    pub step: String,
+    /// Why the step is not run (required; journaled with your user name).
+    #[arg(long)]
+    pub reason: String,
+    /// Journal location.
+    #[command(flatten)]
+    pub journal: JournalArg,
+}
+
 /// A decision about a whole run.
 #[derive(Args, Debug)]
 pub struct RunDecisionArgs {
@@ -577,7 +588,13 @@ pub fn run(cli: Cli) -> Result<u8> {
         #[cfg(feature = "demo")]
         Command::DemoStandins { dir } => commands::demo::standins(&dir),
         Command::Retry(d) => step_decision(d, StepDecision::Retry),
-        Command::Skip { d } => step_decision(d, StepDecision::Skip),
+        Command::Skip(d) => commands::decisions::step(
+            &d.journal.workspace(),
+            &d.run,
+            &d.step,
+            StepDecision::Skip,
+            d.reason,
+        ),
         Command::Approve(d) => step_decision(d, StepDecision::Approve),
         Command::Abort(d) => run_decision(d, Decision::Abort),
         Command::Rollback(d) => run_decision(d, Decision::Rollback),

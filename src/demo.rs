@@ -7,8 +7,10 @@
 //! scripts (`steps/tests/standins/`), SQL Server is the TDS stand-in of the
 //! steps crate, IIS is a tiny HTTP server. The stand-ins for SQL Server and
 //! IIS run in a background process (`upshift __demo-standins DIR`) so that a
-//! crashed demo can be resumed with the plain `upshift resume`; it stops by
-//! itself after 30 idle minutes, or when `DIR/standins.stop` exists.
+//! crashed demo can be resumed with the plain `upshift resume`; it stops
+//! when the run succeeds (the demo, or a resume of the demo run, writes
+//! `DIR/standins.stop`), when that file is written by hand, when the folder
+//! is removed, or after 30 idle minutes.
 //!
 //! This module builds the site and plays the operator through the
 //! application layer; it tells what happens through [`Note`]s and prints
@@ -749,7 +751,10 @@ fn run_updater_standin(dir: &Path) -> Result<()> {
 
 /// Lays out the simulated site in `dir` and starts its stand-ins.
 pub fn build(dir: &Path) -> Result<DemoSite> {
-    let vars = build_site(dir)?;
+    let mut vars = build_site(dir)?;
+    // The run carries that it is a demo: every session of it (also a plain
+    // `upshift resume`) keeps its effects in this folder.
+    vars.insert(crate::app::run::DEMO_VAR.into(), dir.display().to_string());
     let standins = start_standins(dir)?;
     let site = dir.join("plan/sites/demo.toml");
     write(
@@ -775,10 +780,7 @@ pub fn build(dir: &Path) -> Result<DemoSite> {
         site,
         plan_path: dir.join("plan/teammanager.toml"),
         standins,
-        boot: crate::reboot::BootOverrides {
-            systemctl: Some(dir.join("bin/systemctl-boot").display().to_string()),
-            unit_dir: Some(dir.join("systemd")),
-        },
+        boot: crate::app::run::demo_boot(dir),
         vars,
     })
 }

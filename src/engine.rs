@@ -1392,19 +1392,17 @@ impl Engine {
                 }),
             }
         }
-        let then = if registered.is_ok() {
-            format!(
-                "upshift resumes run {run} at boot (or run `upshift resume {run}` after the reboot)"
-            )
-        } else {
-            format!("after the reboot, run `upshift resume {run}`")
+        let reason = match &registered {
+            Ok(_) => format!(
+                "step {step} requires a reboot: reboot the machine; upshift resumes run {run} at boot (or run `upshift resume {run}` after the reboot)"
+            ),
+            // Said where the operator looks, not only in the log: nothing
+            // will resume the run by itself after this reboot.
+            Err(e) => format!(
+                "step {step} requires a reboot, and upshift could NOT register itself to resume the run at boot: {e}\n  reboot the machine, then run `upshift resume {run}` yourself (or fix the cause and resume now to try the registration again)"
+            ),
         };
-        (
-            notes,
-            Err(format!(
-                "step {step} requires a reboot: reboot the machine; {then}"
-            )),
-        )
+        (notes, Err(reason))
     }
 
     /// Probes every step the journal records as succeeded: does the machine

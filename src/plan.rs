@@ -151,6 +151,10 @@ pub enum SecretRef {
 /// Secret values shorter than this are neither redacted nor looked for in
 /// exports: they would match ordinary text and carry no secret.
 pub const SECRET_LEN_MIN: usize = 3;
+/// `--var` keys with this prefix are journaled with the run for upshift
+/// itself (`upshift:demo`: the run is a demo, confined to that folder);
+/// they are not plan variables.
+pub const RESERVED_VAR_PREFIX: &str = "upshift:";
 
 impl SecretRef {
     /// Where the value is read, in words: `env VAR`, `file PATH`.
@@ -612,6 +616,9 @@ pub fn parse(
         // pins where its secrets come from, never their values).
         if let Some(name) = k.strip_prefix("secret:") {
             secret_sources.insert(name.to_string(), v.clone());
+        } else if k.starts_with(RESERVED_VAR_PREFIX) {
+            // Journaled with the run for upshift itself (e.g. the demo
+            // folder), not a plan variable.
         } else {
             vars.insert(k.clone(), toml::Value::String(v.clone()));
         }

@@ -273,7 +273,21 @@ pub fn substitute_str(s: &str, r: &dyn Resolver) -> Result<toml::Value, BadRef> 
     if !out.contains("${item") {
         out = out.replace("$${", "${");
     }
-    Ok(toml::Value::String(out))
+    Ok(toml::Value::String(one_separator(out)))
+}
+
+/// A Windows path put together from a reference and text
+/// (`${vars.packages}/TM-FE.msi` with `packages = 'C:\Install'`) written
+/// with one separator: `C:\Install\TM-FE.msi`. Only a string that is a
+/// whole drive path (`X:\...`, no URL `//`, no ` /switch`) is touched.
+fn one_separator(s: String) -> String {
+    let b = s.as_bytes();
+    let drive = b.len() > 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'\\';
+    if drive && s.contains('/') && !s.contains("//") && !s.contains(" /") {
+        s.replace('/', "\\")
+    } else {
+        s
+    }
 }
 
 /// Whether `v` is exactly one optional reference (`${site.x?}`) that
@@ -344,6 +358,21 @@ mod tests {
         assert!(refs_in("${nope}").is_err());
         assert!(refs_in("${vars.a").is_err());
         assert!(refs_in("$${vars.a}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_windows_path_put_together_keeps_one_separator() {
+        let mut vars = BTreeMap::new();
+        vars.insert("dir".into(), toml::Value::String(r"C:\Install\TM 8".into()));
+        vars.insert("unix".into(), toml::Value::String("/srv/tm".into()));
+        let r = resolver(&vars);
+        let text = |s: &str| substitute_str(s, &r).unwrap().as_str().unwrap().to_string();
+        assert_eq!(
+            text("${vars.dir}/TM-FE/a.config"),
+            r"C:\Install\TM 8\TM-FE\a.config"
+        );
+        assert_eq!(text("${vars.unix}/a"), "/srv/tm/a");
+        assert_eq!(text("${vars.dir} /qn"), r"C:\Install\TM 8 /qn");
     }
 
     #[test]

@@ -9,13 +9,10 @@ use upshift_journal::{Envelope, Event, Outcome};
 use crate::plan::{OnFailure, Plan};
 use crate::state::{CompStatus, RunState, RunStatus, StepStatus};
 
-fn short(s: &str, n: usize) -> String {
-    let one = s.trim().replace('\n', " ⏎ ");
-    if one.chars().count() <= n {
-        one
-    } else {
-        format!("{}…", one.chars().take(n).collect::<String>())
-    }
+/// A text on one line, whole: paths, ids and error lines are what support
+/// needs, so nothing is ever cut (line breaks show as ` ⏎ `).
+fn whole(s: &str) -> String {
+    s.trim().replace("\r\n", "\n").replace('\n', " ⏎ ")
 }
 
 /// One event as a line of text (no seq or time).
@@ -43,7 +40,7 @@ pub fn event_line(e: &Event) -> String {
             actor.user, actor.host, actor.pid
         ),
         Event::RunInterrupted { reason } | Event::RunPaused { reason } => {
-            format!("{name} {}", short(reason, 300))
+            format!("{name} {}", whole(reason))
         }
         Event::RunFinished { outcome } => format!("{name} {}", outcome_word(*outcome)),
         Event::StepStarted {
@@ -78,7 +75,7 @@ pub fn event_line(e: &Event) -> String {
             total,
             message,
         } => {
-            format!("{name} {step} {done}/{total} {}", short(message, 80))
+            format!("{name} {step} {done}/{total} {}", whole(message))
         }
         Event::StepSucceeded {
             step,
@@ -95,7 +92,7 @@ pub fn event_line(e: &Event) -> String {
                     " outputs: {}",
                     outputs
                         .iter()
-                        .map(|(k, v)| format!("{k}={}", short(v, 60)))
+                        .map(|(k, v)| format!("{k}={}", whole(v)))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
@@ -115,7 +112,7 @@ pub fn event_line(e: &Event) -> String {
         } => format!(
             "{name} {step} attempt {attempt}{}: {}",
             if *transient { " (transient)" } else { "" },
-            short(error, 300)
+            whole(error)
         ),
         Event::StepRetryScheduled {
             step,
@@ -124,8 +121,8 @@ pub fn event_line(e: &Event) -> String {
         } => {
             format!("{name} {step} attempt {next_attempt} after {delay_ms} ms")
         }
-        Event::StepWaiting { step, reason } => format!("{name} {step}: {}", short(reason, 300)),
-        Event::StepSkipped { step, reason } => format!("{name} {step}: {}", short(reason, 300)),
+        Event::StepWaiting { step, reason } => format!("{name} {step}: {}", whole(reason)),
+        Event::StepSkipped { step, reason } => format!("{name} {step}: {}", whole(reason)),
         Event::OperatorDecision {
             decision,
             actor,
@@ -138,17 +135,17 @@ pub fn event_line(e: &Event) -> String {
             if reason.is_empty() {
                 String::new()
             } else {
-                format!(": {}", short(reason, 200))
+                format!(": {}", whole(reason))
             }
         ),
-        Event::RollbackStarted { reason } => format!("{name} {}", short(reason, 300)),
+        Event::RollbackStarted { reason } => format!("{name} {}", whole(reason)),
         Event::CompensationStarted { step } => format!("{name} {step}"),
         Event::CompensationSucceeded { step, .. } => format!("{name} {step}"),
         Event::CompensationFailed { step, error, .. } => {
-            format!("{name} {step}: {}", short(error, 300))
+            format!("{name} {step}: {}", whole(error))
         }
         Event::RebootRequested { step, action } => format!("{name} {step}: {action}"),
-        Event::Note { text } => format!("{name} {}", short(text, 300)),
+        Event::Note { text } => format!("{name} {}", whole(text)),
         Event::SitePinned { path, hash, .. } => {
             format!("{name} {path} ({})", &hash[..hash.len().min(12)])
         }
@@ -165,7 +162,7 @@ pub fn event_line(e: &Event) -> String {
             } else {
                 "NOT delivered"
             },
-            short(detail, 300)
+            whole(detail)
         ),
         Event::StepDispatched {
             step,
@@ -218,6 +215,7 @@ pub fn status_word(s: RunStatus) -> &'static str {
         RunStatus::Paused => "paused",
         RunStatus::Interrupted => "interrupted",
         RunStatus::Failed => "failed",
+        RunStatus::Aborted => "aborted",
         RunStatus::Succeeded => "succeeded",
         RunStatus::RolledBack => "rolled_back",
     }
@@ -385,7 +383,7 @@ pub fn status_text(doc: &StatusJson) -> String {
         if let Some(e) = &s.error
             && s.state != "succeeded"
         {
-            line.push_str(&format!(" — {}", short(e, 120)));
+            line.push_str(&format!(" — {}", whole(e)));
         }
         out.push_str(line.trim_end());
         out.push('\n');
@@ -429,7 +427,15 @@ mod tests {
         }
         {
             use RunStatus::*;
-            for s in [Running, Paused, Interrupted, Failed, Succeeded, RolledBack] {
+            for s in [
+                Running,
+                Paused,
+                Interrupted,
+                Failed,
+                Aborted,
+                Succeeded,
+                RolledBack,
+            ] {
                 assert_eq!(status_word(s), json(&s));
             }
         }

@@ -35,6 +35,29 @@ pub use private::{
 #[cfg(unix)]
 pub use private::{effective_uid, file_uid};
 
+/// Bytes free for an unprivileged writer on the file system holding
+/// `path` (a file or folder that exists; else its nearest existing parent):
+/// what a "disk full" message tells the operator.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let mut p = path;
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+            _ => break,
+        }
+    }
+    #[cfg(unix)]
+    {
+        let st = nix::sys::statvfs::statvfs(p).map_err(io::Error::from)?;
+        #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+    #[cfg(windows)]
+    {
+        windows::free_bytes(p)
+    }
+}
+
 /// Replaces `path` with `bytes` atomically and durably. A file that exists
 /// keeps its permissions; a new one gets the process's defaults (umask,
 /// inherited ACL). Returns only once the new bytes and the rename are on

@@ -7,8 +7,28 @@ use std::os::windows::ffi::OsStrExt;
 use std::path::Path;
 
 use windows_sys::Win32::Storage::FileSystem::{
-    MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH, MoveFileExW,
+    GetDiskFreeSpaceExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH, MoveFileExW,
 };
+
+/// Bytes free for this user on the volume holding `dir`.
+pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let d = wide(dir);
+    let mut free: u64 = 0;
+    // SAFETY: `d` is a valid NUL-terminated wide string that outlives the
+    // call; `free` is a valid u64 to write; the other outputs may be null.
+    let ok = unsafe {
+        GetDiskFreeSpaceExW(
+            d.as_ptr(),
+            &mut free,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(free)
+}
 
 /// A path as a NUL-terminated UTF-16 string.
 pub(crate) fn wide(p: &Path) -> Vec<u16> {

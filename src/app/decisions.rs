@@ -67,6 +67,10 @@ pub fn record(
     check: impl FnOnce(&RunState, RunId) -> Result<Decision>,
     reason: String,
 ) -> Result<(RunId, Recorded)> {
+    if !ws.has_journal() {
+        // Nothing to decide about, and nothing to create.
+        ws.open_existing()?;
+    }
     match Journal::open(ws.dir()) {
         Ok(mut j) => {
             let run = pick_run(&j, Some(run_arg), false)?;

@@ -9,6 +9,8 @@
 //! - [`decisions`] and [`inbox`]: operator decisions, journaled directly or
 //!   queued for a live engine; the inbox's writer and reader side by side.
 //! - [`identity`]: the OS user and host journaled with every decision.
+//! - [`next`]: the commands that continue a run, ready to paste (with
+//!   `--journal DIR` unless the journal is the default one).
 //! - [`notify`]: the plan's `[notify]` — a webhook (Teams) or command told
 //!   when the run waits for an operator, fails, needs a reboot or ends.
 //!
@@ -28,6 +30,7 @@
 pub mod decisions;
 pub mod identity;
 pub mod inbox;
+pub mod next;
 pub mod notify;
 pub mod run;
 pub mod workspace;

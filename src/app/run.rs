@@ -38,6 +38,37 @@ impl Default for Session {
     }
 }
 
+/// The `--var` key that marks a run as a demo: its value is the demo
+/// folder. Journaled with the run (`run.started`), so that every session of
+/// the run — the plain `upshift resume` of a crashed demo, the boot task —
+/// keeps the run's effects inside that folder, whatever process runs it.
+pub const DEMO_VAR: &str = "upshift:demo";
+
+/// Where the resume-at-boot task of a demo in `dir` goes: the demo's
+/// stand-in systemctl and a `systemd/` folder inside it.
+pub fn demo_boot(dir: &std::path::Path) -> crate::reboot::BootOverrides {
+    crate::reboot::BootOverrides {
+        systemctl: Some(dir.join("bin/systemctl-boot").display().to_string()),
+        unit_dir: Some(dir.join("systemd")),
+    }
+}
+
+/// The demo folder a run carries, if it is a demo.
+pub fn demo_dir_of(vars: &BTreeMap<String, String>) -> Option<PathBuf> {
+    vars.get(DEMO_VAR)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The session's boot overrides for a run with these `--var` values: a
+/// demo run's always stay in its folder.
+fn boot_for(vars: &BTreeMap<String, String>, session: &Session) -> crate::reboot::BootOverrides {
+    match demo_dir_of(vars) {
+        Some(dir) => demo_boot(&dir),
+        None => session.boot.clone(),
+    }
+}
+
 /// The engine's settings for a session on this journal.
 pub fn config(ws: &Workspace, session: &Session) -> Config {
     Config {
@@ -66,11 +97,14 @@ pub fn start(
     let j = ws.open()?;
     let run = RunId::new();
     let mut cfg = config(ws, session);
+    cfg.boot = boot_for(&vars, session);
     let notify = notifier(&p, &secrets, run, ws, &mut cfg)?;
     started(run);
     let _log = crate::logging::run_log(ws.dir(), run);
     let mut eng = Engine::new(p, cfg, j, run, &[], secrets);
-    let exit = notified(&mut eng, notify, |eng| block_on(eng.start(vars)));
+    let exit = notified(&mut eng, notify, |eng| {
+        block_on(eng.start(vars)).map_err(|e| resumable(e, ws, run))
+    });
     Ok((run, exit?))
 }
 
@@ -103,7 +137,7 @@ pub fn resume(
     ignore_drift: bool,
     session: &Session,
 ) -> Result<(RunId, Resumed)> {
-    let j = ws.open()?;
+    let j = ws.open_existing()?;
     let run = pick_run(&j, run, true)?;
     let state = fold_run(&j, run)?;
     if let Some(o) = state.outcome {
@@ -112,8 +146,10 @@ pub fn resume(
     let (plan, mut extra) = plan_for_resume(&state, accept_plan_change)?;
     let secrets = engine::resolve_secrets(&plan).map_err(Error::usage)?;
     let _log = crate::logging::run_log(ws.dir(), run);
+    let boot = boot_for(&state.cli_vars, session);
+    let demo = demo_dir_of(&state.cli_vars);
     // Back from a reboot this run asked for: the boot task is done.
-    match crate::reboot::unregister(run, &session.boot) {
+    match crate::reboot::unregister(run, &boot) {
         Ok(Some(what)) => extra.push(Event::Note {
             text: format!("resumed after the reboot: {what}"),
         }),
@@ -123,6 +159,7 @@ pub fn resume(
         }),
     }
     let mut cfg = config(ws, session);
+    cfg.boot = boot;
     let notify = notifier(&plan, &secrets, run, ws, &mut cfg)?;
     let mut eng = Engine::with_state(plan, cfg, j, run, state, secrets);
     let exit = notified(&mut eng, notify, |eng| {
@@ -150,7 +187,12 @@ pub fn resume(
             }
             eng.resume(extra).await
         })
+        .map_err(|e| resumable(e, ws, run))
     })?;
+    if let (Some(dir), Exit::Finished(Outcome::Succeeded)) = (&demo, &exit) {
+        // The demo's stand-ins (SQL Server, IIS) are done too.
+        let _ = std::fs::write(dir.join("standins.stop"), "");
+    }
     Ok((run, Resumed::Ran(exit)))
 }
 
@@ -169,9 +211,12 @@ pub fn rollback(
     let secrets = engine::resolve_secrets(&plan).map_err(Error::usage)?;
     let _log = crate::logging::run_log(ws.dir(), run);
     let mut cfg = config(ws, session);
+    cfg.boot = boot_for(&state.cli_vars, session);
     let notify = notifier(&plan, &secrets, run, ws, &mut cfg)?;
     let mut eng = Engine::new(plan, cfg, journal, run, history, secrets);
-    notified(&mut eng, notify, |eng| block_on(eng.rollback(Vec::new())))
+    notified(&mut eng, notify, |eng| {
+        block_on(eng.rollback(Vec::new())).map_err(|e| resumable(e, ws, run))
+    })
 }
 
 /// The plan's `[notify]` for this session, if it has one: its observer
@@ -222,7 +267,7 @@ pub fn drift(
     run: Option<&str>,
     session: &Session,
 ) -> Result<(RunId, Vec<(String, String)>)> {
-    let j = ws.open()?;
+    let j = ws.open_existing()?;
     let run = pick_run(&j, run, false)?;
     let state = fold_run(&j, run)?;
     let plan = pinned_plan(&state)
@@ -270,10 +315,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn block_on<F: std::future::Future<Output = Result<Exit, engine::EngineError>>>(
     f: F,
 ) -> Result<Exit> {
-    runtime()?.block_on(f).map_err(|e| {
-        Error::failed(format!("engine stopped: {e}"))
-            .with_hint("the run is resumable once the cause is fixed: upshift resume")
-    })
+    runtime()?
+        .block_on(f)
+        .map_err(|e| Error::failed(format!("engine stopped: {e}")))
+}
+
+/// An engine that stopped on an error leaves the run resumable: the hint
+/// gives the command, ready to paste.
+fn resumable(e: Error, ws: &Workspace, run: RunId) -> Error {
+    e.with_hint(format!(
+        "the run is resumable once the cause is fixed: {}",
+        super::next::command(ws.dir(), &format!("resume {run}"))
+    ))
 }
 
 /// The plan to resume with: the pinned one, or (with `accept`) the edited

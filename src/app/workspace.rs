@@ -40,10 +40,35 @@ impl Workspace {
         Ok(Journal::open(&self.dir)?)
     }
 
+    /// Opens an existing journal as its writer; a folder without a journal
+    /// is an error that names it (nothing is created: a mistyped run id or
+    /// a missing `--journal` must not leave an empty journal behind).
+    pub fn open_existing(&self) -> Result<Journal> {
+        if !self.has_journal() {
+            return Err(self.no_journal());
+        }
+        self.open()
+    }
+
+    /// Whether the folder holds a journal (of either backend).
+    pub fn has_journal(&self) -> bool {
+        self.dir.join("journal.redb").exists() || self.dir.join("journal.sled").exists()
+    }
+
+    fn no_journal(&self) -> Error {
+        Error::usage(format!(
+            "there is no journal in {}: give --journal DIR (the folder a run was started with) or set UPSHIFT_JOURNAL",
+            self.dir.display()
+        ))
+    }
+
     /// Opens the journal for reading beside a live engine; with sled,
     /// which locks its directory, explains why that cannot work while a
     /// run is live.
     pub fn open_reader(&self) -> Result<Journal> {
+        if !self.has_journal() {
+            return Err(self.no_journal());
+        }
         match Journal::open_read_only(&self.dir) {
             Ok(j) => Ok(j),
             Err(e) => {
@@ -115,6 +140,14 @@ pub fn live_pid(dir: &Path) -> Option<Option<u32>> {
 /// run, or with `unfinished` the only run that has not ended.
 pub fn pick_run(j: &Journal, given: Option<&str>, unfinished: bool) -> Result<RunId> {
     let runs = j.runs()?;
+    let here = j
+        .dir()
+        .map(|d| format!("the journal {}", d.display()))
+        .unwrap_or_else(|| "this journal".into());
+    let list = j
+        .dir()
+        .map(|d| super::next::command(d, "runs"))
+        .unwrap_or_else(|| "upshift runs".into());
     if let Some(g) = given {
         // Accept a full id or a unique prefix.
         let matches: Vec<RunId> = runs
@@ -125,7 +158,7 @@ pub fn pick_run(j: &Journal, given: Option<&str>, unfinished: bool) -> Result<Ru
         return match matches.as_slice() {
             [one] => Ok(*one),
             [] => Err(Error::usage(format!(
-                "no run {g} in this journal (`upshift runs` lists them)"
+                "no run {g} in {here} (`{list}` lists them; give --journal DIR for another journal)"
             ))),
             _ => Err(Error::usage(format!(
                 "{g} matches {} runs: give more of the id",
@@ -134,9 +167,9 @@ pub fn pick_run(j: &Journal, given: Option<&str>, unfinished: bool) -> Result<Ru
         };
     }
     if runs.is_empty() {
-        return Err(Error::usage(
-            "this journal has no runs yet (start one with `upshift run PLAN`)",
-        ));
+        return Err(Error::usage(format!(
+            "{here} has no runs yet (start one with `upshift run PLAN`, or give --journal DIR for another journal)"
+        )));
     }
     if !unfinished {
         return Ok(*runs.last().expect("non-empty"));
@@ -151,9 +184,9 @@ pub fn pick_run(j: &Journal, given: Option<&str>, unfinished: bool) -> Result<Ru
         .collect();
     match open.as_slice() {
         [one] => Ok(*one),
-        [] => Err(Error::usage(
-            "no unfinished run to resume (`upshift runs` lists them)",
-        )),
+        [] => Err(Error::usage(format!(
+            "no unfinished run to resume in {here} (`{list}` lists them)"
+        ))),
         many => Err(Error::usage(format!(
             "{} unfinished runs; name one: {}",
             many.len(),

@@ -10,7 +10,7 @@ use crate::app::run::{self, Session};
 use crate::error::{Error, Result, code};
 use crate::ui::Ui;
 
-use super::{exit_code, journal_flag, report_exit};
+use super::{exit_code, report_exit};
 
 /// Says that a decision waits for the live engine.
 fn say_queued(run: RunId, holder_pid: Option<u32>) {
@@ -25,8 +25,8 @@ fn say_queued(run: RunId, holder_pid: Option<u32>) {
 /// Says that a decision is journaled and how the run continues.
 pub fn say_journaled(run: RunId, ws: &Workspace) {
     eprintln!(
-        "journaled. Continue the run with: upshift resume {run}{}",
-        journal_flag(ws.dir())
+        "journaled. Continue the run with: {}",
+        crate::app::next::command(ws.dir(), &format!("resume {run}"))
     );
 }
 
@@ -79,7 +79,7 @@ pub fn whole_run(
     }
     let session = Session {
         concurrency,
-        observer: Arc::new(Ui::new(false)),
+        observer: Arc::new(Ui::for_journal(false, ws.dir())),
         ..Session::default()
     };
     let exit = run::rollback(ws, run, done.journal, &done.state, &done.history, &session)?;

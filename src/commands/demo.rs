@@ -8,6 +8,7 @@ use std::sync::Arc;
 use upshift_journal::{Envelope, Outcome};
 
 use crate::app::Workspace;
+use crate::app::next;
 use crate::app::run::Session;
 use crate::demo::{self, Note};
 use crate::engine::{Exit, Observer};
@@ -32,6 +33,7 @@ struct CrashAt {
     inner: Ui,
     n: u64,
     journal: PathBuf,
+    dir: PathBuf,
 }
 
 impl Observer for CrashAt {
@@ -39,12 +41,16 @@ impl Observer for CrashAt {
         self.inner.event(env, state);
         if env.seq + 1 >= self.n {
             self.inner.flush();
+            let j = &self.journal;
+            let run = env.run;
             eprintln!(
-                "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running. Continue with:\n    upshift resume --journal {}\n  (it may pause for the Database Updater — run {}/bin/DataBaseUpdater-standin, then\n  `upshift approve RUN db_updater` —, for changed FE settings — `upshift approve RUN fe_compare@web01` —\n  and for the ICH installer's reboot; run `upshift resume --journal ...` again after each)",
+                "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running (they stop when a resume finishes the run, after 30 idle\n  minutes, or when {} exists). Continue with:\n    {}\n  It may pause for the Database Updater (run {}/bin/DataBaseUpdater-standin, then approve\n  db_updater), for changed FE settings and for the ICH installer's reboot; each pause prints\n  the command that continues it (e.g. {}), then run the resume again.",
                 env.seq + 1,
                 env.event.name(),
-                self.journal.display(),
-                self.journal.parent().unwrap_or(&self.journal).display()
+                self.dir.join("standins.stop").display(),
+                next::command(j, &format!("resume {run}")),
+                self.dir.display(),
+                next::command(j, &format!("approve {run} db_updater")),
             );
             #[cfg(unix)]
             {
@@ -83,11 +89,12 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
     super::preflight::demo_preflight(&plan, &site.dir)?;
     let observer: Arc<dyn Observer> = match args.crash_at {
         Some(n) => Arc::new(CrashAt {
-            inner: Ui::new(args.show_output),
+            inner: Ui::for_journal(args.show_output, &site.journal),
             n,
             journal: site.journal.clone(),
+            dir: site.dir.clone(),
         }),
-        None => Arc::new(Ui::new(args.show_output)),
+        None => Arc::new(Ui::for_journal(args.show_output, &site.journal)),
     };
     let session = Session {
         concurrency: None,
@@ -107,7 +114,11 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
                 boot_dir.display()
             ),
             Note::Approving { run, step } => eprintln!(
-                "\ndemo: step {step} waits for an operator; the demo approves it as one would:\n  upshift approve {run} {step} --reason \"...\"\n"
+                "\ndemo: step {step} waits for an operator; the demo approves it as one would:\n  {}\n",
+                next::command(
+                    &site.journal,
+                    &format!("approve {run} {step} --reason \"...\"")
+                )
             ),
             Note::Updater { script } => eprintln!(
                 "\ndemo: the database phase waits for the Luware Database Updater. The demo plays the admin:\n  it runs the Updater's STAND-IN ({}: upshift's db.update against the SQL Server stand-in),\n  then approves the step; db_version_after reads the new version back.\n",
@@ -116,6 +127,19 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
             Note::Approved { run } => super::decisions::say_journaled(run, &ws),
         },
     )?;
+    if let Some(n) = args.crash_at {
+        // Still here: the crash never came.
+        let events = ws
+            .open_reader()
+            .and_then(|j| crate::app::workspace::fold_run(&j, run))
+            .map(|st| st.events)
+            .unwrap_or(0);
+        eprintln!(
+            "\ndemo: --crash-at {n} did not crash: the run journaled only {events} events (event {n} never came).\n  Give a number from 1 to {}, e.g. --crash-at {}.",
+            events.saturating_sub(1).max(1),
+            (events / 2).max(1)
+        );
+    }
     let code = match &exit {
         Exit::Finished(Outcome::Succeeded) => code::OK,
         Exit::Paused(reason) => {

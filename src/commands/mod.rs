@@ -21,6 +21,7 @@ use std::path::Path;
 
 use upshift_journal::{Outcome, RunId};
 
+use crate::app::next;
 use crate::engine::Exit;
 use crate::error::{Error, Result, code};
 use crate::report;
@@ -44,26 +45,18 @@ pub fn exit_code(exit: &Exit) -> u8 {
     }
 }
 
-/// ` --journal DIR` for the commands we suggest, unless `$UPSHIFT_JOURNAL`
-/// already says where the journal is.
-pub fn journal_flag(dir: &Path) -> String {
-    if std::env::var_os("UPSHIFT_JOURNAL").is_some() {
-        String::new()
-    } else {
-        format!(" --journal {}", dir.display())
-    }
-}
-
 /// Says how an engine session ended, and the command that continues it.
 pub fn report_exit(exit: &Exit, run: RunId, dir: &Path) {
-    let j = journal_flag(dir);
     match exit {
         Exit::Finished(o) => eprintln!("run {run} {}", report::outcome_word(*o)),
-        Exit::Paused(reason) => eprintln!("run {run} paused: {reason}"),
-        Exit::Interrupted => {
-            eprintln!("run {run} interrupted; continue with: upshift resume {run}{j}")
+        Exit::Paused(reason) => {
+            eprintln!("run {run} paused: {}", next::complete(reason, dir))
         }
-        Exit::Rebooting(message) => eprintln!("run {run}: {message}"),
+        Exit::Interrupted => eprintln!(
+            "run {run} interrupted; continue with: {}",
+            next::command(dir, &format!("resume {run}"))
+        ),
+        Exit::Rebooting(message) => eprintln!("run {run}: {}", next::complete(message, dir)),
     }
 }
 

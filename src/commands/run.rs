@@ -31,10 +31,10 @@ pub struct RunArgs<'a> {
 }
 
 /// The terminal session: progress on stderr.
-fn session(concurrency: Option<usize>, show_output: bool) -> Session {
+fn session(ws: &Workspace, concurrency: Option<usize>, show_output: bool) -> Session {
     Session {
         concurrency,
-        observer: Arc::new(Ui::new(show_output)),
+        observer: Arc::new(Ui::for_journal(show_output, ws.dir())),
         ..Session::default()
     }
 }
@@ -52,9 +52,13 @@ pub fn run(ws: &Workspace, a: RunArgs<'_>) -> Result<u8> {
     }
     // Relative path values pinned absolute: a resume may start elsewhere.
     let vars = p.vars_to_pin(&vars);
-    let (run, exit) = run::start(p, vars, ws, &session(a.concurrency, a.show_output), |run| {
-        println!("{run}")
-    })?;
+    let (run, exit) = run::start(
+        p,
+        vars,
+        ws,
+        &session(ws, a.concurrency, a.show_output),
+        |run| println!("{run}"),
+    )?;
     report_exit(&exit, run, ws.dir());
     Ok(exit_code(&exit))
 }
@@ -73,7 +77,7 @@ pub fn resume(
         run,
         accept_plan_change,
         ignore_drift,
-        &session(concurrency, show_output),
+        &session(ws, concurrency, show_output),
     )?;
     if let Resumed::AlreadyEnded(o) = resumed {
         eprintln!(
@@ -88,7 +92,7 @@ pub fn resume(
 
 /// `upshift drift [RUN]`: exit 0 if nothing drifted, 1 if something did.
 pub fn drift(ws: &Workspace, run: Option<&str>) -> Result<u8> {
-    let (run, drift) = run::drift(ws, run, &session(None, false))?;
+    let (run, drift) = run::drift(ws, run, &session(ws, None, false))?;
     if drift.is_empty() {
         println!("run {run}: no drift — every completed step that can be probed is still in place");
         Ok(code::OK)

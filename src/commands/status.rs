@@ -5,6 +5,7 @@ use std::io::Write;
 use std::ops::ControlFlow;
 
 use crate::app::Workspace;
+use crate::app::next;
 use crate::app::workspace::{fold_run, pick_run, pinned_plan};
 use crate::error::{Error, Result, code};
 use crate::report::{self, log_line, status_json, status_text, status_word};
@@ -21,11 +22,12 @@ pub fn status(ws: &Workspace, run: Option<&str>, json: bool, follow: bool) -> Re
     let run = pick_run(&j, run, false)?;
     let state = fold_run(&j, run)?;
     let plan = pinned_plan(&state).ok();
-    let doc = status_json(
+    let mut doc = status_json(
         &state,
         plan.as_ref(),
         live.is_some() && state.outcome.is_none(),
     );
+    doc.paused = doc.paused.map(|p| next::complete(&p, ws.dir()));
     super::print_doc(&doc, json, status_text);
     Ok(code::OK)
 }
@@ -70,20 +72,19 @@ pub fn log(ws: &Workspace, run: Option<&str>, follow: bool) -> Result<u8> {
     Ok(code::OK)
 }
 
-/// How a followed run stands when the follow ends, in words.
-fn end_words(state: &RunState) -> String {
+/// How a followed run stands when the follow ends, in words, with the
+/// command that continues it.
+fn end_words(state: &RunState, dir: &std::path::Path) -> String {
+    let run = state.run.map(|r| r.to_string()).unwrap_or_default();
     match state.status(false) {
         RunStatus::Paused => format!(
             "paused: {}",
-            state
-                .paused
-                .clone()
-                .unwrap_or_default()
-                .replace('\n', "\n  ")
+            next::complete(&state.paused.clone().unwrap_or_default(), dir).replace('\n', "\n  ")
         ),
-        RunStatus::Interrupted => {
-            "interrupted (no engine works on it; `upshift resume` continues)".into()
-        }
+        RunStatus::Interrupted => format!(
+            "interrupted (no engine works on it; `{}` continues)",
+            next::command(dir, &format!("resume {run}"))
+        ),
         s => status_word(s).to_string(),
     }
 }
@@ -92,7 +93,7 @@ fn end_words(state: &RunState) -> String {
 fn follow_exit_code(state: &RunState) -> u8 {
     match state.status(false) {
         RunStatus::Succeeded => code::OK,
-        RunStatus::Failed | RunStatus::RolledBack => code::FAILED,
+        RunStatus::Failed | RunStatus::Aborted | RunStatus::RolledBack => code::FAILED,
         RunStatus::Paused => code::PAUSED,
         RunStatus::Interrupted | RunStatus::Running => code::INTERRUPTED,
     }
@@ -119,18 +120,46 @@ fn log_follow(ws: &Workspace, run: Option<&str>) -> Result<u8> {
             broken = true;
         }
     })?;
-    eprintln!("run {} {} — end of follow", f.run, end_words(&f.state));
+    eprintln!(
+        "run {} {} — end of follow",
+        f.run,
+        end_words(&f.state, ws.dir())
+    );
     Ok(code::OK)
 }
 
-/// `upshift status RUN --follow`: per-step progress (see
+/// `upshift status RUN --follow`: what runs, waits and failed (see
 /// [`crate::ui::follow`]) until the run is over or no engine works on it;
-/// then the final status on stdout.
+/// then the final status on stdout. Started while no engine works on the
+/// run (before `upshift resume`), it waits for one.
 fn status_follow(ws: &Workspace, run: Option<&str>) -> Result<u8> {
     let mut f = Follower::open(run, ws)?;
-    let plan = crate::ui::follow::progress(&mut f)?;
-    let doc = status_json(&f.state, plan.as_ref(), false);
+    let waited = f.wait_for_engine(|state| {
+        let run = state.run.map(|r| r.to_string()).unwrap_or_default();
+        eprintln!(
+            "run {run} is {}: no engine works on it. Waiting for one — continue it with `{}` (Ctrl-C stops watching)",
+            status_word(state.status(false)),
+            next::command(ws.dir(), &format!("resume {run}"))
+        );
+    })?;
+    if waited {
+        eprintln!(
+            "run {}: {} — following",
+            f.run,
+            match f.state.outcome {
+                Some(o) => format!("ended {}", crate::report::outcome_word(o)),
+                None => "an engine took it up".to_string(),
+            }
+        );
+    }
+    let plan = crate::ui::follow::progress(&mut f, ws.dir())?;
+    let mut doc = status_json(&f.state, plan.as_ref(), false);
+    doc.paused = doc.paused.map(|p| next::complete(&p, ws.dir()));
     print!("{}", status_text(&doc));
-    eprintln!("run {} {} — end of follow", f.run, end_words(&f.state));
+    eprintln!(
+        "run {} {} — end of follow",
+        f.run,
+        end_words(&f.state, ws.dir())
+    );
     Ok(follow_exit_code(&f.state))
 }

@@ -139,8 +139,10 @@ pub enum RunStatus {
     Paused,
     /// Stopped with work left (Ctrl-C, crash, reboot); `upshift resume`.
     Interrupted,
-    /// Ended failed (or aborted).
+    /// Ended failed.
     Failed,
+    /// Ended by an operator's `abort`.
+    Aborted,
     /// Ended successfully.
     Succeeded,
     /// Every completed step was compensated.
@@ -650,7 +652,8 @@ impl RunState {
         match self.outcome {
             Some(Outcome::Succeeded) => return RunStatus::Succeeded,
             Some(Outcome::RolledBack) => return RunStatus::RolledBack,
-            Some(Outcome::Failed) | Some(Outcome::Aborted) => return RunStatus::Failed,
+            Some(Outcome::Failed) => return RunStatus::Failed,
+            Some(Outcome::Aborted) => return RunStatus::Aborted,
             None => {}
         }
         if live {

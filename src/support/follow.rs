@@ -114,6 +114,42 @@ impl Follower {
         }
     }
 
+    /// Started before an engine works on the run (e.g. before `upshift
+    /// resume`): polls until one does or the run has ended. `waiting` is
+    /// called once first, with the state, when there is something to wait
+    /// for. Ctrl-C ends the wait (the process's default). Returns whether
+    /// it waited.
+    pub fn wait_for_engine(&mut self, waiting: impl FnOnce(&RunState)) -> Result<bool> {
+        self.poll()?;
+        if self.state.outcome.is_some() || self.live() {
+            return Ok(false);
+        }
+        waiting(&self.state);
+        // A journal whose engine was killed is read from a recovered copy
+        // (a snapshot): when the file changes — an engine opened it and
+        // wrote — it is opened again to see what was written.
+        let stamp = |ws: &Workspace| {
+            std::fs::metadata(ws.dir().join("journal.redb"))
+                .and_then(|m| Ok((m.len(), m.modified()?)))
+                .ok()
+        };
+        let mut seen = stamp(&self.ws);
+        loop {
+            std::thread::sleep(Duration::from_millis(POLL_MS));
+            let now = stamp(&self.ws);
+            if now != seen || self.ws.live_pid().is_some() {
+                seen = now;
+                if let Ok(j) = self.ws.open_reader() {
+                    self.journal = j;
+                }
+            }
+            self.poll()?;
+            if self.state.outcome.is_some() || self.live() {
+                return Ok(true);
+            }
+        }
+    }
+
     /// Polls until the run is over or no engine works on it, calling
     /// `seen` with each batch of new events (also the first, possibly
     /// long one). Returns the final state.

@@ -420,6 +420,25 @@ pub fn explain(events: &[Envelope], now: DateTime<Utc>) -> Explanation {
         }
         for id in &wave {
             let attempt = sim.step(id).attempts + 1;
+            // A manual step nobody approved yet waits for an operator: the
+            // run does not go past it by itself.
+            let manual = plan.steps.get(id).is_some_and(|d| d.body.kind == "manual");
+            if manual && !sim.step(id).approved {
+                for e in [
+                    Event::StepStarted {
+                        step: id.clone(),
+                        attempt,
+                        resumed_from_checkpoint: false,
+                    },
+                    Event::StepWaiting {
+                        step: id.clone(),
+                        reason: "a manual step: it waits for an operator".into(),
+                    },
+                ] {
+                    sim.apply_event(&e, time, 0);
+                }
+                continue;
+            }
             sim.apply_event(
                 &Event::StepStarted {
                     step: id.clone(),

@@ -418,6 +418,14 @@ fn state_class(st: &crate::state::StepState) -> &'static str {
     }
 }
 
+/// Steps in a layer side by side at most; a wider layer wraps.
+const DAG_COLUMNS_MAX: usize = 5;
+
+/// The dependency graph, top-down: one band per depth (a step sits below
+/// everything it needs), at most [`DAG_COLUMNS_MAX`] steps side by side
+/// (wider layers wrap), full step names. The SVG scales to the page width
+/// (`width="100%"` over its viewBox), so a plan of 50 steps fits without
+/// scrolling sideways.
 fn dag(plan: Option<&Plan>, order: &[String], state: &RunState) -> String {
     let Some(plan) = plan else {
         return "<p>The pinned plan does not validate with this upshift: no graph.</p>".into();
@@ -438,25 +446,34 @@ fn dag(plan: Option<&Plan>, order: &[String], state: &RunState) -> String {
             layers.entry(*d).or_default().push(id);
         }
     }
-    let (nw, nh, gx, gy) = (170.0, 44.0, 60.0, 16.0);
-    let rows = layers.values().map(Vec::len).max().unwrap_or(1) as f64;
-    let w = layers.len() as f64 * (nw + gx) + 20.0;
-    let h = rows * (nh + gy) + 20.0;
+    let (nw, nh, gx, gy, band_gap) = (230.0, 44.0, 24.0, 14.0, 34.0);
+    let cols = layers
+        .values()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(1)
+        .clamp(1, DAG_COLUMNS_MAX) as f64;
+    let w = cols * (nw + gx) - gx + 20.0;
     let mut pos: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    for (d, ids) in &layers {
-        let off = (rows - ids.len() as f64) * (nh + gy) / 2.0;
-        for (i, id) in ids.iter().enumerate() {
-            pos.insert(
-                id,
-                (
-                    10.0 + *d as f64 * (nw + gx),
-                    10.0 + off + i as f64 * (nh + gy),
-                ),
-            );
+    let mut y = 10.0;
+    for ids in layers.values() {
+        for (r, row) in ids.chunks(DAG_COLUMNS_MAX).enumerate() {
+            // Each row centred.
+            let off = (cols - row.len() as f64) * (nw + gx) / 2.0;
+            for (i, id) in row.iter().enumerate() {
+                pos.insert(id, (10.0 + off + i as f64 * (nw + gx), y));
+            }
+            y += nh
+                + if r + 1 < ids.len().div_ceil(DAG_COLUMNS_MAX) {
+                    gy
+                } else {
+                    band_gap
+                };
         }
     }
+    let h = y - band_gap + 10.0;
     let mut s = format!(
-        r##"<svg id="dag" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="dependency graph"><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#889"/></marker></defs>"##
+        r##"<svg id="dag" xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {w} {h}" preserveAspectRatio="xMidYMin meet" style="max-width:{w}px" role="img" aria-label="dependency graph"><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#889"/></marker></defs>"##
     );
     for id in &plan.order {
         let Some((x, y)) = pos.get(id.as_str()) else {
@@ -464,12 +481,13 @@ fn dag(plan: Option<&Plan>, order: &[String], state: &RunState) -> String {
         };
         for n in &plan.steps[id].needs {
             if let Some((px, py)) = pos.get(n.as_str()) {
-                let (ax, ay, bx, by) = (px + nw, py + nh / 2.0, *x, y + nh / 2.0);
+                let (ax, ay, bx, by) = (px + nw / 2.0, py + nh, x + nw / 2.0, *y);
+                let bend = ((by - ay) / 2.0).max(12.0);
                 let _ = write!(
                     s,
-                    r#"<path class="edge" d="M{ax:.1},{ay:.1} C{:.1},{ay:.1} {:.1},{by:.1} {bx:.1},{by:.1}" marker-end="url(#arrow)"/>"#,
-                    ax + gx / 2.0,
-                    bx - gx / 2.0
+                    r#"<path class="edge" d="M{ax:.1},{ay:.1} C{ax:.1},{:.1} {bx:.1},{:.1} {bx:.1},{by:.1}" marker-end="url(#arrow)"/>"#,
+                    ay + bend,
+                    by - bend
                 );
             }
         }
@@ -484,19 +502,23 @@ fn dag(plan: Option<&Plan>, order: &[String], state: &RunState) -> String {
         if st.compensation != CompStatus::None {
             word = format!("{word}, comp. {}", comp_word(&st.compensation));
         }
-        let shown: String = if id.chars().count() > 22 {
-            format!("{}…", id.chars().take(21).collect::<String>())
+        // The whole name, squeezed into the box when it is long (never cut).
+        let fit = if id.chars().count() > 30 {
+            format!(
+                r#" textLength="{:.0}" lengthAdjust="spacingAndGlyphs""#,
+                nw - 16.0
+            )
         } else {
-            id.clone()
+            String::new()
         };
         let _ = write!(
             s,
-            r#"<g class="node {}" data-step="{}"><rect x="{x:.1}" y="{y:.1}" width="{nw}" height="{nh}" rx="6"/><text x="{:.1}" y="{:.1}" class="nid">{}</text><text x="{:.1}" y="{:.1}" class="nkind">{} · {}</text><title>{} [{}]: {}, {} attempt(s)</title></g>"#,
+            r#"<g class="node {}" data-step="{}"><rect x="{x:.1}" y="{y:.1}" width="{nw}" height="{nh}" rx="6"/><text x="{:.1}" y="{:.1}" class="nid"{fit}>{}</text><text x="{:.1}" y="{:.1}" class="nkind">{} · {}</text><title>{} [{}]: {}, {} attempt(s)</title></g>"#,
             state_class(st),
             html_escape(id),
             x + 8.0,
             y + 18.0,
-            html_escape(&shown),
+            html_escape(id),
             x + 8.0,
             y + 35.0,
             html_escape(kind),
@@ -509,6 +531,21 @@ fn dag(plan: Option<&Plan>, order: &[String], state: &RunState) -> String {
     }
     s.push_str("</svg>");
     s
+}
+
+/// A value shown whole: a short one as it is, a long one folded (its start
+/// as the summary, the whole value when opened).
+fn folded(v: &str) -> String {
+    const FOLD_CHARS: usize = 80;
+    if v.chars().count() <= FOLD_CHARS && !v.contains('\n') {
+        return html_escape(v);
+    }
+    let head: String = v.chars().take(60).take_while(|c| *c != '\n').collect();
+    format!(
+        r#"<details class="fold"><summary>{}…</summary><pre>{}</pre></details>"#,
+        html_escape(&head),
+        html_escape(v)
+    )
 }
 
 fn tail(text: &str) -> String {
@@ -722,7 +759,7 @@ pub fn render(loaded: &Loaded) -> Result<String, Error> {
     html.push_str(&gantt(&lanes, &host_of, &all_spans, &sess, events, t0, t1));
     html.push_str("</div></section>");
     // DAG.
-    html.push_str("<section><h2>Steps and dependencies</h2><div class=\"scroll\">");
+    html.push_str("<section><h2>Steps and dependencies</h2><div class=\"dagbox\">");
     html.push_str(&dag(plan.as_ref(), &order, &state));
     html.push_str("</div>");
     html.push_str("<table class=\"list\" id=\"steps\"><tr><th>step</th><th>kind</th><th>state</th><th>attempts</th><th>time in attempts</th><th>progress</th><th>checkpoint/progress events</th><th>outputs</th></tr>");
@@ -750,10 +787,7 @@ pub fn render(loaded: &Loaded) -> Result<String, Error> {
         let outputs = st
             .outputs
             .iter()
-            .map(|(k, v)| {
-                let v: String = v.chars().take(80).collect();
-                format!("{}={}", html_escape(k), html_escape(&v))
-            })
+            .map(|(k, v)| format!("{}={}", html_escape(k), folded(v)))
             .collect::<Vec<_>>()
             .join("<br>");
         let _ = write!(
@@ -801,7 +835,7 @@ pub fn render(loaded: &Loaded) -> Result<String, Error> {
         .replace('\u{2029}', "\\u2029");
     let _ = write!(
         html,
-        r#"<script id="data" type="application/json">{json}</script><script>const T0={};const PAGE={PAGE_ROWS};{JS}</script></body></html>"#,
+        r#"<script id="data" type="application/json">{json}</script><script>const T0={};const PAGE={PAGE_ROWS};const FOLD=240;{JS}</script></body></html>"#,
         t0.timestamp_millis()
     );
     Ok(html)
@@ -811,15 +845,15 @@ const CSS: &str = r#"
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 24px 40px;color:#1d2330;background:#fbfbfd}
 h1{font-size:22px;margin:18px 0 8px}h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid #dde;padding-bottom:4px}h3{font-size:14px;margin:10px 0 4px}
 code,pre{font-family:ui-monospace,"Cascadia Mono",Consolas,monospace;font-size:12px}
-pre{background:#f3f3f7;border:1px solid #e2e2ea;padding:8px;overflow:auto;max-height:360px;white-space:pre-wrap}
+pre{background:#f3f3f7;border:1px solid #e2e2ea;padding:8px;overflow:auto;max-height:360px;white-space:pre-wrap;overflow-wrap:anywhere}
 pre.error{background:#fff2f2;border-color:#f3c9c9}
 .muted{color:#6b7080}.small{font-size:12px}
 .result{font-size:13px;padding:2px 10px;border-radius:12px;vertical-align:middle;color:#fff;background:#7a8091}
 .r-succeeded{background:#2e8b57}.r-failed{background:#c0392b}.r-paused{background:#b7791f}.r-interrupted{background:#d35400}.r-rolled_back{background:#5b6bbf}.r-running{background:#2b7bb9}
 table.facts th{text-align:left;color:#6b7080;font-weight:normal;padding:2px 12px 2px 0}table.facts td{padding:2px 24px 2px 0}
-table.list{border-collapse:collapse;margin:6px 0;font-size:13px}table.list th,table.list td{border-bottom:1px solid #e6e6ee;padding:3px 10px 3px 0;text-align:left;vertical-align:top}
+table.list{border-collapse:collapse;margin:6px 0;font-size:13px}table.list th,table.list td{border-bottom:1px solid #e6e6ee;padding:3px 10px 3px 0;text-align:left;vertical-align:top;overflow-wrap:break-word}table.list td.small{overflow-wrap:anywhere;min-width:16em}
 table.list th{color:#6b7080;font-weight:600}
-.why{background:#fff8e6;border:1px solid #f0dca8;padding:6px 10px;white-space:pre-wrap}
+.why{background:#fff8e6;border:1px solid #f0dca8;padding:6px 10px;white-space:pre-wrap;overflow-wrap:anywhere}
 .scroll{overflow:auto;max-width:100%;border:1px solid #e6e6ee;background:#fff}
 svg text{font-family:system-ui,sans-serif;font-size:12px}
 .rowbg0{fill:#fff}.rowbg1{fill:#f6f7fb}.label{fill:#1d2330}.axis{fill:#6b7080;font-size:11px}
@@ -830,6 +864,9 @@ line.decision{stroke:#8e44ad;stroke-width:1.5;stroke-dasharray:3 2}line.reboot{s
 .legend .k{display:inline-block;width:14px;height:10px;margin:0 4px 0 10px;vertical-align:middle;border-radius:2px}
 .k.ok{background:#3aa76d}.k.failed{background:#d9534f}.k.interrupted{background:#f0a04b}.k.open{background:#5aa0e0}.k.wait{background:repeating-linear-gradient(45deg,#efe6fb 0 3px,#8e6cc9 3px 5px)}.k.backoff{background:#b9bcc7}.k.comp{background:#6f7fd8}.k.gapk{background:#eceef3;border:1px solid #ccd}.k.decisionk{background:#8e44ad;width:3px}.k.rebootk{background:#c0392b;width:3px}
 .edge{fill:none;stroke:#889;stroke-width:1.4}
+.dagbox{border:1px solid #e6e6ee;background:#fff;max-width:100%}.dagbox svg{display:block;height:auto;margin:0 auto}
+details.fold summary{cursor:pointer}details.fold pre{margin:4px 0;max-height:240px}
+#events td details summary{cursor:pointer}
 .node rect{stroke:#556;stroke-width:1;fill:#eef0f5}.nid{font-weight:600}.nkind{fill:#555b6b;font-size:11px}
 .node.s-ok rect{fill:#d6f2e1;stroke:#2e8b57}.node.s-failed rect{fill:#fbdada;stroke:#c0392b}.node.s-skipped rect{fill:#eeeeee;stroke:#999;stroke-dasharray:4 2}.node.s-running rect,.node.s-interrupted rect{fill:#fde8cf;stroke:#d35400}.node.s-waiting rect{fill:#efe6fb;stroke:#8e6cc9}.node.s-compensated rect{fill:#dfe3fa;stroke:#5b6bbf}
 tr.step-row.s-failed td:first-child{color:#c0392b;font-weight:600}
@@ -837,7 +874,7 @@ tr.step-row.s-failed td:first-child{color:#c0392b;font-weight:600}
 .controls{margin:8px 0}.controls label{margin-right:10px}.controls select,.controls input{font:inherit}
 #events td:nth-child(1),#events td:nth-child(3){text-align:right;color:#6b7080;font-variant-numeric:tabular-nums}
 #events td:nth-child(-n+5){white-space:nowrap}
-#events td:nth-child(6){font-family:ui-monospace,Consolas,monospace;font-size:12px;white-space:pre-wrap;word-break:break-word}
+#events td:nth-child(6){font-family:ui-monospace,Consolas,monospace;font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
 tr.summary td{color:#7a5b00;background:#fff8e6}
 footer{margin-top:30px}
 "#;
@@ -866,7 +903,15 @@ const JS: &str = r#"
     var frag = document.createDocumentFragment();
     view.slice(page * PAGE, (page + 1) * PAGE).forEach(function(r){
       var tr = document.createElement('tr'); tr.className = 'ev' + (r[4].charAt(0) === '\u2026' ? ' summary' : '');
-      [String(r[0]), fmt(r[1]), rel(r[1]), D.types[r[2]], r[3] >= 0 ? D.steps[r[3]] : '', r[4]].forEach(function(c){ var td = document.createElement('td'); td.textContent = c; tr.appendChild(td); });
+      [String(r[0]), fmt(r[1]), rel(r[1]), D.types[r[2]], r[3] >= 0 ? D.steps[r[3]] : ''].forEach(function(c){ var td = document.createElement('td'); td.textContent = c; tr.appendChild(td); });
+      // A long text folds: its start, and the whole when opened (never cut).
+      var td = document.createElement('td');
+      if (r[4].length > FOLD) {
+        var d = document.createElement('details'), sm = document.createElement('summary');
+        sm.textContent = r[4].slice(0, FOLD - 40) + '\u2026';
+        d.appendChild(sm); d.appendChild(document.createTextNode(r[4])); td.appendChild(d);
+      } else { td.textContent = r[4]; }
+      tr.appendChild(td);
       frag.appendChild(tr);
     });
     body.textContent = ''; body.appendChild(frag);

@@ -32,7 +32,13 @@ pub struct Ui {
     counter: ProgressStyle,
     /// Event lines not written yet (plain output), see [`Observer::flush`].
     pending: Mutex<String>,
+    /// The last `done/total` line printed per step (plain output): a
+    /// checkpoint that repeats it prints nothing.
+    counted: Mutex<HashMap<String, (u64, u64)>>,
     verbose_output: bool,
+    /// The journal, so that the commands in a line name it
+    /// ([`crate::app::next::complete`]).
+    journal: Option<std::path::PathBuf>,
 }
 
 impl Ui {
@@ -56,7 +62,26 @@ impl Ui {
             .expect("template")
             .progress_chars("=> "),
             pending: Mutex::new(String::new()),
+            counted: Mutex::new(HashMap::new()),
             verbose_output,
+            journal: None,
+        }
+    }
+
+    /// The same, for a run in the journal `dir`: commands shown in its
+    /// lines carry `--journal DIR` unless it is the default journal.
+    pub fn for_journal(verbose_output: bool, dir: &std::path::Path) -> Ui {
+        Ui {
+            journal: Some(dir.to_path_buf()),
+            ..Ui::new(verbose_output)
+        }
+    }
+
+    /// `text` with the journal added to the commands in it.
+    fn pasteable(&self, text: &str) -> String {
+        match &self.journal {
+            Some(dir) => crate::app::next::complete(text, dir),
+            None => text.to_string(),
         }
     }
 
@@ -135,8 +160,12 @@ impl Observer for Ui {
                 attempt,
                 resumed_from_checkpoint,
             } => {
+                // A step an operator approved goes on: that is not a
+                // second try of it.
+                let approved = state.step(step).approved;
                 let extra = match (*attempt, resumed_from_checkpoint) {
                     (1, false) => String::new(),
+                    (_, false) if approved => " (approved)".to_string(),
                     (a, true) => format!(" (attempt {a}, from its checkpoint)"),
                     (a, false) => format!(" (attempt {a})"),
                 };
@@ -159,7 +188,15 @@ impl Observer for Ui {
                 step, done, total, ..
             } if *total > 0 => {
                 self.set_progress(step, *done, *total, "");
-                if !self.tty && (*done == *total || *done % (*total / 10).max(1) == 0) {
+                if !self.tty
+                    && (*done == *total || *done % (*total / 10).max(1) == 0)
+                    && self
+                        .counted
+                        .lock()
+                        .expect("poisoned")
+                        .insert(step.clone(), (*done, *total))
+                        != Some((*done, *total))
+                {
                     self.event_line(format!("  {step}: {done}/{total}"));
                 }
             }
@@ -197,7 +234,10 @@ impl Observer for Ui {
             }
             Event::StepWaiting { step, reason } => {
                 self.end_bar(step);
-                self.event_line(format!("⏸ {step} waits for an operator: {reason}"));
+                self.event_line(format!(
+                    "⏸ {step} waits for an operator: {}",
+                    self.pasteable(reason)
+                ));
             }
             Event::StepSkipped { step, reason } => {
                 self.event_line(format!("⤼ {step} skipped: {reason}"))
@@ -215,9 +255,10 @@ impl Observer for Ui {
                 self.end_bar(step);
                 self.event_line(format!("✗ compensation of {step} failed: {error}"));
             }
-            Event::RebootRequested { step, action } => {
-                self.event_line(format!("⚠ {step} requires a reboot: {action}"))
-            }
+            Event::RebootRequested { step, action } => self.event_line(format!(
+                "⚠ {step} requires a reboot: {}",
+                self.pasteable(action)
+            )),
             Event::RunResumed { .. } => {
                 let inflight = state.in_flight();
                 if !inflight.is_empty() {

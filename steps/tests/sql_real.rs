@@ -30,6 +30,13 @@ const NOT_ON_A_REAL_SERVER: &[&str] = &[
 async fn target(test: &str) -> Option<Target> {
     match real_server() {
         None => {
+            // Straight to stderr (not println!): the test harness hides a
+            // passing test's prints, and this must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "{test}: real SQL Server SKIPPED (UPSHIFT_TEST_MSSQL is not set); ran against the TDS stand-in only"
+            );
             let model = TmDatabaseModel::new("0.9");
             let server = standin(model.clone()).await;
             Some(Target::Standin(server, model))

@@ -1,15 +1,55 @@
 //! `upshift demo`: the real TM plan against the simulated site, end to end,
 //! and with a crash in the middle resumed by the plain `upshift resume`.
 
-#![cfg(all(unix, feature = "demo"))]
+#![cfg(all(target_os = "linux", feature = "demo"))]
 
 use crate::support::Sandbox;
 
+/// Stops the demo's stand-ins when the test ends, and waits (bounded) until
+/// they are gone: a test leaves no `upshift __demo-standins` behind.
 struct StopStandins(std::path::PathBuf);
 impl Drop for StopStandins {
     fn drop(&mut self) {
         let _ = std::fs::write(self.0.join("standins.stop"), "");
+        let token = format!("__demo-standins {}", self.0.display());
+        crate::support::wait_until(std::time::Duration::from_secs(10), || {
+            crate::support::processes_with(&token).is_empty()
+        });
     }
+}
+
+#[test]
+fn a_demo_test_leaves_no_stand_ins_running() {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("site");
+    let token = format!("__demo-standins {}", dir.display());
+    {
+        let _stop = StopStandins(dir.clone());
+        let crashed = sb.run(&["demo", "--dir", dir.to_str().unwrap(), "--crash-at", "5"]);
+        assert!(crashed.signal.is_some(), "{crashed:?}");
+        assert!(
+            !crate::support::processes_with(&token).is_empty(),
+            "the stand-ins outlive a crashed demo (for `upshift resume`)"
+        );
+    }
+    assert!(
+        crate::support::processes_with(&token).is_empty(),
+        "stand-ins left running: {:?}",
+        crate::support::processes_with(&token)
+    );
+    // Removing the folder (a test's temporary folder) stops them too.
+    let dir2 = sb.path().join("site2");
+    let token2 = format!("__demo-standins {}", dir2.display());
+    let _stop2 = StopStandins(dir2.clone());
+    let crashed = sb.run(&["demo", "--dir", dir2.to_str().unwrap(), "--crash-at", "5"]);
+    assert!(crashed.signal.is_some(), "{crashed:?}");
+    std::fs::remove_dir_all(&dir2).unwrap();
+    assert!(
+        crate::support::wait_until(std::time::Duration::from_secs(5), || {
+            crate::support::processes_with(&token2).is_empty()
+        }),
+        "stand-ins outlive their folder"
+    );
 }
 
 fn all_steps_succeeded(status: &serde_json::Value) {

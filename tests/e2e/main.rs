@@ -10,6 +10,7 @@ mod demo;
 mod hardening;
 mod notify;
 mod operator;
+mod operator_paste;
 mod owners;
 #[cfg(feature = "demo")]
 mod preflight;

@@ -142,7 +142,7 @@ with = { instructions = "check" }
     assert_eq!(sb.status(&run)["steps"]["broken"]["state"], "skipped");
     sb.run(&["abort", &run, "--reason", "customer cancelled"])
         .expect(1);
-    assert_eq!(sb.status(&run)["state"], "failed");
+    assert_eq!(sb.status(&run)["state"], "aborted");
     let again = sb.run(&["resume", &run]);
     again.expect(1);
     assert!(again.stderr.contains("already ended"));

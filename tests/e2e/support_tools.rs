@@ -589,14 +589,52 @@ fn log_follow_ends_when_the_engine_is_killed() {
     engine.wait().unwrap();
     assert_eq!(exit_of(&mut log, "log --follow"), 0);
     assert!(
-        text(&log_err).contains("interrupted (no engine works on it; `upshift resume` continues)"),
+        text(&log_err).contains(&format!(
+            "interrupted (no engine works on it; `upshift resume {run} --journal {}` continues)",
+            sb.journal().display()
+        )),
         "{}",
         text(&log_err)
     );
-    // status --follow on a run nobody works on shows it once and ends.
-    let r = sb.run(&["status", &run, "--follow"]);
-    r.expect(130);
-    assert!(r.stdout.contains("state interrupted"), "{}", r.stdout);
+    // status --follow started on a run nobody works on waits for an
+    // engine (it said how to start one), then follows the resumed run to
+    // its end.
+    let (mut status, status_out, status_err) = follower(&sb, &["status", &run, "--follow"]);
+    let journal = sb.journal().display().to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || text(&status_err)
+            .contains(&format!("upshift resume {run} --journal {journal}"))),
+        "{}",
+        text(&status_err)
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        status.try_wait().unwrap().is_none(),
+        "status --follow ended before the run was resumed: {}",
+        text(&status_err)
+    );
+    std::fs::write(sb.markers().join("go"), "").unwrap();
+    sb.run(&["resume", &run]).expect(0);
+    assert_eq!(
+        exit_of(&mut status, "status --follow"),
+        0,
+        "{}",
+        text(&status_err)
+    );
+    // (The reader threads may lag the exit by a moment.)
+    assert!(
+        wait_until(Duration::from_secs(5), || text(&status_out)
+            .contains("state succeeded")),
+        "{}",
+        text(&status_out)
+    );
+    assert!(
+        // (the engine took it up, or already ended it, before the next look)
+        wait_until(Duration::from_secs(5), || text(&status_err)
+            .contains(" — following")),
+        "the resume is shown: {}",
+        text(&status_err)
+    );
 }
 
 /// (Needs the `sled` feature: `cargo test --all-features`.)

@@ -44,11 +44,18 @@ pub enum JournalError {
     },
     /// The disk is full: nothing of the failed batch was written.
     #[error(
-        "journal disk full at {path}: free space there, then `upshift resume` (nothing already journaled was lost)"
+        "journal disk full: no space left on the device holding the journal {path} ({}; the error: {source}). Free space on that device (or move the journal folder to a larger one), then resume the run: nothing already journaled was lost",
+        free_text(.free_bytes)
     )]
     DiskFull {
         /// The store's file or folder.
         path: PathBuf,
+        /// Bytes free there when the error was seen, if they could be read.
+        free_bytes: Option<u64>,
+        /// The OS error, as the OS said it (kept even when the store
+        /// reports only a follow-up error later).
+        #[source]
+        source: std::io::Error,
     },
     /// An I/O error.
     #[error("journal I/O error at {path}: {source}")]
@@ -100,6 +107,13 @@ pub enum JournalError {
     },
 }
 
+fn free_text(free: &Option<u64>) -> String {
+    match free {
+        Some(n) => format!("{n} bytes free there now"),
+        None => "free space unknown".to_string(),
+    }
+}
+
 fn holder_text(pid: &Option<u32>) -> String {
     match pid {
         Some(p) => format!("process {p}"),
@@ -112,7 +126,11 @@ impl JournalError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> JournalError {
         let path = path.into();
         if is_disk_full(&source) {
-            JournalError::DiskFull { path }
+            JournalError::DiskFull {
+                free_bytes: upshift_fsutil::free_bytes(&path).ok(),
+                path,
+                source,
+            }
         } else {
             JournalError::Io { path, source }
         }

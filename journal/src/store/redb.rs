@@ -40,7 +40,44 @@ pub struct RedbStore {
     /// The recovered private copy being read, removed on drop (declared
     /// after `db`, so the database closes first).
     _copy: Option<PrivateCopy>,
+    /// The first I/O error a write met. After one, redb answers every
+    /// write with "Previous I/O error occurred": the operator is told this
+    /// original cause (a full disk, its OS error) instead.
+    first_io: Option<FirstIo>,
 }
+
+/// An I/O error kept to be reported again (io::Error is not Clone).
+struct FirstIo {
+    kind: std::io::ErrorKind,
+    os: Option<i32>,
+    text: String,
+}
+
+impl FirstIo {
+    fn of(e: &JournalError) -> Option<FirstIo> {
+        match e {
+            JournalError::Io { source, .. } | JournalError::DiskFull { source, .. } => {
+                Some(FirstIo {
+                    kind: source.kind(),
+                    os: source.raw_os_error(),
+                    text: source.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn error(&self, path: &Path) -> JournalError {
+        let source = match self.os {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(self.kind, self.text.clone()),
+        };
+        JournalError::io(path, source)
+    }
+}
+
+/// redb's answer to every write after a failed one.
+const PREVIOUS_IO: &str = "redb: a previous I/O error left the database needing a reopen";
 
 /// A copy of a journal file in a private temporary folder, removed on drop.
 struct PrivateCopy {
@@ -96,6 +133,7 @@ impl RedbStore {
             db: Handle::Writer(db),
             path: path.to_path_buf(),
             _copy: None,
+            first_io: None,
         })
     }
 
@@ -115,6 +153,7 @@ impl RedbStore {
                 db: Handle::Reader(db),
                 path: path.to_path_buf(),
                 _copy: None,
+                first_io: None,
             });
         }
         let needs = |detail: String| JournalError::NeedsRecovery {
@@ -132,6 +171,7 @@ impl RedbStore {
             db: Handle::Writer(db),
             path: path.to_path_buf(),
             _copy: Some(copy),
+            first_io: None,
         })
     }
 
@@ -218,6 +258,10 @@ fn map_err(path: &Path, e: impl Into<redb::Error>) -> JournalError {
             path: path.to_path_buf(),
             detail,
         },
+        redb::Error::PreviousIo => JournalError::Backend {
+            path: path.to_path_buf(),
+            detail: PREVIOUS_IO.into(),
+        },
         redb::Error::DatabaseAlreadyOpen => JournalError::Locked {
             path: path.to_path_buf(),
             holder_pid: None,
@@ -241,7 +285,7 @@ impl JournalStore for RedbStore {
         };
         let records = encode_batch(batch)?;
         let path = &self.path;
-        guard(path, || {
+        let result = guard(path, || {
             let txn = db.begin_write().map_err(|e| map_err(path, e))?;
             {
                 let mut table = txn.open_table(EVENTS).map_err(|e| map_err(path, e))?;
@@ -265,7 +309,22 @@ impl JournalStore for RedbStore {
                 }
             }
             txn.commit().map_err(|e| map_err(path, e))
-        })
+        });
+        match result {
+            Err(JournalError::Backend { detail, .. })
+                if detail == PREVIOUS_IO && self.first_io.is_some() =>
+            {
+                let first = self.first_io.as_ref().expect("checked");
+                Err(first.error(&self.path))
+            }
+            Err(e) => {
+                if self.first_io.is_none() {
+                    self.first_io = FirstIo::of(&e);
+                }
+                Err(e)
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     fn runs(&self) -> Result<Vec<RunId>, JournalError> {

@@ -30,7 +30,7 @@ pub mod message;
 pub mod send;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use upshift_journal::{Envelope, Event, Outcome, RunId};
 
+use crate::app::next::shell_word;
 use crate::engine::{Observer, Redactor, Writer};
 use crate::error::{Error, Result};
 use crate::plan::{NotifyOn, OnFailure, Plan, RetryPolicy};
@@ -70,28 +71,16 @@ struct Classifier {
     plan: String,
     host: String,
     journal: String,
+    /// The journal folder, for the commands that continue the run.
+    journal_dir: PathBuf,
     /// A message about something that needs the operator went out since
     /// the last pause: the pause itself says nothing new.
     told: bool,
 }
 
-/// `path` as one shell word (double quotes when it needs any; the same on
-/// cmd.exe, PowerShell and sh).
-fn shell_word(path: &str) -> String {
-    if !path.is_empty()
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/\\._-:+=@,~".contains(c))
-    {
-        path.to_string()
-    } else {
-        format!("\"{}\"", path.replace('"', "\\\""))
-    }
-}
-
 impl Classifier {
     fn cmd(&self, args: &str) -> String {
-        format!("upshift {args} --journal {}", self.journal)
+        crate::app::next::command(&self.journal_dir, args)
     }
 
     fn message(
@@ -113,7 +102,10 @@ impl Classifier {
                 .and_then(|s| self.steps.get(s))
                 .and_then(|i| i.host.clone()),
             host: self.host.clone(),
-            reason: cut(reason, REASON_CHARS_MAX),
+            reason: cut(
+                &crate::app::next::complete(reason, &self.journal_dir),
+                REASON_CHARS_MAX,
+            ),
             outcome: None,
             next,
             journal: self.journal.clone(),
@@ -477,6 +469,7 @@ impl Notifier {
             plan: plan.name.clone(),
             host,
             journal: shell_word(&journal_dir.display().to_string()),
+            journal_dir: journal_dir.to_path_buf(),
             told: false,
         };
         let shared = Arc::new(Shared {
@@ -679,6 +672,7 @@ mod tests {
             plan: "TM".into(),
             host: "jump01".into(),
             journal: "/j".into(),
+            journal_dir: "/j".into(),
             told: false,
         }
     }

@@ -196,7 +196,11 @@ impl Step for Backup {
     fn describe(&self) -> Vec<String> {
         let path = match &self.target {
             Target::Path(p) => p.clone(),
-            Target::Directory(d) => file_in(d, &self.database, "<run id>"),
+            // The run id is not known yet: `<run id>` shown as such, not
+            // as the file-name-safe `_run id_` it would become.
+            Target::Directory(d) => {
+                file_in(d, &self.database, "\u{1}").replace('\u{1}', "<run id>")
+            }
         };
         let stmt = backup_statement(&self.database, &path, "upshift run <run id> step <step id>")
             .unwrap_or_else(|e| e.to_string());
