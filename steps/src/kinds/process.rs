@@ -51,6 +51,7 @@ impl Params {
             args: self.args.clone(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
+            raw_command_line: None,
         }
     }
 
