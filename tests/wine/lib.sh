@@ -52,6 +52,10 @@ wine_prefix() {
       "$ROOT/tests/wine/shims/bcryptprimitives.c" -ladvapi32
     cp "$WINE_TDIR/shims/bcryptprimitives.dll" "$sys32/"
   fi
+  # One wineserver for the whole suite (ended by wine_stop): without it,
+  # each Wine call may start a new server, and with it services.exe, which
+  # starts the auto-start services again; it also saves the start-up.
+  timeout -k 5 30 wineserver -p || true
 }
 
 # Ends this prefix's wineserver (and with it every Wine process of ours).

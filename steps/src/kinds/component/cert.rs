@@ -216,6 +216,13 @@ mod store {
                 wname.as_ptr().cast(),
             );
             if store.is_null() {
+                // No such store (a fresh Wine prefix has no My yet): then
+                // the certificate is not there either.
+                if windows_sys::Win32::Foundation::GetLastError()
+                    == windows_sys::Win32::Foundation::ERROR_FILE_NOT_FOUND
+                {
+                    return Ok(StoreInfo::default());
+                }
                 return Err(format!(
                     "cannot open the certificate store LocalMachine\\{store_name}: {}",
                     std::io::Error::last_os_error()
