@@ -56,6 +56,11 @@ wine_prefix() {
   # each Wine call may start a new server, and with it services.exe, which
   # starts the auto-start services again; it also saves the start-up.
   timeout -k 5 30 wineserver -p || true
+  # Start the session (services.exe, winedevice.exe) now, its output going
+  # nowhere: processes started by the first Wine call inherit its stdout,
+  # and a caller reading that call's output through a pipe ($(...), tee)
+  # would wait for them forever.
+  timeout -k 5 120 wine cmd /c exit </dev/null >/dev/null 2>&1 || true
 }
 
 # Ends this prefix's wineserver (and with it every Wine process of ours).
