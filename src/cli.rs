@@ -343,6 +343,7 @@ pub enum Command {
     ///
     ///   upshift demo                 # the whole upgrade
     ///   upshift demo --crash-at 40   # dies after event 40; then `upshift resume`
+    ///   upshift demo --stop-at acceptance   # leaves the run at the go/no-go gate: try `upshift rollback`
     #[cfg(feature = "demo")]
     Demo {
         /// Folder for the simulated site (default: a new folder in the temp dir).
@@ -351,6 +352,10 @@ pub enum Command {
         /// Kill the demo right after event N is journaled, to show `upshift resume`.
         #[arg(long, value_name = "N")]
         crash_at: Option<u64>,
+        /// Play the operator until step STEP waits, then leave the run paused
+        /// there (e.g. `acceptance`, the go/no-go gate, to try `upshift rollback`).
+        #[arg(long, value_name = "STEP")]
+        stop_at: Option<String>,
         /// Echo every step's output on stderr.
         #[arg(long)]
         show_output: bool,
@@ -474,10 +479,12 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Demo {
             dir,
             crash_at,
+            stop_at,
             show_output,
         } => commands::demo::demo(commands::demo::DemoArgs {
             dir,
             crash_at,
+            stop_at,
             show_output,
         }),
         #[cfg(feature = "demo")]

@@ -21,6 +21,8 @@ use crate::hosts::{self, HostDef, Placement};
 use crate::refs::{self, MapResolver, Ref};
 use crate::rules;
 
+mod chunks;
+
 /// What to do when a step fails for good (retries exhausted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -215,10 +217,12 @@ pub struct Plan {
     pub notify: Option<Notify>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlan {
-    name: Spanned<String>,
+    /// Required; optional here so that a piece of a large plan (see
+    /// `chunks`), which has no `name`, parses as a `RawPlan` too.
+    name: Option<Spanned<String>>,
     /// Site file with this customer's values (relative to the plan file).
     site: Option<Spanned<String>>,
     /// What to do when a step needs a reboot: "ask" (default) | "auto".
@@ -244,7 +248,76 @@ struct RawPlan {
     notify: Option<Spanned<RawNotify>>,
 }
 
-#[derive(Deserialize)]
+/// What is kept of a step as written once its definition is built.
+struct StepDecl {
+    /// Its `[steps.ID]` table.
+    span: Range<usize>,
+    kind: Spanned<String>,
+}
+
+/// The plan's tables as written; a large text in pieces (see `chunks`).
+fn parse_raw(text: &str) -> Result<RawPlan, toml::de::Error> {
+    if text.len() >= chunks::CHUNKED_FROM
+        && let Some(raw) = parse_raw_in_pieces(text, chunks::STEPS_PER_PIECE)
+    {
+        return Ok(raw);
+    }
+    toml::from_str(text)
+}
+
+/// `None` when the pieces do not parse or merge: the caller parses the
+/// whole text, for the same result and the same errors as always.
+fn parse_raw_in_pieces(text: &str, steps_per_piece: usize) -> Option<RawPlan> {
+    let cuts = chunks::cut_points(text, steps_per_piece)?;
+    let mut whole: Option<RawPlan> = None;
+    for piece in chunks::pieces(text, &cuts) {
+        let part: RawPlan = toml::from_str(&piece).ok()?;
+        match whole.as_mut() {
+            None => whole = Some(part),
+            Some(whole) => whole.merge(part)?,
+        }
+    }
+    whole
+}
+
+impl RawPlan {
+    /// Adds a later piece's tables; `None` if both define the same thing.
+    fn merge(&mut self, part: RawPlan) -> Option<()> {
+        let RawPlan {
+            name,
+            site,
+            reboot,
+            rules,
+            description,
+            vars,
+            secrets,
+            locks,
+            hosts,
+            targets,
+            steps,
+            notify,
+        } = part;
+        chunks::merge_option(&mut self.name, name)?;
+        chunks::merge_option(&mut self.site, site)?;
+        chunks::merge_option(&mut self.reboot, reboot)?;
+        chunks::merge_option(&mut self.description, description)?;
+        chunks::merge_option(&mut self.hosts, hosts)?;
+        chunks::merge_option(&mut self.notify, notify)?;
+        if !rules.is_empty() {
+            if !self.rules.is_empty() {
+                return None;
+            }
+            self.rules = rules;
+        }
+        chunks::merge_map(&mut self.vars, vars)?;
+        chunks::merge_map(&mut self.secrets, secrets)?;
+        chunks::merge_map(&mut self.locks, locks)?;
+        chunks::merge_map(&mut self.targets, targets)?;
+        chunks::merge_map(&mut self.steps, steps)
+    }
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNotify {
     on: Option<Spanned<Vec<Spanned<String>>>>,
@@ -257,14 +330,14 @@ struct RawNotify {
     attempts: Option<Spanned<u32>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecret {
     env: Option<String>,
     file: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStep {
     kind: Spanned<String>,
@@ -284,7 +357,7 @@ struct RawStep {
     hosts: Option<Spanned<toml::Value>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
     attempts: u32,
@@ -294,7 +367,7 @@ struct RawRetry {
     only_transient: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBody {
     kind: Spanned<String>,
@@ -463,7 +536,7 @@ pub fn parse(
     opts: &LoadOptions,
 ) -> Result<Plan, PlanErrors> {
     let loc = Locator { file: path, text };
-    let raw: RawPlan = toml::from_str(text).map_err(|e| {
+    let mut raw: RawPlan = parse_raw(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().to_string();
         let hint = if message.contains("unknown field") {
@@ -475,6 +548,13 @@ pub fn parse(
         };
         PlanErrors(vec![loc.at(span, message, hint)])
     })?;
+    let Some(name) = raw.name.clone() else {
+        return Err(PlanErrors(vec![loc.at(
+            0..0,
+            "missing field `name`",
+            Some("see the plan format in the README".into()),
+        )]));
+    };
 
     let mut errors = Vec::new();
 
@@ -646,13 +726,25 @@ pub fn parse(
     };
     let host_defs = hosts::parse(raw.hosts.as_ref(), &loc, &host_scope, &mut errors);
 
-    let ids: BTreeSet<&str> = raw.steps.keys().map(String::as_str).collect();
+    let ids: BTreeSet<String> = raw.steps.keys().cloned().collect();
     let mut steps = BTreeMap::new();
     let mut placements: BTreeMap<String, Placement> = BTreeMap::new();
 
-    for (id, raw_step) in &raw.steps {
+    // The steps as written are consumed here (a 100,000-step plan would
+    // otherwise hold them beside their definitions); what later checks need
+    // of them is kept in `decls`.
+    let mut decls: BTreeMap<String, StepDecl> = BTreeMap::new();
+    for (id, raw_step) in std::mem::take(&mut raw.steps) {
+        let id = &id;
         let span = raw_step.span();
         let rs = raw_step.get_ref();
+        decls.insert(
+            id.clone(),
+            StepDecl {
+                span: span.clone(),
+                kind: rs.kind.clone(),
+            },
+        );
         if id.contains(hosts::INSTANCE_SEP) {
             errors.push(loc.at(
                 loc.find_in(span.clone(), id),
@@ -694,7 +786,7 @@ pub fn parse(
             } else if !ids.contains(n.get_ref().as_str()) {
                 let hint = Some(did_you_mean(
                     n.get_ref(),
-                    ids.iter().copied(),
+                    ids.iter().map(String::as_str),
                     "known steps",
                 ));
                 errors.push(loc.at(
@@ -796,7 +888,7 @@ pub fn parse(
                     }
                     Ok(Ref::Output { step, .. }) if !ids.contains(step.as_str()) => {
                         refs_ok = false;
-                        let hint = suggest(&step, ids.iter().copied())
+                        let hint = suggest(&step, ids.iter().map(String::as_str))
                             .map(|s| format!("did you mean `{s}`?"));
                         errors.push(loc.at(
                             loc.find_in(at, &format!("steps.{step}")),
@@ -1041,17 +1133,16 @@ pub fn parse(
 
     // Where steps run: instances of fanned-out steps, steps not on this
     // site, and the needs between them.
-    let (steps, absent, fanned) = expand_placements(steps, &placements, &raw, &loc, &mut errors);
+    let (steps, absent, fanned) = expand_placements(steps, &placements, &decls, &loc, &mut errors);
 
     // Rules from products' manuals: those for every plan, then the rule
     // sets the plan names for its site file.
-    let kinds: Vec<rules::StepKind<'_>> = raw
-        .steps
+    let kinds: Vec<rules::StepKind<'_>> = decls
         .iter()
-        .map(|(id, s)| rules::StepKind {
+        .map(|(id, d)| rules::StepKind {
             id,
-            kind: s.get_ref().kind.get_ref(),
-            span: s.get_ref().kind.span(),
+            kind: d.kind.get_ref(),
+            span: d.kind.span(),
         })
         .collect();
     for rule in rules::PLAN_RULES {
@@ -1079,9 +1170,9 @@ pub fn parse(
         }
     }
 
-    if raw.steps.is_empty() {
+    if decls.is_empty() {
         errors.push(loc.at(
-            raw.name.span(),
+            name.span(),
             "the plan has no steps",
             Some("add [steps.<id>] tables".into()),
         ));
@@ -1092,7 +1183,7 @@ pub fn parse(
             Ok(o) => o,
             Err(cycle) => {
                 let first = &cycle[0];
-                let span = raw.steps[first].span();
+                let span = decls[first].span.clone();
                 errors.push(loc.at(
                     loc.find_in(span, "needs"),
                     format!("the steps form a cycle: {}", cycle.iter().chain(std::iter::once(first)).map(String::as_str).collect::<Vec<_>>().join(" → ")),
@@ -1119,7 +1210,7 @@ pub fn parse(
         site,
         reboot,
         notify,
-        name: raw.name.into_inner(),
+        name: name.into_inner(),
         path: path.to_path_buf(),
         text: text.to_string(),
         hash: hash_text(text),
@@ -1152,7 +1243,7 @@ type Expanded = (
 fn expand_placements(
     written: BTreeMap<String, StepDef>,
     placements: &BTreeMap<String, Placement>,
-    raw: &RawPlan,
+    decls: &BTreeMap<String, StepDecl>,
     loc: &Locator<'_>,
     errors: &mut Vec<PlanError>,
 ) -> Expanded {
@@ -1180,7 +1271,10 @@ fn expand_placements(
         }
     };
     let mut out = BTreeMap::new();
-    for (id, def) in &written {
+    // By value: each definition moves into its (last) instance, and the
+    // map's nodes are freed as it empties.
+    for (id, def) in written {
+        let id = &id;
         let place = placements
             .get(id)
             .cloned()
@@ -1207,7 +1301,7 @@ fn expand_placements(
             }
         }
         for from in &used {
-            let span = raw.steps[id].span();
+            let span = decls[id].span.clone();
             let problem = match placements.get(from) {
                 Some(Placement::Absent(why)) => Some((
                     format!(
@@ -1260,20 +1354,19 @@ fn expand_placements(
                 ));
             }
         }
-        for (iid, host) in instances {
+        let last = instances.len().saturating_sub(1);
+        let mut def = Some(def);
+        for (i, (iid, host)) in instances.into_iter().enumerate() {
             let fan_host = if is_fan { host.as_deref() } else { None };
-            let mut d = def.clone();
+            let mut d = if i == last { def.take() } else { def.clone() }
+                .expect("only the last instance takes the definition");
             if let Some(h) = &host {
-                d.body.with = hosts::substitute_host(&def.body.with, h);
+                d.body.with = hosts::substitute_host(&d.body.with, h);
                 if let Some(c) = &mut d.compensate {
                     c.with = hosts::substitute_host(&c.with, h);
                 }
             }
-            d.needs = def
-                .needs
-                .iter()
-                .flat_map(|n| need_ids(n, fan_host))
-                .collect();
+            d.needs = d.needs.iter().flat_map(|n| need_ids(n, fan_host)).collect();
             d.id = iid.clone();
             d.host = host;
             d.instance_of = is_fan.then(|| id.clone());

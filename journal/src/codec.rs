@@ -2,14 +2,33 @@
 //!
 //! A stored record is `version (u16 BE) · crc32 of body (u32 BE) · body`,
 //! where body is the bincode (2.0.1, standard config) encoding of an
-//! [`Envelope`]. A key is `run id (16 bytes) · seq (u64 BE)`, so a run's
-//! events scan in order and runs sort by their time-ordered ids.
+//! [`Envelope`] (version 1), or that encoding compressed with deflate
+//! (version 2, written only for an encoding of [`DEFLATE_FROM`] bytes or
+//! more: in practice the `RunStarted` of a plan of tens of thousands of
+//! steps, which pins the plan's text). A key is `run id (16 bytes) · seq
+//! (u64 BE)`, so a run's events scan in order and runs sort by their
+//! time-ordered ids.
+
+use std::borrow::Cow;
+use std::io::Read;
 
 use crate::event::{Envelope, RunId};
 
-/// The format this release writes. Readers accept every version listed in
-/// [`decode`].
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format this release writes; it reads every version up to it.
+pub const FORMAT_VERSION: u16 = DEFLATED;
+
+/// Version 1: the body is the bincode encoding itself.
+const PLAIN: u16 = 1;
+/// Version 2: the body is the bincode encoding compressed with deflate.
+const DEFLATED: u16 = 2;
+
+/// Encodings this large or larger are stored deflated (version 2); smaller
+/// ones as they are (version 1), readable by every release.
+pub const DEFLATE_FROM: usize = 1024 * 1024;
+
+/// Largest encoding a deflated body may inflate to (the bound bincode's
+/// declared lengths are held to as well).
+const INFLATED_BYTES_MAX: usize = 32 * EVENT_BYTES_MAX;
 
 /// Largest encoded event accepted (bounded so a runaway step output cannot
 /// bloat the journal; output tails are trimmed long before this).
@@ -50,7 +69,7 @@ pub enum CodecError {
         /// Seq in the record.
         seq: u64,
     },
-    /// The event is larger than [`EVENT_BYTES_MAX`].
+    /// The event is larger than [`EVENT_BYTES_MAX`] (after compression).
     #[error("event of {0} bytes exceeds the {EVENT_BYTES_MAX}-byte limit")]
     TooLarge(usize),
     /// The key is not 24 bytes.
@@ -67,19 +86,29 @@ pub fn encode(env: &Envelope) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![0u8; HEADER_LEN];
     bincode::serde::encode_into_std_write(env, &mut out, config())
         .map_err(|e| CodecError::Body(e.to_string()))?;
+    let mut version = PLAIN;
+    if out.len() - HEADER_LEN >= DEFLATE_FROM {
+        let mut deflated = vec![0u8; HEADER_LEN];
+        let mut z = flate2::write::DeflateEncoder::new(&mut deflated, flate2::Compression::fast());
+        std::io::Write::write_all(&mut z, &out[HEADER_LEN..])
+            .and_then(|()| z.finish().map(drop))
+            .map_err(|e| CodecError::Body(format!("deflate: {e}")))?;
+        out = deflated;
+        version = DEFLATED;
+    }
     let body_len = out.len() - HEADER_LEN;
     if body_len > EVENT_BYTES_MAX {
         return Err(CodecError::TooLarge(body_len));
     }
     let crc = crc32fast::hash(&out[HEADER_LEN..]);
-    out[0..2].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+    out[0..2].copy_from_slice(&version.to_be_bytes());
     out[2..6].copy_from_slice(&crc.to_be_bytes());
     Ok(out)
 }
 
-/// Decodes a record, verifying version, checksum and that it belongs under
-/// `key` (pass `None` to skip that check, e.g. for exports).
-pub fn decode(record: &[u8], key: Option<(RunId, u64)>) -> Result<Envelope, CodecError> {
+/// The bincode encoding a record holds, after its header and checksum are
+/// verified (inflated for version 2): what a scan for secret values reads.
+pub fn plain_body(record: &[u8]) -> Result<Cow<'_, [u8]>, CodecError> {
     if record.len() < HEADER_LEN {
         return Err(CodecError::Truncated(record.len()));
     }
@@ -93,6 +122,27 @@ pub fn decode(record: &[u8], key: Option<(RunId, u64)>) -> Result<Envelope, Code
     if stored != computed {
         return Err(CodecError::Checksum { stored, computed });
     }
+    if version == PLAIN {
+        return Ok(Cow::Borrowed(body));
+    }
+    let mut plain = Vec::new();
+    flate2::read::DeflateDecoder::new(body)
+        .take(INFLATED_BYTES_MAX as u64 + 1)
+        .read_to_end(&mut plain)
+        .map_err(|e| CodecError::Body(format!("inflate: {e}")))?;
+    if plain.len() > INFLATED_BYTES_MAX {
+        return Err(CodecError::Body(format!(
+            "inflates to more than {INFLATED_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(Cow::Owned(plain))
+}
+
+/// Decodes a record, verifying version, checksum and that it belongs under
+/// `key` (pass `None` to skip that check, e.g. for exports).
+pub fn decode(record: &[u8], key: Option<(RunId, u64)>) -> Result<Envelope, CodecError> {
+    let body = plain_body(record)?;
+    let body = body.as_ref();
     // The limit bounds what declared lengths may claim: without it, a body
     // whose checksum matches but that declares a length of 2^62 (fuzzing
     // found one) makes bincode allocate that much and abort the process.
@@ -192,13 +242,72 @@ mod tests {
         }
     }
 
+    /// Text that deflate cannot shrink much (6 bits of entropy a byte).
+    fn noise(len: usize) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ALPHABET[(x % 64) as usize] as char
+            })
+            .collect()
+    }
+
     #[test]
     fn oversized_event_is_refused() {
         let mut env = sample(1);
         env.event = Event::Note {
-            text: "x".repeat(EVENT_BYTES_MAX + 1),
+            text: noise(EVENT_BYTES_MAX * 2),
         };
         assert!(matches!(encode(&env), Err(CodecError::TooLarge(_))));
+    }
+
+    #[test]
+    fn small_events_keep_version_1_and_large_ones_are_deflated() {
+        let small = encode(&sample(1)).unwrap();
+        assert_eq!(u16::from_be_bytes([small[0], small[1]]), PLAIN);
+        // A 7.4 MiB plan text (100,000 steps) is over the event limit as it
+        // is, and well under it deflated.
+        let mut env = sample(1);
+        let step = "[steps.s]\nkind = \"sleep\"\nwith = { duration = \"0s\" }\n";
+        env.event = Event::Note {
+            text: step.repeat(2 * EVENT_BYTES_MAX / step.len()),
+        };
+        let rec = encode(&env).unwrap();
+        assert_eq!(u16::from_be_bytes([rec[0], rec[1]]), DEFLATED);
+        assert!(rec.len() < EVENT_BYTES_MAX / 8, "{} bytes", rec.len());
+        let back = decode(&rec, None).unwrap();
+        assert!(back.event == env.event, "the event reads back changed");
+        assert_eq!(back.time.timestamp_micros(), env.time.timestamp_micros());
+        assert!(plain_body(&rec).unwrap().len() > 2 * EVENT_BYTES_MAX - step.len());
+        // Damage is still caught before inflating.
+        let mut bad = rec.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        assert!(matches!(
+            decode(&bad, None),
+            Err(CodecError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn a_deflated_body_may_not_inflate_without_bound() {
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..=INFLATED_BYTES_MAX / zeros.len() {
+            std::io::Write::write_all(&mut z, &zeros).unwrap();
+        }
+        let body = z.finish().unwrap();
+        let mut rec = Vec::with_capacity(HEADER_LEN + body.len());
+        rec.extend_from_slice(&DEFLATED.to_be_bytes());
+        rec.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+        rec.extend_from_slice(&body);
+        let err = decode(&rec, None).unwrap_err();
+        assert!(err.to_string().contains("inflates to more than"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
     /// Crash right after this event.
     pub crash_at: Option<u64>,
+    /// Leave the run paused when this step waits.
+    pub stop_at: Option<String>,
     /// Echo step output.
     pub show_output: bool,
 }
@@ -38,10 +40,11 @@ impl Observer for CrashAt {
         if env.seq + 1 >= self.n {
             self.inner.flush();
             eprintln!(
-                "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running. Continue with:\n    upshift resume --journal {}\n  (it may pause for the FE HTTPS binding — `upshift approve RUN fe_bind_https` — and for\n  the ICH installer's reboot; run `upshift resume --journal ...` again after each)",
+                "\ndemo: crashing on purpose right after event {} ({}) — like a power cut, no cleanup runs.\n  The stand-ins keep running. Continue with:\n    upshift resume --journal {}\n  (it may pause for the Database Updater — run {}/bin/DataBaseUpdater-standin, then\n  `upshift approve RUN db_updater` —, for changed FE settings — `upshift approve RUN fe_compare@web01` —\n  and for the ICH installer's reboot; run `upshift resume --journal ...` again after each)",
                 env.seq + 1,
                 env.event.name(),
-                self.journal.display()
+                self.journal.display(),
+                self.journal.parent().unwrap_or(&self.journal).display()
             );
             #[cfg(unix)]
             {
@@ -91,17 +94,27 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
         boot: site.boot.clone(),
     };
     let ws = Workspace::new(&site.journal);
-    let (run, exit) = demo::play(&site, plan, &session, &mut |note| match note {
-        Note::RunStarted(run) => println!("{run}"),
-        Note::Reboot { boot_dir } => eprintln!(
-            "\ndemo: an installer asked for a reboot (msiexec 3010). upshift registered itself to resume\n  the run at boot ({}). A stand-in reboot happens now; the run resumes as the boot task would.\n",
-            boot_dir.display()
-        ),
-        Note::Approving { run, step } => eprintln!(
-            "\ndemo: step {step} waits for an operator; the demo approves it as one would:\n  upshift approve {run} {step} --reason \"...\"\n"
-        ),
-        Note::Approved { run } => super::decisions::say_journaled(run, &ws),
-    })?;
+    let (run, exit) = demo::play(
+        &site,
+        plan,
+        &session,
+        args.stop_at.as_deref(),
+        &mut |note| match note {
+            Note::RunStarted(run) => println!("{run}"),
+            Note::Reboot { boot_dir } => eprintln!(
+                "\ndemo: an installer asked for a reboot (msiexec 3010). upshift registered itself to resume\n  the run at boot ({}). A stand-in reboot happens now; the run resumes as the boot task would.\n",
+                boot_dir.display()
+            ),
+            Note::Approving { run, step } => eprintln!(
+                "\ndemo: step {step} waits for an operator; the demo approves it as one would:\n  upshift approve {run} {step} --reason \"...\"\n"
+            ),
+            Note::Updater { script } => eprintln!(
+                "\ndemo: the database phase waits for the Luware Database Updater. The demo plays the admin:\n  it runs the Updater's STAND-IN ({}: upshift's db.update against the SQL Server stand-in),\n  then approves the step; db_version_after reads the new version back.\n",
+                script.display()
+            ),
+            Note::Approved { run } => super::decisions::say_journaled(run, &ws),
+        },
+    )?;
     let code = match &exit {
         Exit::Finished(Outcome::Succeeded) => code::OK,
         Exit::Paused(reason) => {
@@ -112,7 +125,7 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
     };
     let j = site.journal.display();
     eprintln!(
-        "\ndemo: run {run} {}.\n  journal: {j}\n  site:    {}\nLook at it:\n  upshift status {run} --journal {j}\n  upshift log {run} --journal {j}\n  upshift report {run} --journal {j} -o report.html\n  upshift run {} --site {} --dry-run   (every command line, no action)",
+        "\ndemo: run {run} {}.\n  journal: {j}\n  site:    {}\nLook at it:\n  upshift status {run} --journal {j}\n  upshift log {run} --journal {j}\n  upshift report {run} --journal {j} -o report.html\n  upshift run {} --site {} --dry-run   (every command line, no action)\nUndo it (the previous packages come back, the database is restored):\n  upshift rollback {run} --journal {j}\nThe stand-ins keep running for that; they stop after 30 idle minutes, or now with:\n  touch {}/standins.stop",
         match &exit {
             Exit::Finished(o) => crate::report::outcome_word(*o).to_string(),
             Exit::Paused(_) => "paused".into(),
@@ -120,7 +133,8 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
         },
         site.dir.display(),
         site.plan_path.display(),
-        site.site.display()
+        site.site.display(),
+        site.dir.display()
     );
     Ok(code)
 }

@@ -190,8 +190,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// value anywhere (texts, outputs, checkpoint bytes, plan text).
 pub fn find_secret(records: &[(u64, Vec<u8>)], secrets: &[SecretValue]) -> Option<(u64, String)> {
     for (seq, rec) in records {
+        // What the event says, not its stored bytes (deflated when large).
+        let body = codec::plain_body(rec).unwrap_or(std::borrow::Cow::Borrowed(rec));
         for s in secrets {
-            if contains(rec, s.value.as_bytes()) {
+            if contains(&body, s.value.as_bytes()) {
                 return Some((*seq, format!("{} ({})", s.name, s.source)));
             }
         }
@@ -533,6 +535,27 @@ pub fn import(journal: &mut Journal, events: &[Envelope]) -> Result<bool, Error>
 mod tests {
     use super::*;
     use upshift_journal::{Actor, RunId};
+
+    #[test]
+    fn a_secret_in_a_deflated_record_is_found() {
+        let mut events = sample(2, "x");
+        let text = format!(
+            "{}hunter2-secret",
+            "filler ".repeat(codec::DEFLATE_FROM / 6)
+        );
+        events[1].event = Event::Note { text };
+        let rec = codec::encode(&events[1]).unwrap();
+        assert!(!contains(&rec, b"hunter2-secret"), "the record is deflated");
+        let secrets = [SecretValue {
+            name: "pw".into(),
+            source: "env PW".into(),
+            value: "hunter2-secret".into(),
+        }];
+        assert_eq!(
+            find_secret(&[(1, rec)], &secrets).map(|(seq, _)| seq),
+            Some(1)
+        );
+    }
 
     fn sample(n: usize, text: &str) -> Vec<Envelope> {
         let run = RunId::new();

@@ -137,3 +137,47 @@ fn filetimes_and_thumbprint_bytes() {
     assert_eq!((b.len(), b[1], b[19]), (20, 0x11, 0x33));
     assert!(thumbprint_bytes("0011").is_none());
 }
+
+/// A site's per-host thumbprints: `host` picks one; a host without one is
+/// refused when the plan is built, naming it; certificate security off
+/// needs none and checks nothing.
+#[tokio::test]
+async fn thumbprints_by_host_and_security_off() {
+    let with = format!(
+        "thumbprints = {{ tm01 = \"\u{200E}{}\", web01 = \"{TP}\" }}\nhost = \"tm01\"",
+        TP.to_lowercase()
+    );
+    let step = build(&with).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = TestContext::new("cert", dir.path());
+    let out = step.run(&ctx).await.unwrap();
+    assert_eq!(out.outputs["thumbprint"], TP);
+
+    let e = build(&format!(
+        "thumbprints = {{ web01 = \"{TP}\" }}\nhost = \"lync01\""
+    ))
+    .err()
+    .unwrap();
+    assert_eq!(e.field.as_deref(), Some("thumbprints"));
+    assert!(
+        e.message.contains("no thumbprint for host `lync01`") && e.message.contains("web01"),
+        "{}",
+        e.message
+    );
+    // Both ways at once is refused.
+    assert!(
+        build(&format!(
+            "thumbprint = \"{TP}\"\nthumbprints = {{}}\nhost = \"a\""
+        ))
+        .is_err()
+    );
+
+    // Off: no thumbprint at all, an empty output, a dry run that says so.
+    let step = build("enabled = \"false\"\nthumbprints = {}\nhost = \"tm01\"").unwrap();
+    assert!(step.describe()[0].contains("certificate security is off"));
+    let out = step.run(&ctx).await.unwrap();
+    assert_eq!(out.outputs["thumbprint"], "");
+    assert_eq!(out.outputs["store_check"], "off");
+    assert!(matches!(step.probe(&ctx).await.unwrap(), Probe::InPlace));
+    assert!(build("enabled = \"maybe\"\nthumbprint = \"x\"").is_err());
+}

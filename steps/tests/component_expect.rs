@@ -211,3 +211,34 @@ fn parameters_are_checked() {
             .contains("fuzzy")
     );
 }
+
+/// `skip_if_empty`: a check whose expected value is empty is left out (a
+/// thumbprint on a site without certificate security); without it, an
+/// empty expectation against a missing key is a difference.
+#[tokio::test]
+async fn skip_if_empty_leaves_the_check_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("AppSettings.config");
+    std::fs::write(
+        &f,
+        "<appSettings>\n  <add key=\"InstanzName\" value=\"TM\" />\n</appSettings>\n",
+    )
+    .unwrap();
+    let build = |extra: &str| {
+        let with: toml::Table = toml::from_str(&format!(
+            "file = {}\nchecks = [{{ key = \"InstanzName\", value = \"TM\" }}, {{ key = \"Thumbprint\", value = \"\"{extra} }}]",
+            toml::Value::String(f.display().to_string())
+        ))
+        .unwrap();
+        upshift_steps::registry()
+            .get("config.expect")
+            .unwrap()
+            .build(&with)
+            .unwrap()
+    };
+    let ctx = upshift_steps::testing::TestContext::new("verify", dir.path().join("work"));
+    let out = build(", skip_if_empty = true").run(&ctx).await.unwrap();
+    assert_eq!(out.outputs["checked"], "1");
+    let e = build("").run(&ctx).await.unwrap_err();
+    assert!(e.to_string().contains("Thumbprint"), "{e}");
+}

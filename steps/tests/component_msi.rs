@@ -253,3 +253,55 @@ fn describe_shows_the_msiexec_line_with_secrets_hidden() {
         "{d}"
     );
 }
+
+/// Property names from a site's table: a plan key renamed to the package's
+/// name, `""` left out; an installed version other than `version`, or a
+/// product not registered under the plan's code, fails the install.
+#[tokio::test]
+async fn property_names_and_the_installed_version_read_back() {
+    let s = Standin::new();
+    let pkg = s.package("ich.msi", CODE_NEW, "8.0", "");
+    let step = s.step(
+        "msi.install",
+        &format!(
+            "package = {}\nproduct_code = \"{CODE_NEW}\"\nversion = \"8.0\"\nproperties = {{ INSTANCENAME = \"TM\", LOGLEVEL = \"Debug\" }}\nproperty_names = {{ INSTANCENAME = \"INSTANCE_NAME\", LOGLEVEL = \"\" }}",
+            q(&pkg)
+        ),
+    );
+    step.run(&s.ctx()).await.unwrap();
+    let calls = s.calls();
+    assert!(calls.contains("INSTANCE_NAME=TM"), "{calls}");
+    assert!(
+        !calls.contains("INSTANCENAME") && !calls.contains("LOGLEVEL"),
+        "{calls}"
+    );
+
+    // The package is 7.9, the plan wants 8.0.
+    let s = Standin::new();
+    let pkg = s.package("ich.msi", CODE_NEW, "7.9", "");
+    let step = s.step(
+        "msi.install",
+        &format!(
+            "package = {}\nproduct_code = \"{CODE_NEW}\"\nversion = \"8.0\"",
+            q(&pkg)
+        ),
+    );
+    let e = step.run(&s.ctx()).await.unwrap_err();
+    assert!(
+        e.to_string().contains("reports version 7.9, not 8.0"),
+        "{e}"
+    );
+
+    // The package's ProductCode is not the plan's.
+    let s = Standin::new();
+    let pkg = s.package("ich.msi", CODE_OLD, "8.0", "");
+    let step = s.step(
+        "msi.install",
+        &format!(
+            "package = {}\nproduct_code = \"{CODE_NEW}\"\nversion = \"8.0\"",
+            q(&pkg)
+        ),
+    );
+    let e = step.run(&s.ctx()).await.unwrap_err();
+    assert!(e.to_string().contains("not registered as installed"), "{e}");
+}

@@ -449,3 +449,40 @@ async fn two_runs_starting_together_the_loser_waits_and_finds_the_work_done() {
     );
     assert_eq!(s.db.history.len(), 3);
 }
+
+/// `expect = "up_to_date"`: the check after the vendor's Database Updater
+/// passes only when the database reports the target, and says otherwise
+/// that the update was not applied (with the plan's assumption).
+#[tokio::test]
+async fn check_up_to_date_after_another_tools_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |server: &upshift_steps::sql_standin::StandinServer| {
+        let mut t = check_with(server, "8.0");
+        t.insert("expect".into(), "up_to_date".into());
+        t.insert("assumed".into(), "the version query is the site's".into());
+        t
+    };
+    let server = standin(TmDatabaseModel::new("7.2")).await;
+    let step = build("db.check", &w(&server)).unwrap();
+    assert!(
+        step.describe()
+            .iter()
+            .any(|l| l.contains("ASSUMPTION: the version query is the site's")),
+        "{:?}",
+        step.describe()
+    );
+    let err = step.run(&ctx(&dir)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("reports version 7.2, not the target 8.0: the update has not been applied"),
+        "{err}"
+    );
+    let server = standin(TmDatabaseModel::new("8.0")).await;
+    let out = build("db.check", &w(&server))
+        .unwrap()
+        .run(&ctx(&dir))
+        .await
+        .unwrap()
+        .outputs;
+    assert_eq!(out["decision"], "up_to_date");
+}

@@ -152,68 +152,6 @@ with = { program = "echo", args = ["${steps.backup.outputs.stdout}"] }
     assert!(!sb.journal().exists(), "a dry run must not journal");
 }
 
-/// The TeamManager site rules, on a copy of the example site file with one
-/// mistake of each kind; each error names the site file's line.
-#[test]
-fn the_teammanager_rules_name_the_site_files_lines() {
-    let sb = Sandbox::new();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let plan = root.join("plans/teammanager.toml");
-    // The example site passes.
-    sb.run(&["check", plan.to_str().unwrap()]).expect(0);
-    let good = std::fs::read_to_string(root.join("plans/sites/example.toml")).unwrap();
-    let bad = good
-        .replacen("port = 8113", "port = 8101", 1) // API's port = AC's, same host
-        .replacen("site_port = 8443", "site_port = 443", 1) // API site port = FE's
-        .replacen("CN=TM-Readers,OU=Groups", "CN=TM Readers,OU=Groups", 1)
-        .replacen("TM01 = \"LUCS\"", "TM01 = \"TM\"", 1);
-    assert_ne!(bad, good);
-    let site = sb.path().join("site.toml");
-    std::fs::write(&site, &bad).unwrap();
-    let line_of = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
-    let r = sb.run(&[
-        "check",
-        plan.to_str().unwrap(),
-        "--site",
-        site.to_str().unwrap(),
-    ]);
-    r.expect(2);
-    let at = |line: usize| format!("site.toml:{line}:");
-    // Lines of keys under [components.API].
-    let api = bad.lines().position(|l| l == "[components.API]").unwrap();
-    let under_api = |key: &str| {
-        bad.lines()
-            .enumerate()
-            .skip(api)
-            .find(|(_, l)| l.starts_with(key))
-            .unwrap()
-            .0
-            + 1
-    };
-    for (line, words) in [
-        (under_api("port ="), "already used by AC"),
-        (under_api("site_port ="), "site port 443"),
-        (line_of("readonly_admin_group"), "not a valid group DN"),
-    ] {
-        assert!(
-            r.stderr.contains(&at(line)),
-            "expected {} in:\n{}",
-            at(line),
-            r.stderr
-        );
-        assert!(
-            r.stderr.contains(words),
-            "expected `{words}` in:\n{}",
-            r.stderr
-        );
-    }
-    assert!(
-        r.stderr.contains("the same as the LUCS product"),
-        "{}",
-        r.stderr
-    );
-}
-
 #[test]
 fn hosts_fan_out_and_components_the_site_lacks_in_check_and_dry_run() {
     let sb = Sandbox::new();

@@ -520,8 +520,20 @@ fn an_event_too_large_for_the_journal_is_refused_with_a_clear_error() {
             run,
             seq: 0,
             time: chrono::Utc::now(),
+            // Text deflate cannot shrink below the limit (large events are
+            // stored deflated): pseudo-random letters, 6 bits each.
             event: Event::Note {
-                text: "x".repeat(upshift_journal::codec::EVENT_BYTES_MAX + 1),
+                text: {
+                    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+                    (0..2 * upshift_journal::codec::EVENT_BYTES_MAX)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            (b'0' + (x % 64) as u8) as char
+                        })
+                        .collect()
+                },
             },
         }])
         .unwrap_err();

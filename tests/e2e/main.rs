@@ -16,3 +16,4 @@ mod read_only;
 mod reboot_drift;
 mod secrets;
 mod support_tools;
+mod teammanager;

@@ -21,10 +21,15 @@
 //! certificate store: the check is skipped and the output says so**
 //! (`store_check` = `skipped: ...`); only the normalisation is verified.
 //!
-//! Parameters: `thumbprint`, `store` (default `My`), `min_days_valid`
+//! Parameters: `thumbprint` (or `thumbprints`, a table by host name, with
+//! `host` picking one: a site's per-host thumbprints), `enabled` (default
+//! true; false = certificate security off, no thumbprint needed, the step
+//! checks nothing and outputs an empty thumbprint), `store` (default `My`), `min_days_valid`
 //! (default 0), `require_private_key` (default true), `program` (ignored;
 //! kept so that older plans still load). Outputs: `thumbprint` (normalised), `stripped` (what was
 //! removed), `store_check`, `subject`, `not_after` (Windows).
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -308,7 +313,13 @@ fn my() -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
-    thumbprint: String,
+    thumbprint: Option<String>,
+    /// Thumbprints by host name; `host` picks one (a site's per-host table).
+    #[serde(default)]
+    thumbprints: BTreeMap<String, String>,
+    host: Option<String>,
+    /// Certificate security on (default) or off: off needs no thumbprint.
+    enabled: Option<super::appsettings::SettingValue>,
     #[serde(default = "my")]
     store: String,
     #[serde(default)]
@@ -322,7 +333,8 @@ struct Params {
 }
 
 struct CertCheck {
-    input: String,
+    /// `None`: certificate security is off, nothing to check.
+    input: Option<String>,
     store: String,
     min_days_valid: u32,
     require_private_key: bool,
@@ -336,13 +348,63 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
                 .hint("e.g. store = \"My\" (LocalMachine\\My, the Personal store)"),
         );
     }
+    let enabled = match p.enabled.as_ref().map(|v| v.0.trim().to_ascii_lowercase()) {
+        None => true,
+        Some(v) if v == "true" => true,
+        Some(v) if v == "false" => false,
+        Some(v) => {
+            return Err(ParamError::field(
+                "enabled",
+                format!("enabled = `{v}`: write true or false"),
+            ));
+        }
+    };
+    if p.thumbprint.is_some() && (!p.thumbprints.is_empty() || p.host.is_some()) {
+        return Err(ParamError::field(
+            "thumbprint",
+            "give `thumbprint`, or `thumbprints` with `host`, not both",
+        ));
+    }
+    let input = if !enabled {
+        None
+    } else if let Some(t) = p.thumbprint {
+        Some(t)
+    } else {
+        let Some(host) = p.host else {
+            return Err(ParamError::field(
+                "thumbprint",
+                "give `thumbprint`, or `thumbprints` (by host) with `host`",
+            ));
+        };
+        match p.thumbprints.get(&host) {
+            Some(t) => Some(t.clone()),
+            None => {
+                return Err(ParamError::field(
+                    "thumbprints",
+                    format!(
+                        "certificate security is on, but there is no thumbprint for host `{host}` (thumbprints for: {})",
+                        if p.thumbprints.is_empty() {
+                            "none".to_string()
+                        } else {
+                            p.thumbprints.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    ),
+                )
+                .hint(format!(
+                    "add `{host} = \"<40 hex digits>\"` to the thumbprints (the certificate of that machine), or turn certificate security off"
+                )));
+            }
+        }
+    };
     // A thumbprint that cannot be valid is a plan error, found before
     // anything runs, unless it comes from a reference resolved later.
-    if !p.thumbprint.contains("${") {
-        normalize(&p.thumbprint).map_err(|m| ParamError::field("thumbprint", m))?;
+    if let Some(t) = &input
+        && !t.contains("${")
+    {
+        normalize(t).map_err(|m| ParamError::field("thumbprint", m))?;
     }
     Ok(Box::new(CertCheck {
-        input: p.thumbprint,
+        input,
         store: p.store,
         min_days_valid: p.min_days_valid,
         require_private_key: p.require_private_key,
@@ -384,15 +446,22 @@ impl CertCheck {
     }
 }
 
+/// What the step says when certificate security is off.
+pub const OFF: &str =
+    "certificate security is off (enabled = false): no thumbprint needed, nothing checked";
+
 /// What `store_check` says when there is no Windows store.
 pub const SKIPPED: &str = "skipped: not Windows (no LocalMachine certificate store here); only the thumbprint was checked";
 
 #[async_trait::async_trait]
 impl Step for CertCheck {
     fn describe(&self) -> Vec<String> {
-        let tp = normalize(&self.input)
+        let Some(input) = &self.input else {
+            return vec![OFF.to_string()];
+        };
+        let tp = normalize(input)
             .map(|n| n.thumbprint)
-            .unwrap_or_else(|_| self.input.clone());
+            .unwrap_or_else(|_| input.clone());
         vec![format!(
             "check certificate {tp} in {}: exists, valid{}{}{}",
             self.where_(),
@@ -415,7 +484,16 @@ impl Step for CertCheck {
     }
 
     async fn run(&self, ctx: &dyn StepContext) -> Result<StepOutcome, StepError> {
-        let n = normalize(&self.input).map_err(StepError::fatal)?;
+        let Some(input) = &self.input else {
+            ctx.output(&format!("{OFF}\n"));
+            let mut outputs = Outputs::new();
+            for k in ["thumbprint", "stripped"] {
+                outputs.insert(k.into(), String::new());
+            }
+            outputs.insert("store_check".into(), "off".into());
+            return Ok(StepOutcome::with_outputs(outputs));
+        };
+        let n = normalize(input).map_err(StepError::fatal)?;
         let mut stripped = n.invisible.clone();
         if n.spaces > 0 {
             stripped.push(format!("{} space(s)", n.spaces));
@@ -455,7 +533,10 @@ impl Step for CertCheck {
     }
 
     async fn probe(&self, ctx: &dyn StepContext) -> Result<Probe, StepError> {
-        let n = match normalize(&self.input) {
+        let Some(input) = &self.input else {
+            return Ok(Probe::InPlace);
+        };
+        let n = match normalize(input) {
             Ok(n) => n,
             Err(m) => return Ok(Probe::Differs(m)),
         };

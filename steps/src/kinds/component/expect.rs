@@ -11,6 +11,8 @@
 //! (list of `{ key = "..." | path = "/a/b/@attr", value = "...",
 //! compare = "...", file = "...", assumed = "..." }`; `path` is a small
 //! XPath subset, see [`super::xml::XmlPath`]; `file` defaults to the step's);
+//! a check with `skip_if_empty = true` is left out when its expected value
+//! is empty (a thumbprint on a site without certificate security);
 //! `compare` (default for every check: `"exact"` | `"ignore-case"` |
 //! `"thumbprint"`); `assumed` (a note shown in the dry run for the
 //! `app_settings` keys, e.g. "key names are assumptions").
@@ -128,6 +130,10 @@ struct CheckSpec {
     compare: Option<Compare>,
     file: Option<PathBuf>,
     assumed: Option<String>,
+    /// Skip this check when the expected value is empty (e.g. a thumbprint
+    /// on a site without certificate security).
+    #[serde(default)]
+    skip_if_empty: bool,
 }
 
 #[derive(Deserialize)]
@@ -207,8 +213,14 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
                 ));
             }
         };
+        if c.skip_if_empty && c.value.0.trim().is_empty() {
+            continue;
+        }
         let compare = c.compare.unwrap_or(p.compare);
-        if compare == Compare::Thumbprint && !c.value.0.contains("${") {
+        // A literal is checked now; a reference (or the plan checker's
+        // `<output NAME of step ID>` placeholder for one) when it is known.
+        let placeholder = c.value.0.starts_with("<output ") && c.value.0.ends_with('>');
+        if compare == Compare::Thumbprint && !c.value.0.contains("${") && !placeholder {
             normalize(&c.value.0).map_err(|m| ParamError::field(&field, m))?;
         }
         checks.push(Check {

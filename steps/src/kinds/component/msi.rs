@@ -250,6 +250,11 @@ struct Params {
     previous_package: Option<PathBuf>,
     program: Option<String>,
     standin_state: Option<PathBuf>,
+    /// The names the package really uses for `properties`' keys (`KEY =
+    /// "REALNAME"`; `""` leaves the property out): property names are
+    /// often an assumption, kept in one table a site can correct.
+    #[serde(default)]
+    property_names: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,6 +313,17 @@ fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
     }
     let mut properties: Vec<(String, String)> = Vec::new();
     for (k, v) in p.properties {
+        let k = match p.property_names.get(&k) {
+            Some(real) if real.trim().is_empty() => continue,
+            Some(real) => real.trim().to_string(),
+            None => k,
+        };
+        if properties.iter().any(|(x, _)| *x == k) {
+            return Err(ParamError::field(
+                "property_names",
+                format!("two properties end up named `{k}`"),
+            ));
+        }
         if !valid_property(&k) {
             return Err(ParamError::field(
                 "properties",
@@ -580,10 +596,14 @@ pub fn verify_after(
 ) -> Result<(), String> {
     match (mode_install, installed, want) {
         (true, None, _) => Err(format!(
-            "msiexec reported success (exit {rc}) but product {code} is not installed"
+            "msiexec reported success (exit {rc}) but product {code} is not installed \
+             (not registered as installed: does the package's ProductCode differ from \
+             the plan's `product_code`?)"
         )),
-        (true, Some(v), Some(w)) if v != w => Err(format!(
-            "msiexec reported success (exit {rc}) but product {code} is at version {v}, not {w}"
+        (true, Some(v), Some(w)) if v.trim() != w.trim() => Err(format!(
+            "msiexec reported success (exit {rc}) but product {code} is at version {v}, \
+             not {w}: after the install, {code} reports version {v}, not {w}; the package \
+             is not the one the plan expects (check `package` and `version`)"
         )),
         (false, Some(v), _) => Err(format!(
             "msiexec reported success (exit {rc}) but product {code} is still installed ({v})"
@@ -616,6 +636,23 @@ impl Step for Msi {
                     (Mode::Uninstall, _) => "absent".into(),
                 }
             ));
+        }
+        match (
+            self.mode,
+            &self.product_code,
+            &self.package,
+            &self.previous_package,
+        ) {
+            (Mode::Uninstall, _, Some(p), _) => {
+                lines.push(format!("  on rollback: reinstall {}", p.display()))
+            }
+            (Mode::Install, Some(code), _, prev) => lines.push(format!(
+                "  on rollback: msiexec /x {code}{}",
+                prev.as_ref()
+                    .map(|p| format!(", then reinstall {}", p.display()))
+                    .unwrap_or_default()
+            )),
+            _ => {}
         }
         lines
     }

@@ -153,11 +153,19 @@ struct Params {
     #[serde(default)]
     incremental_from: BTreeMap<String, String>,
     version_query: Option<String>,
+    /// `reachable` (default): the target can be reached; `up_to_date`: the
+    /// database must already be at the target (the check after an update
+    /// done by another tool, e.g. the vendor's Database Updater).
+    expect: Option<String>,
+    /// What the plan assumes about the query (shown in the dry run).
+    assumed: Option<String>,
     #[serde(default, with = "crate::params::duration_text::option")]
     command_timeout: Option<Duration>,
 }
 
 struct DbCheck {
+    up_to_date: bool,
+    assumed: Option<String>,
     connection: ConnectionParams,
     target: String,
     path: UpdatePath,
@@ -211,7 +219,19 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
             ));
         }
     }
+    let up_to_date = match p.expect.as_deref() {
+        None | Some("reachable") => false,
+        Some("up_to_date") => true,
+        Some(other) => {
+            return Err(ParamError::field(
+                "expect",
+                format!("expect = `{other}`: write \"reachable\" or \"up_to_date\""),
+            ));
+        }
+    };
     Ok(Box::new(DbCheck {
+        up_to_date,
+        assumed: p.assumed.filter(|a| !a.trim().is_empty()),
         connection: p.connection,
         target: p.target_version,
         path: UpdatePath {
@@ -259,14 +279,31 @@ pub(crate) async fn read_version(
 #[async_trait::async_trait]
 impl Step for DbCheck {
     fn describe(&self) -> Vec<String> {
-        vec![
-            format!(
-                "check the database version on {} can reach {} ({})",
-                self.connection.display(),
-                self.target,
-                limit_text(self.limit)
-            ),
+        let mut lines = vec![
+            if self.up_to_date {
+                format!(
+                    "check the database on {} now reports version {} (fails otherwise) ({})",
+                    self.connection.display(),
+                    self.target,
+                    limit_text(self.limit)
+                )
+            } else {
+                format!(
+                    "check the database version on {} can reach {} ({})",
+                    self.connection.display(),
+                    self.target,
+                    limit_text(self.limit)
+                )
+            },
             version_query_line(&self.query),
+        ];
+        if let Some(a) = &self.assumed {
+            lines.push(format!("  ASSUMPTION: {a}"));
+        }
+        if self.up_to_date {
+            return lines;
+        }
+        lines.extend([
             format!(
                 "  update path (from the plan): {}",
                 self.path.versions.join(" -> ")
@@ -275,12 +312,25 @@ impl Step for DbCheck {
                 "  older than {}: stop and contact support",
                 self.path.oldest_supported
             ),
-        ]
+        ]);
+        lines
     }
 
     async fn run(&self, ctx: &dyn StepContext) -> Result<StepOutcome, StepError> {
         let mut sql = self.connection.connect(None).await?;
         let current = read_version(&mut sql, &self.query, self.limit).await?;
+        if self.up_to_date && compare_versions(&current, &self.target) != Ordering::Equal {
+            return Err(StepError::fatal(format!(
+                "{}: the database reports version {current}, not the target {}: the update has not been applied (run the Database Updater again: Check DB, then Update to version {}; then `upshift retry` this step){}",
+                sql.label(),
+                self.target,
+                self.target,
+                self.assumed
+                    .as_ref()
+                    .map(|a| format!(". Note: {a}"))
+                    .unwrap_or_default()
+            )));
+        }
         let decision = self
             .path
             .decide(&current, &self.target)
