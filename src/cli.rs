@@ -106,6 +106,66 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: GraphFormat,
     },
+    /// Ask the real site, read-only, whether the plan can run: days before the window.
+    ///
+    /// Runs every step's preflight checks on the host that will run it, all
+    /// steps of a host in parallel, each bounded in time, and prints one
+    /// finding per problem: step, host, what was found, what was expected,
+    /// how to fix it. It changes nothing and journals nothing.
+    ///
+    /// What is checked (docs/preflight.md has the full list):
+    ///   packages  every .msi exists, is readable, and its own Property table
+    ///             says what the site file assumes (ProductCode,
+    ///             ProductVersion, UpgradeCode); every public property the
+    ///             plan passes is defined by the package (a misspelled
+    ///             INSTANCENAME is caught here and nowhere else)
+    ///   SQL       the login works; HAS_PERMS_BY_NAME for BACKUP DATABASE and
+    ///             RESTORE; the database exists and its version is on the
+    ///             update path; free space where the backup goes > database
+    ///             size (approximate); SQL Agent jobs to remove are listed
+    ///   files     config files the plan edits exist and parse; paths resolve
+    ///   hosts     ssh hosts reachable, host key known, administrator, free disk
+    ///   Windows   pending reboot, Windows Installer busy, services exist,
+    ///             the certificate present with a private key and not
+    ///             expiring soon (on Windows only; elsewhere "not checked")
+    /// Not yet (listed as "not checked"): ports, and the steps' own checks
+    /// on ssh hosts (the hosts themselves are checked).
+    ///
+    /// Exit codes (a contract for scripts): 0 ready, 1 findings, 2 plan error.
+    ///
+    ///   upshift preflight plans/teammanager.toml --site sites/contoso.toml
+    ///   upshift preflight plans/teammanager.toml --json | jq '.checks[] | select(.result == "finding")'
+    ///   upshift preflight plans/teammanager.toml -o preflight.html
+    #[command(verbatim_doc_comment)]
+    Preflight {
+        /// The plan file.
+        plan: PathBuf,
+        /// Site file with this customer's values (default: the plan's `site`).
+        #[arg(long, value_name = "FILE")]
+        site: Option<PathBuf>,
+        /// Set a variable (KEY=VALUE), overriding the plan's [vars].
+        #[arg(long = "var", value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+        /// Print the report as JSON (for scripts) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also write the report as a self-contained HTML file.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Time limit of each step's checks.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        step_timeout: std::time::Duration,
+        /// Steps checked at once per host (1 = one after another).
+        #[arg(long, value_name = "N", default_value_t = 8)]
+        per_host: usize,
+    },
+    /// (internal) Print an MSI package's Property table as NAME=value lines
+    /// (the msiexec stand-in of tests and the demo reads packages with it).
+    #[command(name = "__msi-properties", hide = true)]
+    MsiProperties {
+        /// The .msi file.
+        package: PathBuf,
+    },
     /// Start a new run of a plan. Prints the run id as the first line on stdout.
     ///
     /// Steps run in dependency order, in parallel where the graph allows (up to
@@ -374,6 +434,14 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// (internal) The host side of remote steps (`serve`, `run`), started
+    /// by a coordinator over ssh.
+    #[command(name = "__remote", hide = true)]
+    Remote {
+        /// `serve --work-dir DIR` or `run --ticket-dir DIR`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// A decision about one step.
@@ -420,7 +488,26 @@ impl From<GraphFormat> for commands::plan::GraphFormat {
 pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Guard { args } => Ok(upshift_steps::child::guard_main(args).clamp(0, 255) as u8),
+        Command::Remote { args } => Ok(upshift_remote::main(args).clamp(0, 255) as u8),
         Command::Check { plan, vars, site } => commands::plan::check(&plan, &vars, site.as_deref()),
+        Command::Preflight {
+            plan,
+            site,
+            vars,
+            json,
+            output,
+            step_timeout,
+            per_host,
+        } => commands::preflight::preflight(commands::preflight::PreflightArgs {
+            plan,
+            site,
+            vars,
+            json,
+            output,
+            step_timeout,
+            per_host,
+        }),
+        Command::MsiProperties { package } => commands::preflight::msi_properties(&package),
         Command::Graph { plan, format, site } => {
             commands::plan::graph(&plan, format.into(), site.as_deref())
         }

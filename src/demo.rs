@@ -350,7 +350,7 @@ fn site_file(dir: &Path, sql_port: u16, http_port: u16) -> String {
 tm = ["tm01", "web01", "lync01"]
 iis = ["web01"]
 lync = ["lync01"]
-sql = "tm01"
+# sql = "tm01" (informational: a key nothing reads is an error)
 
 [sql]
 host = "127.0.0.1"

@@ -101,7 +101,16 @@ impl fmt::Display for PlanErrors {
             write!(f, "{e}")?;
         }
         if self.0.len() > 1 {
-            write!(f, "\n\n{} problems in the plan", self.0.len())?;
+            // Errors in the site file too: say so (the site file's own
+            // lines are the ones to fix).
+            let files: std::collections::BTreeSet<&Path> =
+                self.0.iter().map(|e| e.file.as_path()).collect();
+            let place = if files.len() > 1 {
+                "in the plan and its site file"
+            } else {
+                "in the plan"
+            };
+            write!(f, "\n\n{} problems {place}", self.0.len())?;
         }
         Ok(())
     }
@@ -181,7 +190,7 @@ impl Locator<'_> {
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim::levenshtein(word, c), c))
+        .map(|c| (strsim::osa_distance(word, c), c))
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -235,5 +244,58 @@ pub fn locate_key(
     match header_span {
         Some(sp) => loc.at(sp, message, hint),
         None => PlanError::whole_file(file, message, hint),
+    }
+}
+
+/// A hint for a TOML error inside a double-quoted string that looks like a
+/// Windows path (`"D:\Backup"`, `"\\server\share"`): a backslash starts an
+/// escape there, so such paths go in single quotes (a literal string).
+pub fn windows_path_hint(text: &str, at: usize) -> Option<String> {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let line_start = text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[at..].find('\n').map(|i| at + i).unwrap_or(text.len());
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    // The double-quoted string around the error.
+    let rel = (at - line_start).min(line.len());
+    let open = line.get(..rel)?.rfind('"')?;
+    let close = line[open + 1..].find('"').map(|i| open + 1 + i)?;
+    let inner = &line[open + 1..close];
+    let b = inner.as_bytes();
+    let drive = b.len() >= 3 && b[0].is_ascii_alphabetic() && &b[1..3] == b":\\";
+    let unc = inner.starts_with("\\\\");
+    let relative = inner.contains('\\') && !inner.contains("\\\\") && !inner.contains(' ');
+    if !(drive || unc || relative) || inner.contains('\'') {
+        return None;
+    }
+    let fixed = format!("{}'{inner}'", &line[..open]);
+    Some(format!(
+        "a backslash in a double-quoted string starts an escape; write Windows paths in single quotes (a literal string, no escapes): {}",
+        fixed.trim()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_paths_in_double_quotes_get_the_single_quote_hint() {
+        let text = "[sql]\nbackup_dir = \"D:\\Backup\"\n";
+        let at = text.find("\\B").unwrap();
+        assert_eq!(
+            windows_path_hint(text, at).unwrap().rsplit(": ").next(),
+            Some("backup_dir = 'D:\\Backup'")
+        );
+        let unc = "p = \"\\\\srv\\share\"\n";
+        assert!(windows_path_hint(unc, 6).is_some());
+        assert_eq!(windows_path_hint("x = \"a\\qb c\"\n", 6), None);
+        // Any offset of any text: never a panic.
+        let odd = "é = \"ü\\é\"\n\"";
+        for at in 0..odd.len() + 2 {
+            let _ = windows_path_hint(odd, at);
+        }
     }
 }

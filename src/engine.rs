@@ -178,6 +178,12 @@ impl Redactor {
     }
 }
 
+impl upshift_remote::client::Redact for Redactor {
+    fn redact(&self, text: &str) -> String {
+        self.text(text)
+    }
+}
+
 impl Writer {
     /// Starts the writer thread over `journal`. Every committed envelope is
     /// also sent to `committed`.
@@ -477,7 +483,15 @@ struct Done {
     attempt: u32,
     result: Result<StepOutcome, StepError>,
     tail: String,
+    /// A remote attempt's runner was found gone (or never began): start a
+    /// new attempt from the last checkpoint, and why.
+    restart: Option<String>,
 }
+
+/// A remote attempt found interrupted is started again at most this many
+/// times in one engine session; then it fails (and its retry policy
+/// decides).
+pub const REMOTE_RESTARTS_MAX: u32 = 3;
 
 /// Secret values resolved from their references.
 pub fn resolve_secrets(plan: &Plan) -> Result<BTreeMap<String, String>, String> {
@@ -502,6 +516,8 @@ pub struct Engine {
     compensable: (Option<u32>, BTreeSet<String>),
     /// The program that guards step processes ([`guard_beside`]).
     guard: Option<PathBuf>,
+    /// The plan's ssh hosts ([`crate::remote`]).
+    hosts: crate::remote::Hosts,
 }
 
 /// File name of the guard-only binary (`src/bin/upshift-guard.rs`).
@@ -560,6 +576,7 @@ impl Engine {
         let redactor = Redactor::new(secrets.values().cloned());
         let writer = Writer::start(journal, redactor.clone(), ctx);
         let guard = cfg.guard_program.as_deref().map(guard_beside);
+        let hosts = crate::remote::hosts(&plan, cfg.guard_program.clone());
         Engine {
             plan: Arc::new(plan),
             cfg,
@@ -571,6 +588,7 @@ impl Engine {
             redactor,
             compensable: (None, BTreeSet::new()),
             guard,
+            hosts,
         }
     }
 
@@ -669,6 +687,243 @@ impl Engine {
         })
     }
 
+    /// The ssh host a step runs on, if it runs on one.
+    fn remote_host(&self, id: &str) -> Option<(&str, &Result<upshift_remote::RemoteHost, String>)> {
+        let h = self.plan.steps.get(id)?.host.as_deref()?;
+        self.hosts.get(h).map(|r| (h, r))
+    }
+
+    /// The ticket of attempt `attempt` of step `id`.
+    fn ticket(&self, id: &str, attempt: u32) -> Result<upshift_remote::protocol::TicketId, String> {
+        crate::remote::ticket_id(&self.run.to_string(), id, &attempt.to_string())
+    }
+
+    /// What to hand the step's ssh host for this work (`None`: the step
+    /// runs here). `reattach`: the attempt's ticket was journaled by an
+    /// earlier session and is followed (started only if the host never saw
+    /// it).
+    fn dispatch(
+        &self,
+        id: &str,
+        work: Work,
+        attempt: u32,
+        reattach: bool,
+    ) -> Option<Result<crate::remote::Dispatch, String>> {
+        use upshift_remote::protocol::StepOp;
+        let (_, host) = self.remote_host(id)?;
+        Some((|| {
+            let host = host.clone()?;
+            let def = &self.plan.steps[id];
+            let st = self.state.step(id);
+            let (body, op, ticket) = match work {
+                Work::Run => (&def.body, StepOp::Run, self.ticket(id, attempt)?),
+                Work::Compensate => {
+                    let suffix = format!("c{}", Utc::now().timestamp_millis());
+                    let ticket = crate::remote::ticket_id(&self.run.to_string(), id, &suffix)?;
+                    match &def.compensate {
+                        Some(b) => (b, StepOp::Run, ticket),
+                        None => (&def.body, StepOp::Compensate, ticket),
+                    }
+                }
+            };
+            let with = resolve_with(&self.plan, Some(id), &body.with, &self.secrets, &self.state)?;
+            let request = crate::remote::request(
+                ticket,
+                &self.run.to_string(),
+                id,
+                attempt,
+                op,
+                body.kind.as_str(),
+                &with,
+                &self.secrets,
+                if work == Work::Run {
+                    st.checkpoint.clone()
+                } else {
+                    None
+                },
+                st.approved,
+                st.outputs.clone(),
+                def.timeout,
+            )?;
+            Ok(crate::remote::Dispatch {
+                host,
+                request,
+                journaled_checkpoints: match &st.remote {
+                    Some(r) if reattach && r.attempt == attempt => r.checkpoints,
+                    _ => 0,
+                },
+                reboot_auto: self.plan.reboot == crate::plan::RebootPolicy::Auto,
+                done: st.done,
+                total: st.total,
+            })
+        })())
+    }
+
+    /// Steps whose attempt an earlier session handed to an ssh host and
+    /// that did not end: the engine follows their tickets again instead of
+    /// starting them anew. Their `StepDispatched` events, journaled again.
+    fn reattach_events(&self) -> Vec<Event> {
+        if self.state.outcome.is_some() {
+            return Vec::new();
+        }
+        self.plan
+            .order
+            .iter()
+            .filter_map(|id| {
+                let st = self.state.step(id);
+                let r = st.remote.as_ref()?;
+                let lost = st.status == StepStatus::Waiting
+                    && st
+                        .waiting
+                        .as_deref()
+                        .is_some_and(|w| w.contains(crate::remote::LOST_TICKET));
+                // The same host (an accepted plan change may have moved the
+                // step: then it starts anew there).
+                let same_host = self.remote_host(id).is_some_and(|(h, _)| h == r.host);
+                ((matches!(st.status, StepStatus::Interrupted | StepStatus::Running) || lost)
+                    && r.attempt == st.attempts
+                    && same_host)
+                    .then(|| Event::StepDispatched {
+                        step: id.clone(),
+                        attempt: r.attempt,
+                        host: r.host.clone(),
+                        ticket: r.ticket.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// The probe ticket of a step on an ssh host (`None`: probed here).
+    fn probe_request(
+        &self,
+        id: &str,
+    ) -> Option<
+        Result<
+            (
+                upshift_remote::RemoteHost,
+                upshift_remote::protocol::StartRequest,
+            ),
+            String,
+        >,
+    > {
+        let (_, host) = self.remote_host(id)?;
+        Some((|| {
+            let host = host.clone()?;
+            let def = &self.plan.steps[id];
+            let st = self.state.step(id);
+            let suffix = format!("p{}", Utc::now().timestamp_millis());
+            let ticket = crate::remote::ticket_id(&self.run.to_string(), id, &suffix)?;
+            let with = resolve_with(
+                &self.plan,
+                Some(id),
+                &def.body.with,
+                &self.secrets,
+                &self.state,
+            )?;
+            let request = crate::remote::request(
+                ticket,
+                &self.run.to_string(),
+                id,
+                st.attempts,
+                upshift_remote::protocol::StepOp::Probe,
+                def.body.kind.as_str(),
+                &with,
+                &self.secrets,
+                None,
+                st.approved,
+                st.outputs.clone(),
+                def.timeout,
+            )?;
+            Ok((host, request))
+        })())
+    }
+
+    /// Connects every ssh host that has steps left (in parallel; installs
+    /// the binary where it is missing). Returns the problems an operator
+    /// must fix before anything runs (a changed or unknown host key, a
+    /// refused login, a bad host configuration), and notes on hosts that
+    /// cannot be reached now (their steps wait and retry).
+    async fn preflight(&self) -> (Vec<String>, Vec<Event>) {
+        let mut wanted: BTreeMap<&str, &Result<upshift_remote::RemoteHost, String>> =
+            BTreeMap::new();
+        for id in &self.plan.order {
+            let st = self.state.step(id);
+            if matches!(st.status, StepStatus::Succeeded | StepStatus::Skipped) {
+                continue;
+            }
+            if let Some((h, r)) = self.remote_host(id) {
+                wanted.insert(h, r);
+            }
+        }
+        let mut problems = Vec::new();
+        let mut notes = Vec::new();
+        let mut checks = JoinSet::new();
+        for (name, host) in wanted {
+            match host {
+                Err(e) => problems.push(format!("host {name}: {e}")),
+                Ok(h) => {
+                    let h = h.clone();
+                    checks.spawn(async move {
+                        let r = h.connect().await;
+                        (h.name().to_string(), r)
+                    });
+                }
+            }
+        }
+        while let Some(done) = checks.join_next().await {
+            let Ok((name, r)) = done else { continue };
+            match r {
+                Ok(f) => notes.push(Event::Note {
+                    text: format!(
+                        "host {name}: connected ({} {}, {}, boot id {})",
+                        f.os, f.arch, f.hostname, f.boot_id
+                    ),
+                }),
+                Err(e) if e.is_transient() => notes.push(Event::Note {
+                    text: format!(
+                        "host {name} cannot be reached now ({e}); its steps retry until it can"
+                    ),
+                }),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        problems.sort();
+        (problems, notes)
+    }
+
+    /// Pauses before anything runs when a host refuses us for good.
+    async fn drive_checked(&mut self) -> Result<Exit, EngineError> {
+        if !self.hosts.is_empty() {
+            let (problems, notes) = self.preflight().await;
+            if !problems.is_empty() {
+                return self
+                    .stop_paused(
+                        notes,
+                        format!(
+                            "nothing was started: {}. Fix the host(s), then run `upshift resume {}`",
+                            problems.join("; "),
+                            self.run
+                        ),
+                    )
+                    .await;
+            }
+            self.journal(notes).await?;
+        }
+        self.drive().await
+    }
+
+    /// `StepDispatched` for a new attempt of a step on an ssh host.
+    fn dispatched_event(&self, id: &str, attempt: u32) -> Option<Event> {
+        let (host, _) = self.remote_host(id)?;
+        let ticket = self.ticket(id, attempt).ok()?;
+        Some(Event::StepDispatched {
+            step: id.to_string(),
+            attempt,
+            host: host.to_string(),
+            ticket: ticket.to_string(),
+        })
+    }
+
     /// Starts a brand-new run: journals `RunStarted` and drives it.
     pub async fn start(&mut self, cli_vars: BTreeMap<String, String>) -> Result<Exit, EngineError> {
         let plan = Arc::clone(&self.plan);
@@ -689,7 +944,7 @@ impl Engine {
             });
         }
         self.journal(events).await?;
-        self.drive().await
+        self.drive_checked().await
     }
 
     /// Takes an existing run up again: journals `RunResumed` (plus any
@@ -701,7 +956,7 @@ impl Engine {
         }];
         events.extend(extra);
         self.journal(events).await?;
-        self.drive().await
+        self.drive_checked().await
     }
 
     /// Journals `events` and a pause, without resuming (e.g. drift found).
@@ -727,6 +982,29 @@ impl Engine {
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut in_flight: BTreeMap<String, tokio::task::AbortHandle> = BTreeMap::new();
         let mut pending_events: Vec<Event> = Vec::new();
+        // Remote attempts an earlier session left running: followed again
+        // (journaled with the first commit, folded before the first
+        // decision, so they are not started anew).
+        let reattach_events = self.reattach_events();
+        let mut reattach: Vec<(String, u32)> = reattach_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StepDispatched { step, attempt, .. } => Some((step.clone(), *attempt)),
+                _ => None,
+            })
+            .collect();
+        pending_events.extend(reattach_events);
+        // Remote attempts found interrupted, to start again.
+        let mut relaunch: Vec<String> = Vec::new();
+        let mut restarts: HashMap<String, u32> = HashMap::new();
+        // Tickets in flight on remote hosts (aborted with the run).
+        let mut remote_tickets: BTreeMap<
+            String,
+            (
+                upshift_remote::RemoteHost,
+                upshift_remote::protocol::TicketId,
+            ),
+        > = BTreeMap::new();
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         let mut inbox_tick = tokio::time::interval(Duration::from_millis(500));
@@ -758,8 +1036,22 @@ impl Engine {
                     locks: true,
                 },
             );
-            let mut launches: Vec<(String, Work, u32)> = Vec::new();
+            let mut launches: Vec<(String, Work, u32, bool)> = Vec::new();
             let mut staged: Vec<Event> = Vec::new();
+            for (id, attempt) in reattach.drain(..) {
+                launches.push((id, Work::Run, attempt, true));
+            }
+            for id in relaunch.drain(..) {
+                let st = self.state.step(&id);
+                let attempt = st.attempts + 1;
+                staged.push(Event::StepStarted {
+                    step: id.clone(),
+                    attempt,
+                    resumed_from_checkpoint: st.checkpoint.is_some(),
+                });
+                staged.extend(self.dispatched_event(&id, attempt));
+                launches.push((id, Work::Run, attempt, false));
+            }
             for (id, reason) in &next.wait {
                 staged.push(Event::StepWaiting {
                     step: id.clone(),
@@ -780,21 +1072,28 @@ impl Engine {
                 // `decide` counts what the state says runs; a task can
                 // outlive its step's state (an operator skipped it while it
                 // ran), so the tasks are counted too.
-                if in_flight.len() + launches.len() >= limit || in_flight.contains_key(&id) {
+                if in_flight.len() + launches.len() >= limit
+                    || in_flight.contains_key(&id)
+                    || launches.iter().any(|l| l.0 == id)
+                {
                     continue;
                 }
                 let attempt = self.state.step(&id).attempts + u32::from(work == Work::Run);
                 match work {
-                    Work::Run => staged.push(Event::StepStarted {
-                        step: id.clone(),
-                        attempt,
-                        resumed_from_checkpoint: self.state.step(&id).checkpoint.is_some(),
-                    }),
+                    Work::Run => {
+                        staged.push(Event::StepStarted {
+                            step: id.clone(),
+                            attempt,
+                            resumed_from_checkpoint: self.state.step(&id).checkpoint.is_some(),
+                        });
+                        // The ticket is journaled before the host sees it.
+                        staged.extend(self.dispatched_event(&id, attempt));
+                    }
                     Work::Compensate => {
                         staged.push(Event::CompensationStarted { step: id.clone() })
                     }
                 }
-                launches.push((id, work, attempt));
+                launches.push((id, work, attempt, false));
             }
             let mut end = if in_flight.is_empty() && launches.is_empty() {
                 next.end.clone()
@@ -834,8 +1133,56 @@ impl Engine {
             let mut events = std::mem::take(&mut pending_events);
             events.extend(staged);
             self.journal(events).await?;
-            for (id, work, attempt) in launches {
+            for (id, work, attempt, reattach) in launches {
                 let ctx = self.ctx(&id, work, attempt);
+                if let Some(dispatch) = self.dispatch(&id, work, attempt, reattach) {
+                    if let Ok(d) = &dispatch {
+                        remote_tickets
+                            .insert(id.clone(), (d.host.clone(), d.request.ticket.clone()));
+                        if work == Work::Compensate {
+                            self.writer.post(
+                                self.run,
+                                vec![Event::Note {
+                                    text: format!(
+                                        "compensation of {id} dispatched to host {} (ticket {})",
+                                        d.host.name(),
+                                        d.request.ticket
+                                    ),
+                                }],
+                            );
+                        }
+                    }
+                    let redact: Arc<dyn upshift_remote::client::Redact> =
+                        Arc::new(self.redactor.clone());
+                    let (writer, run) = (self.writer.clone(), self.run);
+                    let handle = tasks.spawn(async move {
+                        let note = move |text: String| writer.post(run, vec![Event::Note { text }]);
+                        let (result, restart) = match dispatch {
+                            Err(message) => (Err(StepError::fatal(message)), None),
+                            Ok(d) => {
+                                match crate::remote::run_ticket(d, ctx.as_ref(), redact, &note)
+                                    .await
+                                {
+                                    crate::remote::Ticket::Ended(r) => (r, None),
+                                    crate::remote::Ticket::Restart(why) => {
+                                        (Err(StepError::transient(why.clone())), Some(why))
+                                    }
+                                }
+                            }
+                        };
+                        let tail = ctx.tail.lock().expect("poisoned").take();
+                        Done {
+                            step: ctx.step.clone(),
+                            work,
+                            attempt,
+                            result,
+                            tail,
+                            restart: if work == Work::Run { restart } else { None },
+                        }
+                    });
+                    in_flight.insert(id, handle);
+                    continue;
+                }
                 let timeout = self.plan.steps[&id].timeout;
                 let built = self.build(&id, work);
                 // A plan `compensate` body is a step of its own and is run;
@@ -874,6 +1221,7 @@ impl Engine {
                         attempt,
                         result,
                         tail,
+                        restart: None,
                     }
                 });
                 in_flight.insert(id, handle);
@@ -911,6 +1259,26 @@ impl Engine {
                             EngineError::Other(format!("a step task panicked: {e}"))
                         })?;
                         in_flight.remove(&done.step);
+                        remote_tickets.remove(&done.step);
+                        let mut done = done;
+                        if let Some(why) = done.restart.take() {
+                            let n = restarts.entry(done.step.clone()).or_insert(0);
+                            *n += 1;
+                            if *n <= REMOTE_RESTARTS_MAX && self.state.outcome.is_none() {
+                                pending_events.push(Event::Note {
+                                    text: self.redactor.text(&format!(
+                                        "{}: {why}; starting it again from its last checkpoint",
+                                        done.step
+                                    )),
+                                });
+                                relaunch.push(done.step);
+                                next_done = tasks.try_join_next();
+                                continue;
+                            }
+                            done.result = Err(StepError::transient(format!(
+                                "{why} ({n} times in this session)"
+                            )));
+                        }
                         // Redacted now, not only by the writer: decisions
                         // made on these events (pause reasons) reach the
                         // terminal.
@@ -932,7 +1300,16 @@ impl Engine {
                     if self.state.outcome.is_none()
                         && pending_events.iter().any(|e| matches!(e, Event::RunFinished { .. }))
                     {
-                        // Abort: stop everything in flight.
+                        // Abort: stop everything in flight, on the
+                        // remote hosts too (their runners kill the steps'
+                        // process trees).
+                        for (_, (host, ticket)) in std::mem::take(&mut remote_tickets) {
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                host.abort(&ticket, "the run was aborted by an operator"),
+                            )
+                            .await;
+                        }
                         tasks.abort_all();
                         in_flight.clear();
                     }
@@ -941,11 +1318,22 @@ impl Engine {
                     tasks.abort_all();
                     while tasks.join_next().await.is_some() {}
                     let names: Vec<String> = in_flight.keys().cloned().collect();
+                    let remote: Vec<String> = remote_tickets
+                        .iter()
+                        .map(|(id, (h, _))| format!("{id} on {}", h.name()))
+                        .collect();
                     pending_events.push(Event::RunInterrupted {
                         reason: if names.is_empty() {
                             "interrupted by signal".into()
-                        } else {
+                        } else if remote.is_empty() {
                             format!("interrupted by signal while running: {}", names.join(", "))
+                        } else {
+                            format!(
+                                "interrupted by signal while running: {}; still running on \
+                                 their hosts: {} (`upshift resume` follows them again)",
+                                names.join(", "),
+                                remote.join(", ")
+                            )
                         },
                     });
                     let events = std::mem::take(&mut pending_events);
@@ -963,6 +1351,18 @@ impl Engine {
     fn handle_reboot(&self, step: &str) -> (Vec<Event>, Result<String, String>) {
         let run = self.run;
         let mut notes = Vec::new();
+        if let Some((host, _)) = self.remote_host(step) {
+            // Another machine must reboot: nothing to register here. With
+            // `reboot = "auto"` the host was rebooted already unless that
+            // failed (see the notes).
+            return (
+                notes,
+                Err(format!(
+                    "step {step} requires a reboot of host {host}: reboot it, wait until it is \
+                     back, then run `upshift resume {run}`"
+                )),
+            );
+        }
         let registered = match (&self.cfg.journal_dir, &self.cfg.guard_program) {
             (Some(dir), Some(exe)) => crate::reboot::register(run, dir, exe, &self.cfg.boot),
             _ => Err("no journal folder or program path to register".into()),
@@ -1056,7 +1456,15 @@ impl Engine {
                 }
             };
             let ctx = self.ctx(id, Work::Run, self.state.step(id).attempts);
-            match step.probe(ctx.as_ref()).await {
+            let probed = match self.probe_request(id) {
+                // On the step's host, as an `op = probe` ticket.
+                Some(Ok((host, request))) => crate::remote::probe(&host, request)
+                    .await
+                    .map_err(StepError::transient),
+                Some(Err(e)) => Err(StepError::transient(e)),
+                None => step.probe(ctx.as_ref()).await,
+            };
+            match probed {
                 Ok(upshift_steps::Probe::Differs(what)) => {
                     out.push((id.clone(), self.redactor.text(&what)))
                 }
@@ -1077,6 +1485,7 @@ impl Engine {
             attempt,
             result,
             tail,
+            ..
         } = done;
         match (work, result) {
             (Work::Run, Ok(outcome)) => {
@@ -1088,10 +1497,13 @@ impl Engine {
                     reboot_required: outcome.reboot_required,
                 }];
                 if outcome.reboot_required {
-                    ev.push(Event::RebootRequested {
-                        step,
-                        action: "pause: reboot the machine, then `upshift resume`".into(),
-                    });
+                    let action = match self.remote_host(&step) {
+                        Some((host, _)) => {
+                            format!("pause: reboot host {host}, then `upshift resume`")
+                        }
+                        None => "pause: reboot the machine, then `upshift resume`".into(),
+                    };
+                    ev.push(Event::RebootRequested { step, action });
                 }
                 ev
             }

@@ -608,7 +608,12 @@ fn host(
             (true, Some((p, _, _))) => p,
             _ => scope.plan_path,
         };
-        file.parent().map(Path::to_path_buf).unwrap_or_default()
+        // Absolute, so that messages say which file and a resume in
+        // another folder finds the same one.
+        std::path::absolute(file)
+            .ok()
+            .and_then(|f| f.parent().map(Path::to_path_buf))
+            .unwrap_or_default()
     };
     let path_of = |k: &str, v: Option<String>| -> PathBuf {
         match v {
@@ -1033,8 +1038,9 @@ host = "lync"
         assert_eq!(p.steps["smd"].host.as_deref(), Some("lync"));
 
         let extended = format!(
-            "name = \"p\"\n[hosts]\ninclude = \"${{site.hosts}}\"\n[hosts.lync]\nport = 2200\n[hosts.extra]\ntransport = \"local\"\nwork_dir = \"/w\"\n{}",
-            step("s", "host = \"extra\"")
+            "name = \"p\"\n[hosts]\ninclude = \"${{site.hosts}}\"\n[hosts.lync]\nport = 2200\n[hosts.extra]\ntransport = \"local\"\nwork_dir = \"/w\"\n{}{}",
+            step("s", "host = \"extra\""),
+            step("smd", "host = \"${site.components.SMD.host}\"")
         );
         let p = load(&extended, Some(site)).unwrap();
         assert_eq!(p.hosts.len(), 3);
@@ -1139,7 +1145,12 @@ host = "lync"
                 "hosts = \"${site.components.FE.hosts}\"\nneeds = [\"ich_start\", \"none\"]"
             ),
         ) + "[steps.ich_config]\nkind = \"process\"\nhosts = \"${site.components.ICH.hosts}\"\nwith = { program = \"${site.components.ICH.config}\" }\n";
-        let p = load(&text, Some(site)).unwrap();
+        // (A site key no one reads is an error: BAD is read below only.)
+        let p = load(
+            &text,
+            Some(&site.replace("[components.BAD]\nport = 1\n", "")),
+        )
+        .unwrap();
         assert_eq!(
             p.absent.keys().collect::<Vec<_>>(),
             ["ich_config", "ich_install", "ich_start", "none"],

@@ -7,7 +7,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = upshift::cli::Cli::parse();
-    if !matches!(cli.command, upshift::cli::Command::Guard { .. }) {
+    if !matches!(
+        cli.command,
+        upshift::cli::Command::Guard { .. } | upshift::cli::Command::Remote { .. }
+    ) {
         upshift::logging::init(cli.verbose);
     }
     match upshift::cli::run(cli) {

@@ -20,6 +20,7 @@ pub use crate::diagnostics::{PlanError, PlanErrors};
 use crate::hosts::{self, HostDef, Placement};
 use crate::refs::{self, MapResolver, Ref};
 use crate::rules;
+use crate::sitekeys::{self, KeyPattern};
 
 mod chunks;
 
@@ -215,6 +216,35 @@ pub struct Plan {
     pub reboot: RebootPolicy,
     /// `[notify]`, if the plan has one.
     pub notify: Option<Notify>,
+    /// Files and folders on this machine that steps name, resolved
+    /// (see [`LocalPathUse`]).
+    pub local_paths: Vec<LocalPathUse>,
+}
+
+/// A file or folder on this machine that a step's parameter names
+/// ([`upshift_steps::LocalPath`]), resolved relative to the file that
+/// names it: the plan file (its own text, its `[vars]`), the site file, or
+/// the current folder (`--var`, like any path on the command line).
+#[derive(Debug, Clone)]
+pub struct LocalPathUse {
+    /// The step (as written).
+    pub step: String,
+    /// The parameter.
+    pub field: &'static str,
+    /// The path the run uses.
+    pub path: PathBuf,
+    /// A folder (else a file).
+    pub dir: bool,
+    /// It must exist before the run.
+    pub must_exist: bool,
+    /// Where the value is written (file, line; message and hint empty).
+    pub written: PlanError,
+    /// What the path was relative to, in words (`None`: it was absolute).
+    pub relative_to: Option<String>,
+    /// A relative `--var` the value starts with, and that var made
+    /// absolute (what a run pins, so that a resume started in another
+    /// folder uses the same path).
+    pub cli_var: Option<(String, String)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +283,9 @@ struct StepDecl {
     /// Its `[steps.ID]` table.
     span: Range<usize>,
     kind: Spanned<String>,
+    /// Its `with` table, and its `compensate`'s.
+    with_span: Option<Range<usize>>,
+    compensate_with_span: Option<Range<usize>>,
 }
 
 /// The plan's tables as written; a large text in pieces (see `chunks`).
@@ -525,7 +558,18 @@ pub fn load(path: &Path, registry: &Registry, opts: &LoadOptions) -> Result<Plan
             Some("give the path of a plan .toml file".into()),
         )])
     })?;
-    parse(path, &text, registry, opts)
+    let mut plan = parse(path, &text, registry, opts)?;
+    // A run pins these paths and a resume may start in another folder:
+    // they are kept absolute (messages above keep the paths as given).
+    if let Ok(abs) = std::path::absolute(path) {
+        plan.path = abs;
+    }
+    if let Some(site) = &mut plan.site
+        && let Ok(abs) = std::path::absolute(&site.path)
+    {
+        site.path = abs;
+    }
+    Ok(plan)
 }
 
 /// Validates a plan given as text (`path` is used in messages).
@@ -539,7 +583,9 @@ pub fn parse(
     let mut raw: RawPlan = parse_raw(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().to_string();
-        let hint = if message.contains("unknown field") {
+        let hint = if let Some(h) = crate::diagnostics::windows_path_hint(text, span.start) {
+            Some(h)
+        } else if message.contains("unknown field") {
             Some("top-level keys are name, description, site, rules, reboot, vars, secrets, locks, hosts, targets, notify, steps; step keys are kind, needs, with, retry, timeout, locks, on_failure, resume, compensate, description, host, hosts; [notify] keys are on, webhook, format, command, env, timeout, attempts".to_string())
         } else if message.contains("missing field") {
             Some("see the plan format in the README".to_string())
@@ -579,7 +625,15 @@ pub fn parse(
                 secrets.insert(name.clone(), SecretRef::Env(env.clone()));
             }
             (None, Some(file)) => {
-                secrets.insert(name.clone(), SecretRef::File(file.clone()));
+                // Relative to the plan file, like every path it names.
+                let file = match file.to_str() {
+                    Some(f) if hosts::absolute_anywhere(f) => file.clone(),
+                    _ => std::path::absolute(path)
+                        .ok()
+                        .and_then(|p| p.parent().map(|d| d.join(file)))
+                        .unwrap_or_else(|| file.clone()),
+                };
+                secrets.insert(name.clone(), SecretRef::File(file));
             }
             _ => errors.push(loc.at(
                 s.span(),
@@ -594,7 +648,10 @@ pub fn parse(
     for (name, source) in &secret_sources {
         let parsed = match source.split_once(':') {
             Some(("env", var)) if !var.is_empty() => Some(SecretRef::Env(var.to_string())),
-            Some(("file", path)) if !path.is_empty() => Some(SecretRef::File(PathBuf::from(path))),
+            // Relative to the current folder, like any path on the command line.
+            Some(("file", path)) if !path.is_empty() => Some(SecretRef::File(
+                std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path)),
+            )),
             _ => None,
         };
         match parsed {
@@ -676,11 +733,15 @@ pub fn parse(
         .map(|(k, v)| (k.clone(), v.get_ref().clone()))
         .collect();
 
+    let errors_before_site = errors.len();
     let site = match load_site(path, &raw, &opts.site, &loc) {
         Ok(site) => site,
         Err(e) => {
-            errors.push(e);
-            None
+            // Everything after this reads the site file: without it, each
+            // of its references would be one more error about the same
+            // mistake. The site file's own error is the one to fix.
+            errors.insert(0, e);
+            return Err(PlanErrors(errors));
         }
     };
     let reboot = match raw
@@ -727,6 +788,12 @@ pub fn parse(
     let host_defs = hosts::parse(raw.hosts.as_ref(), &loc, &host_scope, &mut errors);
 
     let ids: BTreeSet<String> = raw.steps.keys().cloned().collect();
+    // `${site.X}` the site file lacks, by X: reported after the site's
+    // unread keys, unless one of them is X misspelt (then the site file's
+    // line is the one to fix, and this would be the same mistake twice).
+    let missing_site: std::cell::RefCell<Vec<(String, PlanError)>> = Default::default();
+    // Where each site value is written, to report a bad value at its line.
+    let site_spans = site.as_ref().map(|s| crate::sitekeys::value_spans(&s.text));
     let mut steps = BTreeMap::new();
     let mut placements: BTreeMap<String, Placement> = BTreeMap::new();
 
@@ -743,6 +810,11 @@ pub fn parse(
             StepDecl {
                 span: span.clone(),
                 kind: rs.kind.clone(),
+                with_span: rs.with.as_ref().map(|w| w.span()),
+                compensate_with_span: rs
+                    .compensate
+                    .as_ref()
+                    .and_then(|c| c.get_ref().with.as_ref().map(|w| w.span())),
             },
         );
         if id.contains(hosts::INSTANCE_SEP) {
@@ -884,7 +956,12 @@ pub fn parse(
                                     .unwrap_or_else(|| "add it to the site file".into()),
                             ),
                         };
-                        errors.push(loc.at(loc.find_in(at, &format!("site.{p}")), msg, Some(hint)));
+                        let e = loc.at(loc.find_in(at, &format!("site.{p}")), msg, Some(hint));
+                        if site.is_some() {
+                            missing_site.borrow_mut().push((p.clone(), e));
+                        } else {
+                            errors.push(e);
+                        }
                     }
                     Ok(Ref::Output { step, .. }) if !ids.contains(step.as_str()) => {
                         refs_ok = false;
@@ -948,6 +1025,31 @@ pub fn parse(
                     }) {
                     Ok(resolved) => {
                         if let Err(e) = k.build(&resolved) {
+                            // A bad value that comes from the site file is
+                            // reported once, at its line there.
+                            let from_site = e.field.as_deref().and_then(|f| {
+                                let written = expand_target(&with_table, &targets).ok()?;
+                                let p = site_ref_at(&written, f)?;
+                                let s = site.as_ref()?;
+                                let span = site_spans.as_ref()?.get(&p)?.clone();
+                                Some((p, s, span))
+                            });
+                            if let Some((p, s, span)) = from_site {
+                                let site_loc = Locator {
+                                    file: &s.path,
+                                    text: &s.text,
+                                };
+                                let what = e.message.split("\nin `").next().unwrap_or_default();
+                                errors.push(site_loc.at(
+                                    span,
+                                    format!("site value {p}: {what}"),
+                                    e.hint.clone(),
+                                ));
+                                return Some(Body {
+                                    kind: kind.get_ref().clone(),
+                                    with: raw_table,
+                                });
+                            }
                             let at = match &e.field {
                                 Some(f) => loc.find_key(with_span.clone(), f),
                                 None => with_span.clone(),
@@ -1131,6 +1233,26 @@ pub fn parse(
         }
     }
 
+    // Paths on this machine: relative to the file that names them.
+    let local_paths = if errors.is_empty() {
+        resolve_local_paths(
+            &mut steps,
+            &LocalScope {
+                registry,
+                placements: &placements,
+                hosts: &host_defs,
+                resolver: &resolver,
+                cli_vars: &opts.vars,
+                plan_path: path,
+                site: site.as_ref(),
+                decls: &decls,
+                loc: &loc,
+            },
+        )
+    } else {
+        Vec::new()
+    };
+
     // Where steps run: instances of fanned-out steps, steps not on this
     // site, and the needs between them.
     let (steps, absent, fanned) = expand_placements(steps, &placements, &decls, &loc, &mut errors);
@@ -1148,27 +1270,68 @@ pub fn parse(
     for rule in rules::PLAN_RULES {
         errors.extend(rule(&loc, &kinds));
     }
+    // Site keys read: by the plan's references and by the rule sets.
+    let mut reads = match toml::from_str::<toml::Table>(text) {
+        Ok(t) => sitekeys::plan_reads(&t),
+        Err(_) => BTreeSet::new(),
+    };
+    let mut rule_sets_known = true;
     for r in &raw.rules {
         let name = r.get_ref().as_str();
         match (rules::rule_set(name), &site) {
-            (Some(set), Some(site)) => errors.extend((set.check_site)(&rules::SiteView {
-                path: &site.path,
-                text: &site.text,
-                doc: &site.doc,
-                values: &site.values,
-            })),
+            (Some(set), Some(site)) => {
+                let own: Vec<KeyPattern> = set.reads.iter().map(|p| KeyPattern::parse(p)).collect();
+                // A rule set sees only the keys it declares it reads.
+                let doc = sitekeys::restrict(&site.doc, &own);
+                let mut values = BTreeMap::new();
+                refs::flatten("", &doc, &mut values);
+                errors.extend((set.check_site)(&rules::SiteView {
+                    path: &site.path,
+                    text: &site.text,
+                    doc: &doc,
+                    values: &values,
+                }));
+                reads.extend(own);
+            }
             (Some(_), None) => errors.push(loc.at(
                 r.span(),
                 format!("rules = [\"{name}\"] checks a site file, but the plan has none"),
                 Some("add `site = \"sites/<customer>.toml\"`".into()),
             )),
-            (None, _) => errors.push(loc.at(
-                r.span(),
-                format!("unknown rule set `{name}`"),
-                Some(format!("known rule sets: {}", rules::known())),
-            )),
+            (None, _) => {
+                rule_sets_known = false;
+                errors.push(loc.at(
+                    r.span(),
+                    format!("unknown rule set `{name}`"),
+                    Some(format!("known rule sets: {}", rules::known())),
+                ))
+            }
         }
     }
+    let mut missing_site = missing_site.into_inner();
+    if let Some(site) = &site
+        && rule_sets_known
+    {
+        let mut unread = sitekeys::unread_keys(&site.path, &site.text, &reads);
+        // A rule that already names the line says it better.
+        unread.retain(|u| {
+            !errors[errors_before_site..]
+                .iter()
+                .any(|e| e.file == u.error.file && e.line == u.error.line)
+        });
+        // A key nobody reads that is close to one that is read is a
+        // misspelling: what reads the right key found nothing (a
+        // component without hosts, a rule without its value, a step
+        // without its host). Those errors are the same mistake again, in
+        // other words and other files; the misspelt keys' lines are the
+        // ones to fix first.
+        if unread.iter().any(|u| u.suggests.is_some()) {
+            errors.truncate(errors_before_site);
+            missing_site.clear();
+        }
+        errors.extend(unread.into_iter().map(|u| u.error));
+    }
+    errors.extend(missing_site.into_iter().map(|(_, e)| e));
 
     if decls.is_empty() {
         errors.push(loc.at(
@@ -1206,6 +1369,7 @@ pub fn parse(
     }
     let dependents = direct_dependents(&steps, &order);
     Ok(Plan {
+        local_paths,
         dependents,
         site,
         reboot,
@@ -1225,6 +1389,181 @@ pub fn parse(
         steps,
         order,
     })
+}
+
+/// What [`resolve_local_paths`] needs to know.
+struct LocalScope<'a> {
+    registry: &'a Registry,
+    placements: &'a BTreeMap<String, Placement>,
+    hosts: &'a BTreeMap<String, HostDef>,
+    resolver: &'a MapResolver<'a>,
+    cli_vars: &'a BTreeMap<String, String>,
+    plan_path: &'a Path,
+    site: Option<&'a Site>,
+    decls: &'a BTreeMap<String, StepDecl>,
+    loc: &'a Locator<'a>,
+}
+
+/// Makes every relative path a step running on this machine names
+/// ([`upshift_steps::Kind::local_paths`]) relative to the file that names
+/// it, in the step's `with` (so `check`, `--dry-run` and the run use the
+/// same path), and returns them all for [`Plan::local_path_problems`].
+fn resolve_local_paths(
+    steps: &mut BTreeMap<String, StepDef>,
+    scope: &LocalScope<'_>,
+) -> Vec<LocalPathUse> {
+    let dir_of = |p: &Path| {
+        std::path::absolute(p)
+            .ok()
+            .and_then(|a| a.parent().map(Path::to_path_buf))
+            .unwrap_or_default()
+    };
+    let plan_dir = dir_of(scope.plan_path);
+    let site_dir = scope.site.map(|s| dir_of(&s.path));
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut out = Vec::new();
+    for (id, def) in steps.iter_mut() {
+        let here = match &scope.placements[id] {
+            Placement::Coordinator => true,
+            Placement::One(h) => scope
+                .hosts
+                .get(h)
+                .is_some_and(|d| d.transport == hosts::Transport::Local),
+            Placement::Fan(hs) => hs.iter().all(|h| {
+                scope
+                    .hosts
+                    .get(h)
+                    .is_some_and(|d| d.transport == hosts::Transport::Local)
+            }),
+            Placement::Absent(_) => false,
+        };
+        if !here {
+            continue;
+        }
+        let decl = &scope.decls[id];
+        for (body, with_span) in std::iter::once((&mut def.body, &decl.with_span)).chain(
+            def.compensate
+                .as_mut()
+                .map(|c| (c, &decl.compensate_with_span)),
+        ) {
+            let Some(kind) = scope.registry.get(body.kind.as_str()) else {
+                continue;
+            };
+            for lp in kind.local_paths() {
+                let Some(written) = body
+                    .with
+                    .get(lp.field)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                else {
+                    continue;
+                };
+                if written.contains("${host}") {
+                    continue;
+                }
+                let Ok(found) = refs::refs_in(&written) else {
+                    continue;
+                };
+                // Known only at run time: left as written.
+                if found
+                    .iter()
+                    .any(|r| matches!(r, Ref::Secret(_) | Ref::Output { .. } | Ref::Item))
+                {
+                    continue;
+                }
+                let Ok(toml::Value::String(value)) = refs::substitute_str(&written, scope.resolver)
+                else {
+                    continue;
+                };
+                // The file that names the path: where its first part comes from.
+                let with_span = with_span.clone().unwrap_or(decl.span.clone());
+                let in_plan = scope
+                    .loc
+                    .at(scope.loc.find_key(with_span, lp.field), "", None);
+                let (base, what, at) = match found.first() {
+                    Some(Ref::Var(n))
+                        if written.starts_with("${") && scope.cli_vars.contains_key(n) =>
+                    {
+                        (
+                            cwd.clone(),
+                            format!("--var {n}: the current folder"),
+                            in_plan,
+                        )
+                    }
+                    Some(Ref::Var(n)) if written.starts_with("${") => (
+                        plan_dir.clone(),
+                        format!("[vars] {n}: the plan file's folder"),
+                        crate::diagnostics::locate_key(
+                            scope.plan_path,
+                            scope.loc.text,
+                            &["vars"],
+                            Some(n),
+                            String::new(),
+                            None,
+                        ),
+                    ),
+                    Some(Ref::Site(p) | Ref::SiteOptional(p))
+                        if written.starts_with("${")
+                            && let (Some(s), Some(d)) = (scope.site, &site_dir) =>
+                    {
+                        let span = crate::sitekeys::value_spans(&s.text)
+                            .get(p)
+                            .cloned()
+                            .unwrap_or(0..0);
+                        (
+                            d.clone(),
+                            format!("site value {p}: the site file's folder"),
+                            Locator {
+                                file: &s.path,
+                                text: &s.text,
+                            }
+                            .at(span, "", None),
+                        )
+                    }
+                    _ => (
+                        plan_dir.clone(),
+                        "the plan file's folder".to_string(),
+                        in_plan,
+                    ),
+                };
+                let cli_var = match found.first() {
+                    Some(Ref::Var(n)) if written.starts_with("${") => scope
+                        .cli_vars
+                        .get(n)
+                        .filter(|v| !hosts::absolute_anywhere(v))
+                        .map(|v| (n.clone(), cwd.join(v).display().to_string())),
+                    _ => None,
+                };
+                let (path, relative_to) = if hosts::absolute_anywhere(&value) || value.is_empty() {
+                    (PathBuf::from(&value), None)
+                } else {
+                    let p = base.join(&value);
+                    body.with.insert(
+                        lp.field.to_string(),
+                        toml::Value::String(p.display().to_string().replace("${", "$${")),
+                    );
+                    (
+                        p,
+                        Some(format!(
+                            "`{value}` is relative to {what}, {}",
+                            base.display()
+                        )),
+                    )
+                };
+                out.push(LocalPathUse {
+                    step: id.clone(),
+                    field: lp.field,
+                    path,
+                    dir: lp.dir,
+                    must_exist: lp.must_exist,
+                    written: at,
+                    relative_to,
+                    cli_var,
+                });
+            }
+        }
+    }
+    out
 }
 
 type Expanded = (
@@ -1634,11 +1973,9 @@ fn load_site(
                 file: &path,
                 text: &text,
             };
-            site_loc.at(
-                e.span().unwrap_or(0..0),
-                e.message().trim().to_string(),
-                None,
-            )
+            let span = e.span().unwrap_or(0..0);
+            let hint = crate::diagnostics::windows_path_hint(&text, span.start);
+            site_loc.at(span, e.message().trim().to_string(), hint)
         })?;
     let mut values = BTreeMap::new();
     refs::flatten("", &doc, &mut values);
@@ -1652,15 +1989,38 @@ fn load_site(
 
 fn read_site(p: &Path, span: Option<Range<usize>>, loc: &Locator<'_>) -> Result<String, PlanError> {
     std::fs::read_to_string(p).map_err(|e| {
-        let message = format!("cannot read the site file {}: {e}", p.display());
-        let hint = Some(
-            "the path is relative to the plan file; give another with --site FILE".to_string(),
-        );
+        let full = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let message = format!("cannot read the site file {}: {e}", full.display());
+        let hint = Some(match span {
+            Some(_) => format!(
+                "`site` is relative to the plan file ({}); fix it, or give the site file with --site FILE",
+                loc.file.display()
+            ),
+            None => "--site is relative to the current folder, like any path on the command line"
+                .to_string(),
+        });
         match span {
             Some(sp) => loc.at(sp, message, hint),
             None => PlanError::whole_file(p, message, hint),
         }
     })
+}
+
+/// The site path a parameter's value comes from: the first `${site.X}` in
+/// the string at dotted `field` of a `with` table as written.
+fn site_ref_at(with: &toml::Table, field: &str) -> Option<String> {
+    let mut parts = field.split('.');
+    let mut cur = with.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_table()?.get(p)?;
+    }
+    refs::refs_in(cur.as_str()?)
+        .ok()?
+        .into_iter()
+        .find_map(|r| match r {
+            Ref::Site(p) | Ref::SiteOptional(p) => Some(p),
+            _ => None,
+        })
 }
 
 /// SHA-256 of a plan text, hex.
@@ -1857,6 +2217,64 @@ impl Plan {
         hs.iter()
             .any(|h| h == host)
             .then(|| hosts::instance_id(from, host))
+    }
+
+    /// The `--var` values a run pins: those naming a path on this machine
+    /// made absolute (relative to the current folder, as given), so that
+    /// a resume started in another folder uses the same files.
+    pub fn vars_to_pin(&self, vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut out = vars.clone();
+        for (k, v) in out.iter_mut() {
+            if k.starts_with("secret:")
+                && let Some(f) = v.strip_prefix("file:")
+                && !hosts::absolute_anywhere(f)
+                && let Ok(abs) = std::path::absolute(f)
+            {
+                *v = format!("file:{}", abs.display());
+            }
+        }
+        for u in &self.local_paths {
+            if let Some((name, abs)) = &u.cli_var {
+                out.insert(name.clone(), abs.clone());
+            }
+        }
+        out
+    }
+
+    /// Files and folders on this machine that the run needs before it
+    /// starts and that are not there (or are not what the step needs),
+    /// located where their value is written. Checked where a plan is run
+    /// or checked (parsing reads no other file).
+    pub fn local_path_problems(&self) -> Vec<PlanError> {
+        let mut out = Vec::new();
+        for u in &self.local_paths {
+            // A Windows path cannot be looked for on another system.
+            if !u.must_exist || (!cfg!(windows) && !u.path.is_absolute()) {
+                continue;
+            }
+            let what = if u.dir { "folder" } else { "file" };
+            let problem = match std::fs::metadata(&u.path) {
+                Ok(m) if m.is_dir() == u.dir => continue,
+                Ok(_) => format!("is not a {what}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".into(),
+                Err(e) => format!("cannot be read: {e}"),
+            };
+            let mut e = u.written.clone();
+            e.message = format!(
+                "step `{}` needs the {what} {} ({}), which {problem}",
+                u.step,
+                u.path.display(),
+                u.field
+            );
+            e.hint = Some(match &u.relative_to {
+                Some(r) => format!("{r}; give the right path (an absolute one is taken as it is)"),
+                None => format!("give the path of an existing {what}"),
+            });
+            out.push(e);
+        }
+        out.sort_by(|a, b| (&a.file, a.line, &a.message).cmp(&(&b.file, b.line, &b.message)));
+        out.dedup();
+        out
     }
 
     /// Key files of the plan's ssh hosts that cannot be read (checked where

@@ -24,6 +24,11 @@ pub enum Ref {
     Item,
     /// `${site.a.b.c}`: a value of the plan's site file, by its dotted path.
     Site(String),
+    /// `${site.a.b.c?}`: a site value that may be absent. Absent, a value
+    /// that is exactly this reference is left out (its key is removed from
+    /// the table, its element from the array); inside text it is empty.
+    /// For settings a site may or may not have (`[sql] instance`).
+    SiteOptional(String),
 }
 
 /// A `${...}` that does not parse.
@@ -60,10 +65,20 @@ fn parse_ref(inner: &str) -> Result<Ref, String> {
         ["site", rest @ ..] if !rest.is_empty() && rest.iter().all(|p| ok_name(p)) => {
             Ok(Ref::Site(rest.join(".")))
         }
+        ["site", rest @ .., last]
+            if last.len() > 1
+                && last.ends_with('?')
+                && ok_name(&last[..last.len() - 1])
+                && rest.iter().all(|p| ok_name(p)) =>
+        {
+            let mut path: Vec<&str> = rest.to_vec();
+            path.push(&last[..last.len() - 1]);
+            Ok(Ref::SiteOptional(path.join(".")))
+        }
         ["steps", ..] => Err("a step output is written ${steps.<id>.outputs.<name>}".into()),
         ["vars" | "secrets", ..] => Err(format!("write ${{{}.<name>}} with one name", parts[0])),
         _ => Err(
-            "references are ${vars.x}, ${secrets.x}, ${steps.<id>.outputs.<name>} or ${item}"
+            "references are ${vars.x}, ${secrets.x}, ${site.a.b} (${site.a.b?} if it may be absent), ${steps.<id>.outputs.<name>} or ${item}"
                 .into(),
         ),
     }
@@ -213,7 +228,7 @@ impl Resolver for MapResolver<'_> {
     fn resolve(&self, r: &Ref) -> Option<toml::Value> {
         match r {
             Ref::Var(n) => self.vars.get(n).cloned(),
-            Ref::Site(path) => self.site.get(path).cloned(),
+            Ref::Site(path) | Ref::SiteOptional(path) => self.site.get(path).cloned(),
             Ref::Secret(n) => (self.secrets)(n).map(toml::Value::String),
             Ref::Output { step, name } => (self.outputs)(step, name).map(toml::Value::String),
             Ref::Item => None,
@@ -244,6 +259,7 @@ pub fn substitute_str(s: &str, r: &dyn Resolver) -> Result<toml::Value, BadRef> 
             Piece::Text(t) => out.push_str(&t.replace("${", "$${")),
             Piece::Ref(rf, raw) => match r.resolve(&rf) {
                 Some(v) => out.push_str(&value_text(&v)),
+                None if matches!(rf, Ref::SiteOptional(_)) => {}
                 None => {
                     out.push_str("${");
                     out.push_str(&raw);
@@ -260,12 +276,25 @@ pub fn substitute_str(s: &str, r: &dyn Resolver) -> Result<toml::Value, BadRef> 
     Ok(toml::Value::String(out))
 }
 
+/// Whether `v` is exactly one optional reference (`${site.x?}`) that
+/// resolves to nothing: then it is left out where it is written.
+fn absent_optional(v: &toml::Value, r: &dyn Resolver) -> bool {
+    let toml::Value::String(s) = v else {
+        return false;
+    };
+    match pieces(s).as_deref() {
+        Ok([Piece::Ref(rf @ Ref::SiteOptional(_), _)]) => r.resolve(rf).is_none(),
+        _ => false,
+    }
+}
+
 /// Substitutes references everywhere in a value.
 pub fn substitute(v: &toml::Value, r: &dyn Resolver) -> Result<toml::Value, BadRef> {
     Ok(match v {
         toml::Value::String(s) => substitute_str(s, r)?,
         toml::Value::Array(a) => toml::Value::Array(
             a.iter()
+                .filter(|v| !absent_optional(v, r))
                 .map(|v| substitute(v, r))
                 .collect::<Result<_, _>>()?,
         ),
@@ -277,6 +306,7 @@ pub fn substitute(v: &toml::Value, r: &dyn Resolver) -> Result<toml::Value, BadR
 /// Substitutes references in every value of a table.
 pub fn substitute_table(t: &toml::Table, r: &dyn Resolver) -> Result<toml::Table, BadRef> {
     t.iter()
+        .filter(|(_, v)| !absent_optional(v, r))
         .map(|(k, v)| Ok((k.clone(), substitute(v, r)?)))
         .collect()
 }
@@ -314,6 +344,30 @@ mod tests {
         assert!(refs_in("${nope}").is_err());
         assert!(refs_in("${vars.a").is_err());
         assert!(refs_in("$${vars.a}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_absent_optional_site_value_is_left_out() {
+        let vars = BTreeMap::new();
+        let mut site = BTreeMap::new();
+        site.insert("sql.port".to_string(), toml::Value::Integer(1433));
+        let r = MapResolver {
+            site: &site,
+            ..resolver(&vars)
+        };
+        assert_eq!(
+            refs_in("${site.sql.instance?}").unwrap(),
+            [Ref::SiteOptional("sql.instance".into())]
+        );
+        assert!(refs_in("${site.?}").is_err());
+        let t: toml::Table = toml::from_str(
+            "host = \"h\"\ninstance = \"${site.sql.instance?}\"\nport = \"${site.sql.port?}\"\nl = [\"${site.sql.instance?}\", \"a${site.sql.instance?}b\"]\n",
+        )
+        .unwrap();
+        let out = substitute_table(&t, &r).unwrap();
+        let want: toml::Table =
+            toml::from_str("host = \"h\"\nport = 1433\nl = [\"ab\"]\n").unwrap();
+        assert_eq!(out, want);
     }
 
     #[test]

@@ -167,6 +167,12 @@ pub fn event_line(e: &Event) -> String {
             },
             short(detail, 300)
         ),
+        Event::StepDispatched {
+            step,
+            attempt,
+            host,
+            ticket,
+        } => format!("{name} {step} attempt {attempt} on host {host} (ticket {ticket})"),
     }
 }
 
@@ -269,6 +275,12 @@ pub struct StepJson {
     /// Compensation state, during or after a rollback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compensation: Option<CompStatus>,
+    /// The host it runs on (`None`: the coordinator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The ticket of its latest attempt on that host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
 }
 
 /// `status --json`.
@@ -322,6 +334,11 @@ pub fn status_json(state: &RunState, plan: Option<&Plan>, live: bool) -> StatusJ
                 total: counting.then_some(st.total),
                 error: st.error.clone(),
                 compensation: (st.compensation != CompStatus::None).then_some(st.compensation),
+                host: plan
+                    .and_then(|p| p.steps.get(&id))
+                    .and_then(|d| d.host.clone())
+                    .or_else(|| st.remote.as_ref().map(|r| r.host.clone())),
+                ticket: st.remote.as_ref().map(|r| r.ticket.clone()),
             };
             (id, json)
         })
@@ -351,6 +368,11 @@ pub fn status_text(doc: &StatusJson) -> String {
     for id in &doc.order {
         let Some(s) = doc.steps.get(id) else { continue };
         let mut line = format!("  {id:w$}  {:<11}", s.state);
+        if let Some(h) = &s.host
+            && !id.ends_with(&format!("@{h}"))
+        {
+            line.push_str(&format!(" on {h}"));
+        }
         if s.attempts > 1 {
             line.push_str(&format!(" attempts {}", s.attempts));
         }

@@ -138,7 +138,7 @@ fn forbidden(from: &str, to: &str) -> bool {
         "logging",
         "error",
     ];
-    const APP: &[&str] = &["app", "support", "demo"];
+    const APP: &[&str] = &["app", "support", "demo", "preflight"];
     const TOP: &[&str] = &["cli", "commands", "ui"];
     let below_top = CORE.contains(&from) || APP.contains(&from);
     (below_top && TOP.contains(&to)) || (CORE.contains(&from) && APP.contains(&to))

@@ -326,6 +326,20 @@ pub enum Event {
         /// What the receiver answered, or the last error (redacted).
         detail: String,
     },
+    /// A step attempt was handed to the host it runs on under a ticket,
+    /// journaled before the ticket is started there (and again when a
+    /// resumed engine re-attaches to it): a resume follows this ticket
+    /// instead of starting the attempt again.
+    StepDispatched {
+        /// Step id.
+        step: String,
+        /// The attempt the ticket runs.
+        attempt: u32,
+        /// The host (`[hosts.<name>]`).
+        host: String,
+        /// The ticket id on the host (`<run>-<step>-<attempt>`).
+        ticket: String,
+    },
 }
 
 impl Event {
@@ -343,7 +357,8 @@ impl Event {
             | Event::CompensationStarted { step }
             | Event::CompensationSucceeded { step, .. }
             | Event::CompensationFailed { step, .. }
-            | Event::RebootRequested { step, .. } => Some(step),
+            | Event::RebootRequested { step, .. }
+            | Event::StepDispatched { step, .. } => Some(step),
             Event::OperatorDecision {
                 decision:
                     Decision::Retry { step } | Decision::Skip { step } | Decision::Approve { step },
@@ -398,6 +413,7 @@ impl Event {
             | Event::StepCheckpoint { .. }
             | Event::StepRetryScheduled { .. }
             | Event::CompensationStarted { .. }
+            | Event::StepDispatched { .. }
             | Event::SitePinned { .. } => {}
         }
     }
@@ -427,6 +443,7 @@ impl Event {
             Event::Note { .. } => "note",
             Event::SitePinned { .. } => "run.site_pinned",
             Event::Notified { .. } => "notified",
+            Event::StepDispatched { .. } => "step.dispatched",
         }
     }
 }

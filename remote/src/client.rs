@@ -85,6 +85,9 @@ pub struct ClientOptions {
     pub reconnect_max: Duration,
     /// Reconnecting stops after this long (the engine then pauses the run).
     pub reconnect_give_up: Duration,
+    /// The binary's SHA-256 (hex), when the caller hashed it already (an
+    /// engine with several hosts hashes its binary once, not per host).
+    pub binary_sha256: Option<String>,
 }
 
 impl ClientOptions {
@@ -99,6 +102,7 @@ impl ClientOptions {
             reconnect_initial: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(10),
             reconnect_give_up: Duration::from_secs(30 * 60),
+            binary_sha256: None,
         }
     }
 }
@@ -220,14 +224,20 @@ impl RemoteHost {
         transport: Arc<dyn Transport>,
         opts: ClientOptions,
     ) -> Result<RemoteHost, RemoteError> {
-        let (binary_sha256, _) =
-            upshift_steps::hash::sha256_file(&opts.binary).map_err(|e| RemoteError::Config {
-                host: name.clone(),
-                message: format!(
-                    "cannot read the binary to install, {}: {e}",
-                    opts.binary.display()
-                ),
-            })?;
+        let binary_sha256 = match &opts.binary_sha256 {
+            Some(sha) => sha.clone(),
+            None => {
+                upshift_steps::hash::sha256_file(&opts.binary)
+                    .map_err(|e| RemoteError::Config {
+                        host: name.clone(),
+                        message: format!(
+                            "cannot read the binary to install, {}: {e}",
+                            opts.binary.display()
+                        ),
+                    })?
+                    .0
+            }
+        };
         let os = transport.os();
         Ok(RemoteHost {
             inner: Arc::new(Inner {
@@ -329,7 +339,18 @@ impl RemoteHost {
     /// What is new in a ticket after `cursor` (one request; waits on the
     /// host up to the poll wait for news).
     pub async fn poll(&self, ticket: &TicketId, cursor: Cursor) -> Result<PollReply, RemoteError> {
-        let wait_ms = self.inner.opts.poll_wait.as_millis() as u64;
+        self.poll_waiting(ticket, cursor, self.inner.opts.poll_wait)
+            .await
+    }
+
+    /// A poll that waits on the host up to `wait` for news.
+    async fn poll_waiting(
+        &self,
+        ticket: &TicketId,
+        cursor: Cursor,
+        wait: Duration,
+    ) -> Result<PollReply, RemoteError> {
+        let wait_ms = wait.as_millis() as u64;
         match self
             .call(Request::Poll {
                 ticket: ticket.clone(),
@@ -905,7 +926,18 @@ impl Follower {
             if self.done {
                 return Ok(None);
             }
-            match self.host.poll(&self.ticket, self.cursor).await {
+            // Right after an outage the poll does not wait for news: the
+            // reconnection is reported as soon as the host answers.
+            let wait = if self.outage.is_some() {
+                Duration::ZERO
+            } else {
+                opts.poll_wait
+            };
+            match self
+                .host
+                .poll_waiting(&self.ticket, self.cursor, wait)
+                .await
+            {
                 Ok(reply) => {
                     if let Some((since, _)) = self.outage.take() {
                         self.queue.push_back(TicketEvent::Reconnected {

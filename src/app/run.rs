@@ -233,6 +233,24 @@ pub fn drift(
     Ok((run, rt.block_on(eng.drift())))
 }
 
+/// After an abort journaled while no engine held the run: stops the
+/// attempts still running on ssh hosts (their runners went on without a
+/// coordinator). One line per ticket.
+pub fn abort_remote(state: &RunState, reason: &str) -> Result<Vec<String>> {
+    if !state.steps.values().any(|s| s.remote.is_some()) {
+        return Ok(Vec::new());
+    }
+    let plan = pinned_plan(state)
+        .map_err(|e| Error::failed(format!("the pinned plan does not validate: {e}")))?;
+    let rt = runtime()?;
+    Ok(rt.block_on(crate::remote::abort_in_flight(
+        &plan,
+        state,
+        std::env::current_exe().ok(),
+        reason,
+    )))
+}
+
 /// A drift report in words, as journaled and shown.
 pub fn drift_text(drift: &[(String, String)]) -> String {
     let mut out = format!("drift found in {} completed step(s):", drift.len());

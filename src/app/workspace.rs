@@ -219,14 +219,16 @@ pub fn pinned_options(state: &RunState) -> LoadOptions {
 }
 
 /// [`load_plan`], then the files the plan's hosts need on this machine
-/// (ssh keys, known_hosts): what `check` and `run` load a plan with.
+/// (ssh keys, known_hosts) and the files and folders its steps need here
+/// (scripts, packages): what `check` and `run` load a plan with.
 pub fn load_plan_to_run(
     path: &Path,
     vars: &BTreeMap<String, String>,
     site: Option<&Path>,
 ) -> Result<Plan> {
     let p = load_plan(path, vars, site)?;
-    let problems = p.host_file_problems();
+    let mut problems = p.host_file_problems();
+    problems.extend(p.local_path_problems());
     if !problems.is_empty() {
         return Err(plan::PlanErrors(problems).into());
     }

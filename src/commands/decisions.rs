@@ -71,6 +71,10 @@ pub fn whole_run(
     };
     if !is_rollback {
         eprintln!("run {run} aborted");
+        // Steps an earlier engine left running on their hosts are stopped.
+        for line in run::abort_remote(&done.state, "the run was aborted by an operator")? {
+            eprintln!("  {line}");
+        }
         return Ok(code::FAILED);
     }
     let session = Session {

@@ -80,6 +80,7 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
         site.standins.pid, site.standins.sql_port, site.standins.http_port
     );
     let plan = demo::load_plan(&site)?;
+    super::preflight::demo_preflight(&plan, &site.dir)?;
     let observer: Arc<dyn Observer> = match args.crash_at {
         Some(n) => Arc::new(CrashAt {
             inner: Ui::new(args.show_output),

@@ -9,7 +9,8 @@
 //! - [`status`]: `status` (and `--follow`), `runs`, `log` (and `--follow`);
 //! - [`decisions`]: `retry`, `skip`, `approve`, `abort`, `rollback`;
 //! - [`support`]: `export`, `import`, `replay`, `report`, `diff`;
-//! - [`demo`]: `demo` and its stand-ins.
+//! - [`demo`]: `demo` and its stand-ins;
+//! - [`preflight`]: `preflight` (read-only checks of the real site).
 //!
 //! Commands take plain values (paths, strings, flags), never clap types;
 //! `src/cli.rs` parses the command line and calls them. Each returns the
@@ -28,6 +29,7 @@ pub mod decisions;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod plan;
+pub mod preflight;
 pub mod run;
 pub mod status;
 pub mod support;

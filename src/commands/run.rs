@@ -50,6 +50,8 @@ pub fn run(ws: &Workspace, a: RunArgs<'_>) -> Result<u8> {
         print!("{}", super::plan::dry_run_text(&p));
         return Ok(code::OK);
     }
+    // Relative path values pinned absolute: a resume may start elsewhere.
+    let vars = p.vars_to_pin(&vars);
     let (run, exit) = run::start(p, vars, ws, &session(a.concurrency, a.show_output), |run| {
         println!("{run}")
     })?;

@@ -26,9 +26,10 @@ pub struct SiteView<'a> {
     pub path: &'a Path,
     /// Its exact text.
     pub text: &'a str,
-    /// The whole document.
+    /// The document, restricted to the keys the rule set declares
+    /// ([`RuleSet::reads`]).
     pub doc: &'a toml::Value,
-    /// Every value by dotted path.
+    /// Every value of `doc` by dotted path.
     pub values: &'a BTreeMap<String, toml::Value>,
 }
 
@@ -46,6 +47,11 @@ pub struct StepKind<'a> {
 pub struct RuleSet {
     /// The name a plan gives in `rules = [...]`.
     pub name: &'static str,
+    /// The site keys it reads, as dotted patterns
+    /// ([`crate::sitekeys::KeyPattern`]: `components.*.port`, `ad.*_group`,
+    /// `**.*thumbprint`). Its [`SiteView`] holds only these keys, and a site
+    /// key that neither they nor the plan's references read is an error.
+    pub reads: &'static [&'static str],
     /// Every violation in the site file.
     pub check_site: fn(&SiteView<'_>) -> Vec<PlanError>,
 }
@@ -56,6 +62,7 @@ pub type PlanRule = fn(&Locator<'_>, &[StepKind<'_>]) -> Vec<PlanError>;
 /// The rule sets a plan can name.
 pub const RULE_SETS: &[RuleSet] = &[RuleSet {
     name: "teammanager",
+    reads: teammanager::READS,
     check_site: teammanager::check_site,
 }];
 

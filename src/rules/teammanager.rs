@@ -124,6 +124,30 @@ fn list(v: Option<&toml::Value>) -> Vec<String> {
     }
 }
 
+/// The site keys [`check_site`] reads: it is handed no other, and a site
+/// key that neither these nor the plan read is an error. A new check that
+/// reads another key adds it here.
+pub const READS: &[&str] = &[
+    "required_components",
+    "roles.tm",
+    "roles.iis",
+    "roles.lync",
+    "components.*.hosts",
+    "components.*.port",
+    "components.*.site_port",
+    "components.*.instance",
+    "components.*.protocol",
+    "components.*.https",
+    "components.FE.app_settings.*Group",
+    "components.CIC.enable_tenant_id",
+    "components.CIC.tenant",
+    "products.lucs.instances",
+    "certificates.security",
+    "certificates.thumbprints",
+    "certificates.**.*thumbprint",
+    "ich.cleanup.host",
+];
+
 /// The TeamManager site rules. Returns every violation.
 pub fn check_site(site: &SiteView<'_>) -> Vec<PlanError> {
     let mut errors = Vec::new();

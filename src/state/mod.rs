@@ -88,6 +88,24 @@ pub struct StepState {
     pub compensation: CompStatus,
     /// Compensation error.
     pub compensation_error: Option<String>,
+    /// The ticket of the latest attempt handed to a remote host
+    /// (`StepDispatched`).
+    pub remote: Option<RemoteTicket>,
+}
+
+/// A step attempt running on a remote host under a ticket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RemoteTicket {
+    /// The host.
+    pub host: String,
+    /// The ticket id on the host.
+    pub ticket: String,
+    /// The attempt it runs.
+    pub attempt: u32,
+    /// Checkpoints of this ticket journaled so far (a re-attached follower
+    /// reads the ticket's checkpoints from the first: those up to this
+    /// count are in the journal already).
+    pub checkpoints: u64,
 }
 
 /// The state of a step no event has mentioned yet.
@@ -108,6 +126,7 @@ static NEVER_SEEN: StepState = StepState {
     reboot_required: false,
     compensation: CompStatus::None,
     compensation_error: None,
+    remote: None,
 };
 
 /// The overall state of a run as a status word.
@@ -350,6 +369,34 @@ impl RunState {
                 st.checkpoint = Some(data.clone());
                 st.done = *done;
                 st.total = *total;
+                if let Some(r) = &mut st.remote
+                    && r.attempt == st.attempts
+                    && st.status == StepStatus::Running
+                {
+                    r.checkpoints += 1;
+                }
+            }),
+            Event::StepDispatched {
+                step,
+                attempt,
+                host,
+                ticket,
+            } => self.change(step, |st| {
+                // Dispatched (or re-attached after a resume): the attempt
+                // runs on the host.
+                st.status = StepStatus::Running;
+                st.waiting = None;
+                match &mut st.remote {
+                    Some(r) if r.ticket == *ticket => {}
+                    _ => {
+                        st.remote = Some(RemoteTicket {
+                            host: host.clone(),
+                            ticket: ticket.clone(),
+                            attempt: *attempt,
+                            checkpoints: 0,
+                        })
+                    }
+                }
             }),
             Event::StepProgress {
                 step, done, total, ..

@@ -249,6 +249,7 @@ const ROW_H: f64 = 24.0;
 
 fn gantt(
     order: &[String],
+    host_of: &BTreeMap<String, String>,
     all_spans: &[Span],
     sess: &[Session],
     events: &[Envelope],
@@ -307,9 +308,14 @@ fn gantt(
         let y = top + ROW_H * i as f64;
         let _ = write!(
             s,
-            r#"<g class="gantt-row" data-step="{id}"><text class="label" x="6" y="{:.1}">{id}</text>"#,
+            r#"<g class="gantt-row" data-step="{id}"><text class="label" x="6" y="{:.1}">{host}{id}</text>"#,
             y + 16.0,
-            id = html_escape(id)
+            id = html_escape(id),
+            host = host_of
+                .get(id)
+                .filter(|h| !id.ends_with(&format!("@{h}")))
+                .map(|h| format!("{} · ", html_escape(h)))
+                .unwrap_or_default()
         );
         for sp in all_spans.iter().filter(|sp| &sp.step == id) {
             let x0 = LABEL_W + scale.x(sp.start);
@@ -702,7 +708,18 @@ pub fn render(loaded: &Loaded) -> Result<String, Error> {
     html.push_str("</header>");
     // Timeline.
     html.push_str("<section><h2>Timeline</h2><p class=\"legend\"><span class=\"k ok\"></span>attempt succeeded <span class=\"k failed\"></span>failed <span class=\"k interrupted\"></span>interrupted <span class=\"k open\"></span>running/open <span class=\"k wait\"></span>waiting for an operator <span class=\"k backoff\"></span>retry backoff <span class=\"k comp\"></span>compensation <span class=\"k gapk\"></span>no engine running (shortened) <span class=\"k decisionk\"></span>decision <span class=\"k rebootk\"></span>reboot requested. Hover a bar for details.</p><div class=\"scroll\">");
-    html.push_str(&gantt(&order, &all_spans, &sess, events, t0, t1));
+    // One lane per host: the steps of each remote host together, after the
+    // coordinator's, each labelled with its host.
+    let host_of: BTreeMap<String, String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::StepDispatched { step, host, .. } => Some((step.clone(), host.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut lanes = order.clone();
+    lanes.sort_by_key(|id| host_of.get(id).cloned().unwrap_or_default());
+    html.push_str(&gantt(&lanes, &host_of, &all_spans, &sess, events, t0, t1));
     html.push_str("</div></section>");
     // DAG.
     html.push_str("<section><h2>Steps and dependencies</h2><div class=\"scroll\">");

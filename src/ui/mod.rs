@@ -143,6 +143,18 @@ impl Observer for Ui {
                 self.event_line(format!("▶ {step}{extra}"));
                 self.start_bar(step);
             }
+            Event::StepDispatched {
+                step, host, ticket, ..
+            } => self.event_line(format!("  {step} on host {host} (ticket {ticket})")),
+            // What happened to a remote host (connected, connection lost and
+            // back, rebooted): `crate::remote` writes these notes.
+            Event::Note { text }
+                if text.starts_with("host ")
+                    || text.contains(": host ")
+                    || text.contains(" on host ") =>
+            {
+                self.event_line(format!("  {text}"))
+            }
             Event::StepCheckpoint {
                 step, done, total, ..
             } if *total > 0 => {

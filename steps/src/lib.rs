@@ -22,6 +22,7 @@ pub mod child;
 pub mod hash;
 pub mod kinds;
 pub mod params;
+pub mod preflight;
 pub mod redact;
 #[cfg(feature = "sql-standin")]
 pub mod sql_standin;
@@ -228,6 +229,13 @@ pub trait Step: Send + Sync {
     fn resources(&self) -> Vec<Resource> {
         Vec::new()
     }
+    /// Read-only checks against the real site before the maintenance window
+    /// (`upshift preflight`): packages, logins, permissions, files the step
+    /// will need. Must change nothing anywhere (see [`preflight`]). Default:
+    /// nothing to check.
+    async fn preflight(&self, _ctx: &preflight::PreflightContext) -> Vec<preflight::Check> {
+        Vec::new()
+    }
 }
 
 /// A step kind: validates parameters and builds steps. Building does no I/O.
@@ -238,6 +246,44 @@ pub trait Kind: Send + Sync {
     fn summary(&self) -> &'static str;
     /// Builds a step from its (resolved) `with` table.
     fn build(&self, with: &toml::Table) -> Result<Box<dyn Step>, ParamError>;
+    /// The parameters that name a file or folder on the machine the step
+    /// runs on. Where that is this machine, the plan loader makes a
+    /// relative one relative to the file that names it, and `check` says
+    /// which of those the run needs that do not exist.
+    fn local_paths(&self) -> &'static [LocalPath] {
+        &[]
+    }
+}
+
+/// A parameter naming a file or folder ([`Kind::local_paths`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalPath {
+    /// The parameter (a top-level key of `with`).
+    pub field: &'static str,
+    /// A folder (else a file).
+    pub dir: bool,
+    /// It must exist before the run starts (not made by an earlier step).
+    pub must_exist: bool,
+}
+
+impl LocalPath {
+    /// A file or folder that must exist before the run.
+    pub const fn input(field: &'static str, dir: bool) -> LocalPath {
+        LocalPath {
+            field,
+            dir,
+            must_exist: true,
+        }
+    }
+
+    /// A path that an earlier step may create.
+    pub const fn any(field: &'static str, dir: bool) -> LocalPath {
+        LocalPath {
+            field,
+            dir,
+            must_exist: false,
+        }
+    }
 }
 
 /// Every built-in kind by name.

@@ -37,6 +37,14 @@ fn the_demo_runs_the_whole_tm_upgrade_against_the_stand_ins() {
         "{}",
         r.stderr
     );
+    // Preflight first (issue 15): the demo site is ready, well under 5 s.
+    assert!(
+        r.stderr
+            .contains("preflight of \"teammanager-upgrade\": READY"),
+        "{}",
+        r.stderr
+    );
+    assert!(dir.join("preflight.html").is_file());
     let run = r.run_id();
     let journal = dir.join("journal");
     let status = sb.run(&[
@@ -290,9 +298,18 @@ fn a_wrong_msi_property_name_fails_the_read_back() {
     let wrong_site = dir.join("plan/sites/wrong.toml");
     std::fs::write(&wrong_site, wrong).unwrap();
     // No reboot in this run (the plain `run` would register a real one).
+    // (The demo's packages are real MSI files: rewrite ICH's Property
+    // table without the stand-in's ExitCode row.)
     let ich = dir.join("packages/TM-ICH.msi");
-    let pkg = std::fs::read_to_string(&ich).unwrap();
-    std::fs::write(&ich, pkg.replace("ExitCode=3010\n", "")).unwrap();
+    let info = upshift_steps::preflight::msi::read_package(&ich).unwrap();
+    let rows: Vec<(&str, &str)> = info
+        .properties
+        .iter()
+        .filter(|(k, _)| k.as_str() != "ExitCode")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert!(rows.len() < info.properties.len(), "ICH asks for a reboot");
+    upshift_steps::preflight::msi::write_package(&ich, &rows, &["INSTALLFOLDER"]).unwrap();
     let d = |p: &str| dir.join(p).display().to_string();
     let journal = d("journal-wrong");
     let vars = [
@@ -316,6 +333,31 @@ fn a_wrong_msi_property_name_fails_the_read_back() {
         args.push("--var".into());
         args.push(v.clone());
     }
+    // Preflight catches the wrong name before anything runs: the package's
+    // own tables do not define it (issue 15).
+    let mut pf: Vec<String> = vec![
+        "preflight".into(),
+        d("plan/teammanager.toml"),
+        "--site".into(),
+        wrong_site.display().to_string(),
+        "--var".into(),
+        format!("secret:sql_password=file:{}", d("secrets/sql_password")),
+    ];
+    for v in &vars {
+        pf.push("--var".into());
+        pf.push(v.clone());
+    }
+    let pf: Vec<&str> = pf.iter().map(String::as_str).collect();
+    let found = sb.run(&pf);
+    found.expect(1);
+    assert!(
+        found
+            .stdout
+            .contains("does not define the public property INSTANCE_NAME")
+            && found.stdout.contains("did you mean INSTANCENAME?"),
+        "{}",
+        found.stdout
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = sb.run(&args);
     r.expect(3); // waits for the Database Updater

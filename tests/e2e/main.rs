@@ -11,9 +11,13 @@ mod hardening;
 mod notify;
 mod operator;
 mod owners;
+#[cfg(feature = "demo")]
+mod preflight;
 mod processes;
 mod read_only;
 mod reboot_drift;
+mod remote_hosts;
 mod secrets;
+mod sites;
 mod support_tools;
 mod teammanager;

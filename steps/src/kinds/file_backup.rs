@@ -21,6 +21,7 @@ pub const BACKUP: KindFn = KindFn {
     name: "file.backup",
     summary: "copy a file aside with SHA-256 verification",
     build: build_backup,
+    local_paths: &[],
 };
 
 /// The `file.restore` kind.
@@ -28,6 +29,7 @@ pub const RESTORE: KindFn = KindFn {
     name: "file.restore",
     summary: "copy a saved file back with SHA-256 verification",
     build: build_restore,
+    local_paths: &[],
 };
 
 fn sha256_of(path: &Path) -> Result<(String, u64), StepError> {
@@ -96,6 +98,17 @@ impl Backup {
 
 #[async_trait::async_trait]
 impl Step for Backup {
+    async fn preflight(
+        &self,
+        ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        vec![crate::preflight::files::check_path_for(
+            ctx,
+            &self.file,
+            crate::preflight::files::Expect::File,
+            "the file the step saves",
+        )]
+    }
     fn describe(&self) -> Vec<String> {
         vec![format!(
             "copy {} to {} (verified by SHA-256)",

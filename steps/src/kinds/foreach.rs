@@ -28,6 +28,10 @@ pub const KIND: KindFn = KindFn {
     name: "foreach",
     summary: "run a command once per item (items or items_file), one checkpoint per item",
     build,
+    local_paths: &[
+        crate::LocalPath::any("items_file", false),
+        crate::LocalPath::any("cwd", true),
+    ],
 };
 
 /// Upper bound on parallel items.

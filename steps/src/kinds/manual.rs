@@ -13,6 +13,7 @@ pub const KIND: KindFn = KindFn {
     name: "manual",
     summary: "wait until an operator runs `upshift approve RUN STEP`",
     build,
+    local_paths: &[],
 };
 
 #[derive(Deserialize)]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::{Kind, ParamError, Step};
+use crate::{Kind, LocalPath, ParamError, Step};
 
 pub mod component;
 pub mod file_backup;
@@ -21,6 +21,8 @@ pub struct KindFn {
     pub summary: &'static str,
     /// Builds a step from its `with` table.
     pub build: fn(&toml::Table) -> Result<Box<dyn Step>, ParamError>,
+    /// Parameters naming files or folders ([`Kind::local_paths`]).
+    pub local_paths: &'static [LocalPath],
 }
 
 impl Kind for KindFn {
@@ -32,6 +34,9 @@ impl Kind for KindFn {
     }
     fn build(&self, with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
         (self.build)(with)
+    }
+    fn local_paths(&self) -> &'static [LocalPath] {
+        self.local_paths
     }
 }
 

@@ -20,6 +20,7 @@ pub const KIND: KindFn = KindFn {
     name: "process",
     summary: "run a command: program, args, env, cwd, ok_exit_codes",
     build,
+    local_paths: &[crate::LocalPath::any("cwd", true)],
 };
 
 fn zero() -> Vec<i32> {

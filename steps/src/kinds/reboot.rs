@@ -14,6 +14,7 @@ pub const KIND: KindFn = KindFn {
     name: "reboot",
     summary: "ask for a reboot; the run resumes at boot",
     build,
+    local_paths: &[],
 };
 
 #[derive(Deserialize)]

@@ -13,6 +13,7 @@ pub const KIND: KindFn = KindFn {
     name: "sleep",
     summary: "wait for `duration` (e.g. \"20s\")",
     build,
+    local_paths: &[],
 };
 
 #[derive(Deserialize)]

@@ -567,6 +567,23 @@ fn function(s: &TmState, b: &Batch, f: &str, args: &[Tok]) -> Result<SqlValue, M
                 SqlValue::Null
             })
         }
+        "HAS_PERMS_BY_NAME" => {
+            // (securable, securable_class, permission): NULL for a database
+            // that does not exist, 0 for a permission denied to the login,
+            // else 1.
+            arity(3)?;
+            let (securable, class, permission) = (text_arg(0)?, text_arg(1)?, text_arg(2)?);
+            if class.eq_ignore_ascii_case("DATABASE")
+                && function(s, b, "DB_ID", &[Tok::Str(securable)])? == SqlValue::Null
+            {
+                return Ok(SqlValue::Null);
+            }
+            let denied = s
+                .denied
+                .get(&b.req.user.to_lowercase())
+                .is_some_and(|d| d.contains(&permission.to_uppercase()));
+            Ok(SqlValue::Int(i32::from(!denied)))
+        }
         "SCHEMA_ID" => {
             arity(1)?;
             let name = text_arg(0)?;
@@ -2101,7 +2118,8 @@ fn exec(shared: &Arc<Mutex<TmState>>, s: &mut TmState, b: &mut Batch, c: &mut Cu
         b.req.database.to_lowercase()
     };
     let known = match proc_l.as_str() {
-        "sp_getapplock" | "sp_releaseapplock" => true,
+        "sp_getapplock" | "sp_releaseapplock" | "sp_spaceused" => true,
+        "xp_fixeddrives" => db == "master" && (schema.is_empty() || schema == "dbo"),
         "sp_delete_job" => db == "msdb" && (schema.is_empty() || schema == "dbo"),
         "usp_dataloader" => schema == "reporting" && db == s.database.to_lowercase(),
         "usp_cleanupreporting_dboschema" => schema == "mgt" && db == s.database.to_lowercase(),
@@ -2320,6 +2338,54 @@ fn exec(shared: &Arc<Mutex<TmState>>, s: &mut TmState, b: &mut Batch, c: &mut Cu
                 )
                 .into());
             }
+            0
+        }
+        "sp_spaceused" => {
+            // Two result sets, as SQL Server sends them (sizes as text).
+            let size = if b.req.database.eq_ignore_ascii_case(&s.database) {
+                s.database_bytes
+            } else {
+                8 * 1024 * 1024
+            };
+            let mb = |bytes: i64| format!("{:.2} MB", bytes as f64 / (1024.0 * 1024.0));
+            let kb = |bytes: i64| format!("{} KB", bytes / 1024);
+            actions.push(Action::Rows(
+                ResultSet::new(&[
+                    ("database_name", ColType::NVarChar),
+                    ("database_size", ColType::NVarChar),
+                    ("unallocated space", ColType::NVarChar),
+                ])
+                .row(vec![
+                    SqlValue::NVarChar(b.req.database.clone()),
+                    SqlValue::NVarChar(mb(size)),
+                    SqlValue::NVarChar(mb(size / 4)),
+                ]),
+            ));
+            actions.push(Action::Rows(
+                ResultSet::new(&[
+                    ("reserved", ColType::NVarChar),
+                    ("data", ColType::NVarChar),
+                    ("index_size", ColType::NVarChar),
+                    ("unused", ColType::NVarChar),
+                ])
+                .row(vec![
+                    SqlValue::NVarChar(kb(size / 2)),
+                    SqlValue::NVarChar(kb(size / 3)),
+                    SqlValue::NVarChar(kb(size / 8)),
+                    SqlValue::NVarChar(kb(size / 24)),
+                ]),
+            ));
+            0
+        }
+        "xp_fixeddrives" => {
+            let mut rs = ResultSet::new(&[("drive", ColType::NVarChar), ("MB free", ColType::Int)]);
+            for (d, mb) in &s.drives_free_mb {
+                rs = rs.row(vec![
+                    SqlValue::NVarChar(d.clone()),
+                    SqlValue::Int(*mb as i32),
+                ]);
+            }
+            actions.push(Action::Rows(rs));
             0
         }
         "usp_dataloader" => {

@@ -179,6 +179,14 @@ pub struct TmState {
     pub stats_delay: Duration,
     /// How long one data loader run takes.
     pub data_loader_delay: Duration,
+    /// Permissions denied per login (lowercase login name → upper-case
+    /// permission names, e.g. `BACKUP DATABASE`, `CREATE ANY DATABASE`):
+    /// `HAS_PERMS_BY_NAME` answers 0 for them, 1 for anything else.
+    pub denied: BTreeMap<String, BTreeSet<String>>,
+    /// The database's size as `sp_spaceused` reports it (bytes).
+    pub database_bytes: i64,
+    /// Free megabytes per drive letter, as `xp_fixeddrives` reports them.
+    pub drives_free_mb: BTreeMap<String, i64>,
     pub(crate) next_backup_set_id: i32,
     /// Open transactions: the content before, and the nesting level.
     pub(crate) tx: BTreeMap<u16, (DbContent, u32)>,
@@ -233,6 +241,12 @@ impl TmDatabaseModel {
                 restores: 0,
                 stats_delay: Duration::from_millis(5),
                 data_loader_delay: Duration::ZERO,
+                denied: BTreeMap::new(),
+                database_bytes: 64 * 1024 * 1024,
+                drives_free_mb: BTreeMap::from([
+                    ("C".to_string(), 40_960),
+                    ("D".to_string(), 204_800),
+                ]),
                 next_backup_set_id: 1,
                 tx: BTreeMap::new(),
                 faults: Vec::new(),
@@ -289,6 +303,17 @@ impl TmDatabaseModel {
             actions: Box::new(actions),
             times,
         });
+    }
+
+    /// Denies `permission` (`BACKUP DATABASE`, `CREATE ANY DATABASE`) to
+    /// `login`: `HAS_PERMS_BY_NAME` answers 0 for it.
+    pub fn deny(self, login: &str, permission: &str) -> TmDatabaseModel {
+        self.state()
+            .denied
+            .entry(login.to_lowercase())
+            .or_default()
+            .insert(permission.to_uppercase());
+        self
     }
 
     /// Adds a procedure that exists and does nothing (for scripts that call

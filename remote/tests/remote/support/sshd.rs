@@ -31,6 +31,16 @@ use upshift_remote::transport::ssh::SshConfig;
 /// The sshd binary (Debian's openssh-server).
 pub const SSHD: &str = "/usr/sbin/sshd";
 
+/// The stand-in binary of upshift-remote's own tests and benches. The
+/// engine's tests (`tests/e2e/remote_hosts.rs`, which include this file)
+/// use the `upshift` binary instead: [`Lab::start_empty`], [`Lab::seed`].
+fn stub() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_upshift-remote-stub") {
+        Some(p) => PathBuf::from(p),
+        None => panic!("the stub binary exists in upshift-remote's tests and benches only"),
+    }
+}
+
 /// One sshd "host".
 pub struct Host {
     /// Its name (`h1`, `h2`...).
@@ -265,13 +275,18 @@ impl Lab {
 
     /// Puts the stub where an install would (a hard link when possible).
     fn seed_binary(&self, i: usize) {
-        let stub = PathBuf::from(env!("CARGO_BIN_EXE_upshift-remote-stub"));
-        let (sha, _) = upshift_steps::hash::sha256_file(&stub).unwrap();
+        self.seed(i, &stub());
+    }
+
+    /// Puts `binary` into host `i`'s work folder where an install would
+    /// have left it (`bin/<sha256>/upshift`).
+    pub fn seed(&self, i: usize, binary: &Path) {
+        let (sha, _) = upshift_steps::hash::sha256_file(binary).unwrap();
         let bin = self.hosts[i].work_dir.join("bin").join(sha);
         std::fs::create_dir_all(&bin).unwrap();
         let to = bin.join("upshift");
-        if std::fs::hard_link(&stub, &to).is_err() {
-            std::fs::copy(&stub, &to).unwrap();
+        if std::fs::hard_link(binary, &to).is_err() {
+            std::fs::copy(binary, &to).unwrap();
         }
     }
 
@@ -394,7 +409,7 @@ impl Lab {
 
     /// Coordinator options for tests: quick polls and reconnects.
     pub fn options() -> ClientOptions {
-        let mut o = ClientOptions::new(env!("CARGO_BIN_EXE_upshift-remote-stub"));
+        let mut o = ClientOptions::new(stub());
         o.poll_wait = Duration::from_millis(500);
         o.request_timeout = Duration::from_secs(20);
         o.reconnect_initial = Duration::from_millis(100);

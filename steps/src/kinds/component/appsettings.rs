@@ -28,6 +28,7 @@ pub const KIND: KindFn = KindFn {
     name: "config.appsettings",
     summary: "set/remove <appSettings> keys of a .NET config file, byte-exact elsewhere",
     build,
+    local_paths: &[],
 };
 
 /// A setting's value: text, or a boolean/number written as text.
@@ -255,6 +256,16 @@ pub(crate) fn restore(file: &Path, backup: &Path) -> Result<bool, StepError> {
 
 #[async_trait::async_trait]
 impl Step for ConfigAppSettings {
+    async fn preflight(
+        &self,
+        ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        crate::preflight::files::check_xml_config_for(
+            ctx,
+            &self.edit.file,
+            "the settings file the step edits",
+        )
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         vec![crate::Resource::file(&self.edit.file)]
     }

@@ -36,11 +36,35 @@ use serde::Deserialize;
 use crate::kinds::KindFn;
 use crate::{Outputs, ParamError, Probe, Step, StepContext, StepError, StepOutcome, parse_params};
 
+/// The thumbprint as given, `None` when there is none to check. (A
+/// `String` here; an `Option<String>` where certificate security can be
+/// switched off: preflight reads both.)
+trait Given {
+    fn given(&self) -> Option<&str>;
+}
+
+impl Given for String {
+    fn given(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl Given for Option<String> {
+    fn given(&self) -> Option<&str> {
+        self.as_deref()
+    }
+}
+
+/// Days a certificate must still be valid when preflight looks (it runs
+/// days before the window), unless `min_days_valid` asks for more.
+const PREFLIGHT_MIN_DAYS: u32 = 7;
+
 /// The `cert.check` kind.
 pub const KIND: KindFn = KindFn {
     name: "cert.check",
     summary: "normalise a certificate thumbprint (strip invisible marks) and check it in LocalMachine\\My on Windows",
     build,
+    local_paths: &[],
 };
 
 /// The name of an invisible or space character stripped from thumbprints;
@@ -455,6 +479,39 @@ pub const SKIPPED: &str = "skipped: not Windows (no LocalMachine certificate sto
 
 #[async_trait::async_trait]
 impl Step for CertCheck {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        use crate::preflight::Check;
+        let Some(input) = Given::given(&self.input) else {
+            return vec![Check::ok(
+                "certificate security is off: no certificate to check",
+            )];
+        };
+        match normalize(input) {
+            Ok(n) => {
+                let mut out = vec![Check::ok(format!(
+                    "thumbprint {} is 40 hex digits",
+                    n.thumbprint
+                ))];
+                // At least a week left at preflight time: it runs days
+                // before the window.
+                out.extend(crate::preflight::windows::certificate(
+                    &n.thumbprint,
+                    &self.store,
+                    self.require_private_key,
+                    self.min_days_valid.max(PREFLIGHT_MIN_DAYS),
+                ));
+                out
+            }
+            Err(e) => vec![Check::finding(
+                format!("the thumbprint is not usable: {e}"),
+                "40 hex digits (invisible marks and spaces are stripped)",
+                "copy the thumbprint again from the certificate's details in the site file",
+            )],
+        }
+    }
     fn describe(&self) -> Vec<String> {
         let Some(input) = &self.input else {
             return vec![OFF.to_string()];

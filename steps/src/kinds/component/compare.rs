@@ -40,6 +40,7 @@ pub const KIND: KindFn = KindFn {
     name: "config.compare",
     summary: "compare a new AppSettings.config with its backup: report, fail, or carry over lost keys",
     build,
+    local_paths: &[],
 };
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -233,6 +234,16 @@ impl Compare {
 
 #[async_trait::async_trait]
 impl Step for Compare {
+    async fn preflight(
+        &self,
+        ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        crate::preflight::files::check_xml_config_for(
+            ctx,
+            &self.p.file,
+            "the settings file the step compares",
+        )
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         // Carry-over writes the new file; report mode only reads both.
         vec![crate::Resource::file(&self.p.file)]

@@ -45,6 +45,7 @@ pub const KIND: KindFn = KindFn {
     name: "config.expect",
     summary: "read back a config file (appSettings keys, element/attribute paths) and fail listing every difference",
     build,
+    local_paths: &[],
 };
 
 /// How an expected and a found value are compared.

@@ -29,6 +29,7 @@ pub const KIND: KindFn = KindFn {
     name: "http.check",
     summary: "wait until a URL answers with an expected HTTP status (e.g. the IIS site runs)",
     build,
+    local_paths: &[],
 };
 
 /// A parsed `http://` or `https://` URL.

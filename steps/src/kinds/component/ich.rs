@@ -75,6 +75,7 @@ pub const KIND: KindFn = KindFn {
     name: "ich.cleanup_conferences",
     summary: "turn ICH CleanupConferences on, follow ConferenceTerminationLog.txt until done, turn it off",
     build,
+    local_paths: &[],
 };
 
 /// Default ICH config path (the manual's default install folder).
@@ -477,6 +478,16 @@ impl Cleanup {
 
 #[async_trait::async_trait]
 impl Step for Cleanup {
+    async fn preflight(
+        &self,
+        ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        crate::preflight::files::check_xml_config_for(
+            ctx,
+            &self.config,
+            "the ICH service's config file",
+        )
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         // It edits the ICH configuration and restarts the service.
         vec![

@@ -40,6 +40,7 @@ pub const KIND: KindFn = KindFn {
     name: "log.watch",
     summary: "watch a log file for a while, report new lines; fail or pause on matching lines",
     build,
+    local_paths: &[],
 };
 
 /// Upper bound on bytes read from a log per poll (the rest is read on the

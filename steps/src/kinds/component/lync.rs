@@ -31,6 +31,7 @@ pub const KIND: KindFn = KindFn {
     name: "lync.conferencing_policy",
     summary: "grant Tag:LucsService to each connector SIP address (Grant-CsConferencingPolicy)",
     build,
+    local_paths: &[],
 };
 
 /// Upper bound on connectors (a guard against a wrong list).

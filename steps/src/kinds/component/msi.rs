@@ -48,6 +48,10 @@ pub const INSTALL: KindFn = KindFn {
     name: "msi.install",
     summary: "install an MSI with msiexec /qn /norestart /l*v; 3010/1641 = reboot required",
     build: build_install,
+    local_paths: &[
+        crate::LocalPath::input("package", false),
+        crate::LocalPath::any("previous_package", false),
+    ],
 };
 
 /// The `msi.uninstall` kind.
@@ -55,6 +59,7 @@ pub const UNINSTALL: KindFn = KindFn {
     name: "msi.uninstall",
     summary: "uninstall an MSI (package or ProductCode); 1605 = already absent",
     build: build_uninstall,
+    local_paths: &[crate::LocalPath::any("package", false)],
 };
 
 /// Default `INSTALLFOLDER` (the manual's default install folder).
@@ -242,6 +247,8 @@ pub fn parse_standin_state(text: &str, code: &str) -> Option<String> {
 #[serde(deny_unknown_fields)]
 struct Params {
     package: Option<PathBuf>,
+    /// Checked by `upshift preflight` against the package's UpgradeCode.
+    upgrade_code: Option<String>,
     product_code: Option<String>,
     version: Option<String>,
     #[serde(default)]
@@ -266,6 +273,7 @@ enum Mode {
 struct Msi {
     mode: Mode,
     package: Option<PathBuf>,
+    upgrade_code: Option<String>,
     product_code: Option<String>,
     version: Option<String>,
     properties: Vec<(String, String)>,
@@ -295,6 +303,14 @@ fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
     {
         return Err(
             ParamError::field("product_code", format!("`{code}` is not a ProductCode"))
+                .hint("write it with braces: {12345678-1234-1234-1234-123456789ABC}"),
+        );
+    }
+    if let Some(code) = &p.upgrade_code
+        && !valid_product_code(code)
+    {
+        return Err(
+            ParamError::field("upgrade_code", format!("`{code}` is not an UpgradeCode"))
                 .hint("write it with braces: {12345678-1234-1234-1234-123456789ABC}"),
         );
     }
@@ -364,6 +380,7 @@ fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
     Ok(Box::new(Msi {
         mode,
         package: p.package,
+        upgrade_code: p.upgrade_code,
         product_code: p.product_code,
         version: p.version,
         properties,
@@ -614,6 +631,22 @@ pub fn verify_after(
 
 #[async_trait::async_trait]
 impl Step for Msi {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        crate::preflight::msi::for_step(
+            self.mode == Mode::Install,
+            self.package.as_deref(),
+            crate::preflight::msi::Expected {
+                product_code: self.product_code.as_deref(),
+                version: self.version.as_deref(),
+                upgrade_code: self.upgrade_code.as_deref(),
+                properties: self.properties.iter().map(|(k, _)| k.as_str()).collect(),
+            },
+            self.standin_state.as_deref(),
+        )
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         match (&self.product_code, &self.package) {
             (Some(code), _) => vec![crate::Resource::product(code)],

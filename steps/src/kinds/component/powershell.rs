@@ -38,6 +38,7 @@ pub const KIND: KindFn = KindFn {
     name: "powershell",
     summary: "run an inline or file PowerShell script; arguments passed as parameters, never as code",
     build,
+    local_paths: &[crate::LocalPath::input("script_file", false)],
 };
 
 /// The PowerShell program of this OS.

@@ -39,6 +39,7 @@ pub const KIND: KindFn = KindFn {
     name: "service",
     summary: "stop/start/restart a Windows service (systemd unit elsewhere) and wait for the state",
     build,
+    local_paths: &[],
 };
 
 /// What to do.
@@ -683,6 +684,12 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
 
 #[async_trait::async_trait]
 impl Step for Service {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        vec![crate::preflight::windows::service(&self.ctl.name)]
+    }
     fn resources(&self) -> Vec<crate::Resource> {
         vec![crate::Resource::service(&self.ctl.name)]
     }

@@ -23,6 +23,7 @@ pub const KIND: KindFn = KindFn {
     name: "sql.agent_jobs.remove",
     summary: "delete SQL Agent jobs whose steps call a procedure (default [mgt].[usp_CleanupReporting_DboSchema]): connection, procedure",
     build,
+    local_paths: &[],
 };
 
 const DEFAULT_PROCEDURE: &str = "[mgt].[usp_CleanupReporting_DboSchema]";
@@ -117,6 +118,32 @@ impl RemoveJobs {
 
 #[async_trait::async_trait]
 impl Step for RemoveJobs {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        use crate::preflight::Check;
+        let mut sql = match super::preflight::login(&self.connection, None).await {
+            Ok(s) => s,
+            Err(c) => return vec![c],
+        };
+        match self.find(&mut sql).await {
+            Ok(jobs) if jobs.is_empty() => vec![Check::ok(format!(
+                "no SQL Agent job calls {}: nothing to remove",
+                self.display()
+            ))],
+            Ok(jobs) => vec![Check::ok(format!(
+                "SQL Agent jobs the run will remove (they call {}): {}",
+                self.display(),
+                jobs.values().cloned().collect::<Vec<_>>().join(", ")
+            ))],
+            Err(e) => vec![Check::finding(
+                format!("cannot list SQL Agent jobs: {e}"),
+                "the login may read msdb's jobs (the step deletes them)",
+                "add the login's user in msdb to SQLAgentOperatorRole, or make it sysadmin",
+            )],
+        }
+    }
     fn describe(&self) -> Vec<String> {
         vec![format!(
             "delete the SQL Agent jobs on {} whose steps call {} (none: nothing to do; {})",

@@ -30,6 +30,7 @@ pub const KIND: KindFn = KindFn {
     name: "sql.backup",
     summary: "full COPY_ONLY backup with checksum, verified; compensation restores it: connection, database, path or directory",
     build,
+    local_paths: &[],
 };
 
 const BACKUP_SET_QUERY: &str = "SELECT TOP (1) bs.backup_set_id FROM msdb.dbo.backupset AS bs JOIN msdb.dbo.backupmediafamily AS mf ON mf.media_set_id = bs.media_set_id WHERE mf.physical_device_name = @P1 AND bs.database_name = @P2 AND bs.description = @P3 ORDER BY bs.backup_set_id DESC";
@@ -185,6 +186,13 @@ impl Backup {
 
 #[async_trait::async_trait]
 impl Step for Backup {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        let (Target::Path(at) | Target::Directory(at)) = &self.target;
+        super::preflight::backup(&self.connection, &self.database, at).await
+    }
     fn describe(&self) -> Vec<String> {
         let path = match &self.target {
             Target::Path(p) => p.clone(),

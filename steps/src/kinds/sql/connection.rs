@@ -152,6 +152,33 @@ impl ConnectionParams {
         if self.host.trim().is_empty() {
             return Err(ParamError::field("connection.host", "`host` is empty"));
         }
+        // `sql01\TMSQL` is how SQL Server tools name a named instance; the
+        // driver takes the two apart (host, then the instance through SQL
+        // Server Browser), and a backslash in a host name only fails at run
+        // time, after the steps before the first connection have run.
+        if let Some((host, instance)) = self.host.split_once('\\') {
+            return Err(ParamError::field(
+                "connection.host",
+                format!(
+                    "host `{}` names a named instance; `host` is the server only",
+                    self.host
+                ),
+            )
+            .hint(format!(
+                "write host = \"{host}\" and instance = \"{instance}\" (SQL Server Browser, UDP 1434, tells the port unless `port` is given too)"
+            )));
+        }
+        if self
+            .instance
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return Err(ParamError::field(
+                "connection.instance",
+                "`instance` is empty",
+            )
+            .hint("name the instance (the part after the backslash in sql01\\TMSQL), or leave `instance` out for the default instance"));
+        }
         if self.database.trim().is_empty() {
             return Err(ParamError::field(
                 "connection.database",
@@ -199,7 +226,7 @@ impl ConnectionParams {
         s
     }
 
-    fn password(&self) -> &str {
+    pub(crate) fn password(&self) -> &str {
         self.password.as_ref().map(Secret::expose).unwrap_or("")
     }
 
@@ -742,6 +769,21 @@ mod tests {
         assert_eq!(
             p.check().unwrap_err().field.as_deref(),
             Some("connection.user")
+        );
+    }
+
+    #[test]
+    fn a_backslash_in_host_is_refused_with_the_instance_hint() {
+        let t: toml::Table =
+            toml::from_str("host = 'sql01\\TMSQL'\ndatabase = \"d\"\nauth = \"integrated\"")
+                .unwrap();
+        let p: ConnectionParams = crate::parse_params(&t).unwrap();
+        let e = p.check().unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("connection.host"));
+        assert!(
+            e.hint
+                .unwrap()
+                .starts_with("write host = \"sql01\" and instance = \"TMSQL\"")
         );
     }
 

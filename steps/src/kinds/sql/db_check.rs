@@ -30,6 +30,7 @@ pub const KIND: KindFn = KindFn {
     name: "db.check",
     summary: "read the TM database version and check the target is reachable: connection, target_version, versions, oldest_supported, incremental_from",
     build,
+    local_paths: &[],
 };
 
 /// The default query for the TM database version: one row, one column.
@@ -278,6 +279,53 @@ pub(crate) async fn read_version(
 
 #[async_trait::async_trait]
 impl Step for DbCheck {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        use crate::preflight::Check;
+        let mut sql = match super::preflight::login(&self.connection, None).await {
+            Ok(s) => s,
+            Err(c) => return vec![c],
+        };
+        let current = match read_version(
+            &mut sql,
+            &self.query,
+            Some(super::preflight::STATEMENT_LIMIT),
+        )
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                return vec![Check::finding(
+                    e.to_string(),
+                    "the database's version readable with the version query",
+                    "check the plan's `version_query` (and that this is the TM database)",
+                )];
+            }
+        };
+        vec![match self.path.decide(&current, &self.target) {
+            Ok(Decision::UpToDate) => Check::ok(format!(
+                "{}: database at {current}, already the target",
+                sql.label()
+            )),
+            Ok(Decision::Update(path)) => Check::ok(format!(
+                "{}: database at {current}, on the update path: {} (target {})",
+                sql.label(),
+                path.join(" -> "),
+                self.target
+            )),
+            Err(m) => Check::finding(
+                format!("{}: {m}", sql.label()),
+                format!(
+                    "a database version on the update path {} to {}",
+                    self.path.versions.join(", "),
+                    self.target
+                ),
+                "see above: an intermediate update first, support, or the plan's versions",
+            ),
+        }]
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![
             if self.up_to_date {

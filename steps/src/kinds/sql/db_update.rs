@@ -56,6 +56,7 @@ pub const KIND: KindFn = KindFn {
     name: "db.update",
     summary: "apply <from>_to_<to>.sql update scripts up to target_version with a history table: connection, scripts_dir, target_version",
     build,
+    local_paths: &[crate::LocalPath::input("scripts_dir", true)],
 };
 
 const DEFAULT_LIMIT: Duration = Duration::from_secs(4 * 60 * 60);
@@ -464,6 +465,19 @@ impl DbUpdate {
 
 #[async_trait::async_trait]
 impl Step for DbUpdate {
+    async fn preflight(
+        &self,
+        ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        let mut out = vec![crate::preflight::files::check_path_for(
+            ctx,
+            &self.dir,
+            crate::preflight::files::Expect::Dir,
+            "the folder of update scripts",
+        )];
+        out.extend(super::preflight::login_only(&self.connection).await);
+        out
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "update {} to version {} with the scripts in {} ({} per batch; history in upshift.schema_history)",

@@ -24,6 +24,7 @@ pub const KIND: KindFn = KindFn {
     name: "sql.exec",
     summary: "run one T-SQL statement with typed parameters: connection, sql, params, first_row, command_timeout",
     build,
+    local_paths: &[],
 };
 
 const DEFAULT_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -251,6 +252,12 @@ impl Exec {
 
 #[async_trait::async_trait]
 impl Step for Exec {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        super::preflight::login_only(&self.connection).await
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "on {}: {} ({})",

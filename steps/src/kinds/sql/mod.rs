@@ -14,6 +14,7 @@ pub mod db_check;
 pub mod db_update;
 pub mod exec;
 pub mod go_split;
+pub mod preflight;
 pub mod progress;
 pub mod quote;
 pub mod restore;

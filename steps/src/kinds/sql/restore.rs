@@ -30,6 +30,7 @@ pub const KIND: KindFn = KindFn {
     name: "sql.restore",
     summary: "restore a database from a backup file (single user, replace, back to multi user): connection, database, path",
     build,
+    local_paths: &[],
 };
 
 pub(crate) const DEFAULT_LIMIT: Duration = Duration::from_secs(12 * 60 * 60);
@@ -151,6 +152,12 @@ pub(crate) async fn restore(
 
 #[async_trait::async_trait]
 impl Step for Restore {
+    async fn preflight(
+        &self,
+        _ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        super::preflight::login_only(&self.connection).await
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "restore database {} on {} from {} ({})",

@@ -22,6 +22,7 @@ pub const KIND: KindFn = KindFn {
     name: "sql.script",
     summary: "run a .sql file batch by batch (sqlcmd GO rules), resumable: connection, file, command_timeout",
     build,
+    local_paths: &[crate::LocalPath::input("file", false)],
 };
 
 const DEFAULT_LIMIT: Duration = Duration::from_secs(60 * 60);
@@ -108,6 +109,19 @@ pub(crate) fn batch_lines(batches: &[Batch]) -> Vec<String> {
 
 #[async_trait::async_trait]
 impl Step for Script {
+    async fn preflight(
+        &self,
+        ctx: &crate::preflight::PreflightContext,
+    ) -> Vec<crate::preflight::Check> {
+        let mut out = vec![crate::preflight::files::check_path_for(
+            ctx,
+            &self.file,
+            crate::preflight::files::Expect::File,
+            "the SQL script the step runs",
+        )];
+        out.extend(super::preflight::login_only(&self.connection).await);
+        out
+    }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "run script {} on {}, batch by batch ({} per batch)",

@@ -1,0 +1,663 @@
+//! `upshift preflight`: asks the real site, read-only, whether the plan
+//! can run — every step's [`Step::preflight`] on the host that will run
+//! it, and every host's own state — days before the maintenance window.
+//!
+//! What runs where:
+//! - steps on the coordinator, or on a `transport = "local"` host (this
+//!   machine): their preflight runs here, all steps of one host in parallel
+//!   (at most [`Options::per_host`] at once), each bounded by
+//!   [`Options::step_limit`];
+//! - steps on an `ssh` host: the host is checked through upshift-remote's
+//!   connection (reachable, host key known, administrator, free disk in
+//!   the work folder); the steps' own checks need the runner to run them on
+//!   the host, which this version does not do: each says so
+//!   ([`Check::NotChecked`]);
+//! - this machine's Windows state (pending reboot, Windows Installer busy)
+//!   when a step runs here: through Windows APIs on Windows, "not checked
+//!   on this OS" elsewhere.
+//!
+//! It journals nothing and writes nothing (the connection to an ssh host
+//! puts upshift's own binary into the host's work folder if it is not
+//! there yet, as the run's first step on that host would).
+//!
+//! Values only known at run time (outputs of earlier steps) are
+//! placeholders; what depends on them is reported as not checked.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use upshift_steps::Step;
+use upshift_steps::preflight::{Check, Earlier, PreflightContext};
+
+use crate::error::{Error, Result};
+use crate::hosts::{HostDef, Transport};
+use crate::plan::Plan;
+use crate::refs::{self, MapResolver};
+
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod html;
+
+/// The name findings and checks give the machine running upshift.
+pub const COORDINATOR: &str = "this machine";
+
+/// Free bytes a host's work folder should have at least (installer logs,
+/// saved settings, the runner's binary).
+pub const HOST_FREE_BYTES_MIN: u64 = 1 << 30;
+
+/// How preflight runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bound on one step's preflight.
+    pub step_limit: Duration,
+    /// Steps checked at once per host (1: one after another).
+    pub per_host: usize,
+    /// The binary an ssh host runs for the connection check (the
+    /// coordinator's own).
+    pub remote_binary: Option<std::path::PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            step_limit: Duration::from_secs(30),
+            per_host: 8,
+            remote_binary: std::env::current_exe().ok(),
+        }
+    }
+}
+
+/// One line of the report: a check of a step (or of a host) on a host.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Line {
+    /// The step (`None`: about the host itself).
+    pub step: Option<String>,
+    /// The host it runs on ([`COORDINATOR`] for this machine).
+    pub host: String,
+    /// What was found.
+    #[serde(flatten)]
+    pub check: Check,
+    /// Other steps on the same host with the very same finding (one
+    /// problem, one finding: a login that fails fails for every SQL step).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also_steps: Vec<String>,
+}
+
+/// What preflight found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The plan's name.
+    pub plan: String,
+    /// The plan file.
+    pub plan_path: String,
+    /// The site file, if any.
+    pub site: Option<String>,
+    /// No finding: the site is ready as far as preflight can tell.
+    pub ready: bool,
+    /// How many findings.
+    pub findings: usize,
+    /// Every check, host checks first, then steps in plan order.
+    pub checks: Vec<Line>,
+    /// Wall time, milliseconds.
+    pub elapsed_ms: u64,
+}
+
+impl Report {
+    /// The findings only.
+    pub fn findings(&self) -> impl Iterator<Item = &Line> {
+        self.checks.iter().filter(|l| l.check.is_finding())
+    }
+}
+
+/// Secret values for the steps' parameters; a secret that cannot be read
+/// is a finding (and its steps see a placeholder, so what needs it is not
+/// checked).
+fn secrets(plan: &Plan, lines: &mut Vec<Line>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, r) in &plan.secrets {
+        match r.read(name) {
+            Ok(v) => {
+                out.insert(name.clone(), v);
+            }
+            Err(e) => lines.push(Line {
+                step: None,
+                host: COORDINATOR.into(),
+                check: Check::finding(
+                    e,
+                    format!("secret `{name}` readable here ({})", r.source_text()),
+                    "set it as for the run (the value is never journaled or printed)",
+                ),
+                also_steps: Vec::new(),
+            }),
+        }
+    }
+    out
+}
+
+/// A step's parameters with this site's values, secrets resolved and
+/// outputs of earlier steps as placeholders.
+fn resolve(
+    plan: &Plan,
+    with: &toml::Table,
+    secrets: &BTreeMap<String, String>,
+) -> std::result::Result<toml::Table, String> {
+    let expanded = crate::plan::expand_target(with, &plan.targets)?;
+    let sec = |n: &str| {
+        secrets
+            .get(n)
+            .cloned()
+            .or_else(|| refs::placeholder_secret(n))
+    };
+    let resolver = MapResolver::new(
+        &plan.vars,
+        plan.site.as_ref().map(|s| &s.values),
+        &sec,
+        &refs::placeholder_output,
+    );
+    refs::substitute_table(&expanded, &resolver).map_err(|b| b.message)
+}
+
+/// An ssh host through upshift-remote: reachable, host key known, login,
+/// administrator, free disk in the work folder.
+pub async fn ssh_host(h: &HostDef, opts: &Options) -> Vec<Check> {
+    let Some(binary) = &opts.remote_binary else {
+        return vec![Check::not_checked(
+            format!("host {}", h.name),
+            "upshift's own binary cannot be found to run on it",
+        )];
+    };
+    let host = match upshift_remote::client::RemoteHost::new(
+        crate::remote::host_config(h),
+        upshift_remote::client::ClientOptions::new(binary),
+    ) {
+        Ok(host) => host,
+        Err(e) => {
+            return vec![Check::finding(
+                e.to_string(),
+                format!("host {} configured so that it can be reached", h.name),
+                "correct the host's table in the plan or site file",
+            )];
+        }
+    };
+    let limit = h.connect_timeout.unwrap_or(Duration::from_secs(15)) + opts.step_limit;
+    let facts = tokio::time::timeout(limit, host.connect()).await;
+    host.close().await;
+    let facts = match facts {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            use upshift_remote::RemoteError as R;
+            let (expected, fix) = match &e {
+                R::HostKeyUnknown { .. } | R::HostKeyChanged { .. } => (
+                    "the host's key in the configured known_hosts file",
+                    "check the fingerprint on the host itself, then add (or replace) its line in that known_hosts file",
+                ),
+                R::AuthRefused { .. } => (
+                    "the key logs in as the configured user",
+                    "put the public key in that user's authorized_keys (Windows administrators: C:\\ProgramData\\ssh\\administrators_authorized_keys)",
+                ),
+                _ => (
+                    "the host reachable over ssh from this machine",
+                    "check the address, port, firewall and that sshd runs on the host",
+                ),
+            };
+            return vec![Check::finding(
+                format!("{} ({})", e, h.describe()),
+                expected,
+                fix,
+            )];
+        }
+        Err(_) => {
+            return vec![Check::finding(
+                format!(
+                    "host {}: no answer within {} ({})",
+                    h.name,
+                    humantime::format_duration(limit),
+                    h.describe()
+                ),
+                "the host reachable over ssh from this machine",
+                "check the address, port, firewall and that sshd runs on the host",
+            )];
+        }
+    };
+    let mut out = vec![Check::ok(format!(
+        "reachable over ssh, host key known: {} ({} {}, user {})",
+        facts.hostname, facts.os, facts.arch, facts.user
+    ))];
+    out.push(if facts.is_admin {
+        Check::ok(format!("{} has administrator rights", facts.user))
+    } else {
+        Check::finding(
+            format!("{} has no administrator rights on {}", facts.user, h.name),
+            "an administrator (installers, services and certificates need one)",
+            "log in as an administrator (and on Windows, one whose ssh session is elevated)",
+        )
+    });
+    out.push(match facts.free_bytes {
+        Some(b) if b >= HOST_FREE_BYTES_MIN => Check::ok(format!(
+            "{} MB free in the work folder {}",
+            b >> 20,
+            facts.work_dir
+        )),
+        Some(b) => Check::finding(
+            format!(
+                "{} MB free in the work folder {} on {}",
+                b >> 20,
+                facts.work_dir,
+                h.name
+            ),
+            format!("at least {} MB", HOST_FREE_BYTES_MIN >> 20),
+            "free space there, or set the host's work_dir to a larger disk",
+        ),
+        None => Check::not_checked(
+            format!("free space in {}", facts.work_dir),
+            "the host did not say",
+        ),
+    });
+    out.push(Check::not_checked(
+        "the host's Windows state (pending reboot, Windows Installer busy, services, certificates, ports)",
+        "read on the host itself by the runner: not in this version of preflight",
+    ));
+    out
+}
+
+/// This machine as a host: its user's rights (Windows: installers need an
+/// elevated administrator) and free space where the step folders go
+/// (`folder`, or the nearest existing folder above it).
+fn this_machine(folder: &std::path::Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    let user = upshift_remote::sys::user();
+    out.push(if upshift_remote::sys::is_admin() {
+        Check::ok(format!("{user} has administrator rights"))
+    } else if cfg!(windows) {
+        Check::finding(
+            format!("{user} runs without administrator rights"),
+            "an elevated administrator (installers, services and certificates need one)",
+            "run upshift from an elevated prompt as an administrator",
+        )
+    } else {
+        Check::ok(format!(
+            "{user} is not root (the Windows steps need an administrator; here they are stand-ins)"
+        ))
+    });
+    let existing = folder.ancestors().find(|p| p.is_dir());
+    out.push(match existing.and_then(upshift_remote::sys::free_bytes) {
+        Some(b) if b >= HOST_FREE_BYTES_MIN => Check::ok(format!(
+            "{} MB free for the step folders ({})",
+            b >> 20,
+            folder.display()
+        )),
+        Some(b) => Check::finding(
+            format!("{} MB free for the step folders ({})", b >> 20, folder.display()),
+            format!("at least {} MB (installer logs, saved settings)", HOST_FREE_BYTES_MIN >> 20),
+            "free space there, or put the journal (--journal, $UPSHIFT_JOURNAL) or the host's work_dir on a larger disk",
+        ),
+        None => Check::not_checked(
+            format!("free space for {}", folder.display()),
+            "the OS did not say",
+        ),
+    });
+    out
+}
+
+/// One step's preflight, bounded in time.
+async fn step_checks(step: Arc<dyn Step>, ctx: PreflightContext) -> (Vec<Check>, Duration) {
+    let t = Instant::now();
+    let limit = ctx.time_limit;
+    let checks = match tokio::time::timeout(limit, step.preflight(&ctx)).await {
+        Ok(c) => c,
+        Err(_) => vec![Check::finding(
+            format!(
+                "its checks did not finish within {}",
+                humantime::format_duration(limit)
+            ),
+            "every check answered in time (a server or share that answers slowly will slow the run too)",
+            "look at what it checks (server, share, package path) from this machine",
+        )],
+    };
+    (checks, t.elapsed())
+}
+
+/// A step built for its checks: its position in the plan, its id, the
+/// step, the steps that run before it.
+type Built = (usize, String, Arc<dyn Step>, Vec<Arc<Earlier>>);
+
+/// The steps that run before `id` (its needs, transitively), nearest
+/// first.
+fn ancestors(plan: &Plan, id: &str) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut queue: std::collections::VecDeque<&str> =
+        plan.steps[id].needs.iter().map(String::as_str).collect();
+    while let Some(n) = queue.pop_front() {
+        if !seen.insert(n) {
+            continue;
+        }
+        out.push(n.to_string());
+        if let Some(def) = plan.steps.get(n) {
+            queue.extend(def.needs.iter().map(String::as_str));
+        }
+    }
+    out
+}
+
+/// Where a step's checks run.
+enum Place {
+    Here(String),
+    Ssh(String),
+}
+
+/// Runs preflight for a loaded plan.
+pub fn run(plan: &Plan, opts: &Options) -> Result<Report> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::failed(format!("preflight: cannot start its runtime: {e}")))?;
+    Ok(rt.block_on(run_async(plan, opts)))
+}
+
+/// [`run`] inside a runtime.
+pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
+    let start = Instant::now();
+    let mut host_lines: Vec<Line> = Vec::new();
+    let secrets = secrets(plan, &mut host_lines);
+    let registry = upshift_steps::registry();
+
+    // Build every step here (no I/O), grouped by the host that runs it.
+    let mut per_host: BTreeMap<String, Vec<Built>> = BTreeMap::new();
+    let mut step_lines: Vec<(usize, Line)> = Vec::new();
+    let mut here_hosts: BTreeMap<String, ()> = BTreeMap::new();
+    let mut ssh_hosts: BTreeMap<String, ()> = BTreeMap::new();
+    // Every step as an earlier step of those that need it: a file missing
+    // now may be laid down by one of them.
+    let earlier_of: BTreeMap<&str, Arc<Earlier>> = plan
+        .order
+        .iter()
+        .map(|id| {
+            let def = &plan.steps[id];
+            let with =
+                resolve(plan, &def.body.with, &secrets).unwrap_or_else(|_| def.body.with.clone());
+            (
+                id.as_str(),
+                Arc::new(Earlier {
+                    id: id.clone(),
+                    kind: def.body.kind.clone(),
+                    with_text: with.to_string(),
+                }),
+            )
+        })
+        .collect();
+    for (i, id) in plan.order.iter().enumerate() {
+        let def = &plan.steps[id];
+        let place = match def.host.as_deref().and_then(|h| plan.hosts.get(h)) {
+            None => Place::Here(COORDINATOR.to_string()),
+            Some(h) if h.transport == Transport::Local => Place::Here(h.name.clone()),
+            Some(h) => Place::Ssh(h.name.clone()),
+        };
+        let host = match &place {
+            Place::Here(h) | Place::Ssh(h) => h.clone(),
+        };
+        let line = |check: Check| Line {
+            step: Some(id.clone()),
+            host: host.clone(),
+            check,
+            also_steps: Vec::new(),
+        };
+        if let Place::Ssh(h) = &place {
+            ssh_hosts.insert(h.clone(), ());
+            step_lines.push((
+                i,
+                line(Check::not_checked(
+                    format!("the step's own checks ({})", def.body.kind),
+                    "they must run on the host itself: not in this version of preflight (the host is checked)",
+                )),
+            ));
+            continue;
+        }
+        here_hosts.insert(host.clone(), ());
+        let Some(kind) = registry.get(def.body.kind.as_str()) else {
+            continue;
+        };
+        let built = resolve(plan, &def.body.with, &secrets)
+            .and_then(|w| kind.build(&w).map_err(|e| e.message));
+        match built {
+            Ok(step) => per_host.entry(host).or_default().push((
+                i,
+                id.clone(),
+                Arc::from(step),
+                ancestors(plan, id)
+                    .into_iter()
+                    .filter_map(|a| earlier_of.get(a.as_str()).cloned())
+                    .collect(),
+            )),
+            Err(e) => step_lines.push((
+                i,
+                line(Check::not_checked(
+                    format!("the step's checks ({})", def.body.kind),
+                    format!("its parameters are only complete at run time: {e}"),
+                )),
+            )),
+        }
+    }
+
+    // Hosts: ssh hosts through the remote crate, in parallel.
+    let mut ssh_set = tokio::task::JoinSet::new();
+    for name in ssh_hosts.keys() {
+        let h = plan.hosts[name].clone();
+        let opts = opts.clone();
+        ssh_set.spawn(async move { (h.name.clone(), ssh_host(&h, &opts).await) });
+    }
+    // Steps: each host's steps in parallel, at most `per_host` at once.
+    let mut set = tokio::task::JoinSet::new();
+    for (host, steps) in per_host {
+        let sem = Arc::new(tokio::sync::Semaphore::new(opts.per_host.max(1)));
+        for (i, id, step, earlier) in steps {
+            let sem = Arc::clone(&sem);
+            let ctx = PreflightContext {
+                step_id: id.clone(),
+                host: (host != COORDINATOR).then(|| host.clone()),
+                time_limit: opts.step_limit,
+                earlier,
+            };
+            let host = host.clone();
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("never closed");
+                let (checks, _took) = step_checks(step, ctx).await;
+                (i, id, host, checks)
+            });
+        }
+    }
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok((i, id, host, checks)) => {
+                for c in checks {
+                    step_lines.push((
+                        i,
+                        Line {
+                            step: Some(id.clone()),
+                            host: host.clone(),
+                            check: c,
+                            also_steps: Vec::new(),
+                        },
+                    ));
+                }
+            }
+            Err(e) => host_lines.push(Line {
+                step: None,
+                host: COORDINATOR.into(),
+                check: Check::finding(
+                    format!("a step's preflight failed: {e}"),
+                    "every check ends",
+                    "report this as a bug of upshift",
+                ),
+                also_steps: Vec::new(),
+            }),
+        }
+    }
+    for name in here_hosts.keys() {
+        let folder = match plan.hosts.get(name) {
+            Some(h) => std::path::PathBuf::from(&h.work_dir),
+            // Step folders (installer logs, saved settings) live with the
+            // journal.
+            None => crate::app::workspace::resolve_dir(None),
+        };
+        let mut checks = this_machine(&folder);
+        checks.extend(upshift_steps::preflight::windows::host_state());
+        for c in checks {
+            host_lines.push(Line {
+                step: None,
+                host: name.clone(),
+                check: c,
+                also_steps: Vec::new(),
+            });
+        }
+    }
+    let mut ssh_results = Vec::new();
+    while let Some(done) = ssh_set.join_next().await {
+        if let Ok(r) = done {
+            ssh_results.push(r);
+        }
+    }
+    ssh_results.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, checks) in ssh_results {
+        for c in checks {
+            host_lines.push(Line {
+                step: None,
+                host: name.clone(),
+                check: c,
+                also_steps: Vec::new(),
+            });
+        }
+    }
+    // Steps in plan order, each step's lines in the order it gave them.
+    step_lines.sort_by_key(|(i, _)| *i);
+    let mut checks = host_lines;
+    checks.extend(step_lines.into_iter().map(|(_, l)| l));
+    let checks = merge_same_findings(checks);
+    let findings = checks.iter().filter(|l| l.check.is_finding()).count();
+    Report {
+        plan: plan.name.clone(),
+        plan_path: plan.path.display().to_string(),
+        site: plan.site.as_ref().map(|s| s.path.display().to_string()),
+        ready: findings == 0,
+        findings,
+        checks,
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    }
+}
+
+/// One finding per problem: a finding repeated by later steps on the same
+/// host (same text) is folded into the first one's `also_steps`.
+fn merge_same_findings(lines: Vec<Line>) -> Vec<Line> {
+    let mut out: Vec<Line> = Vec::with_capacity(lines.len());
+    let mut first: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for l in lines {
+        if l.check.is_finding()
+            && let Some(step) = &l.step
+        {
+            let key = (l.host.clone(), format!("{:?}", l.check));
+            if let Some(&i) = first.get(&key) {
+                out[i].also_steps.push(step.clone());
+                continue;
+            }
+            first.insert(key, out.len());
+        }
+        out.push(l);
+    }
+    out
+}
+
+/// The report in a few lines: the verdict, the findings, the counts.
+pub fn summary_text(r: &Report) -> String {
+    let count = |f: fn(&Check) -> bool| r.checks.iter().filter(|l| f(&l.check)).count();
+    let ok = count(|c| matches!(c, Check::Ok { .. }));
+    let nc = count(|c| matches!(c, Check::NotChecked { .. }));
+    let mut out = format!(
+        "preflight of \"{}\": {} — {} checks in {} ms: {ok} ok, {} finding(s), {nc} not checked (Windows-only checks on this OS, values known only at run time)\n",
+        r.plan,
+        if r.ready { "READY" } else { "NOT READY" },
+        r.checks.len(),
+        r.elapsed_ms,
+        r.findings
+    );
+    for l in r.findings() {
+        if let Check::Finding { found, fix, .. } = &l.check {
+            out.push_str(&format!(
+                "  {} on {}: {found}\n    fix: {fix}\n",
+                l.step.as_deref().unwrap_or("(host)"),
+                l.host
+            ));
+        }
+    }
+    out
+}
+
+/// The report as text: findings first (step, host, found, expected, fix),
+/// then every check per host and step.
+pub fn text(r: &Report) -> String {
+    let mut out = format!(
+        "preflight of plan \"{}\" ({}{}): {}\n",
+        r.plan,
+        r.plan_path,
+        r.site
+            .as_ref()
+            .map(|s| format!(", site {s}"))
+            .unwrap_or_default(),
+        if r.ready {
+            "READY — no finding".to_string()
+        } else {
+            format!("{} FINDING(S)", r.findings)
+        }
+    );
+    if !r.ready {
+        out.push_str("\nfindings:\n");
+        for (n, l) in r.findings().enumerate() {
+            if let Check::Finding {
+                found,
+                expected,
+                fix,
+            } = &l.check
+            {
+                out.push_str(&format!(
+                    "{:>3}. {}{} on {}\n     found:    {found}\n     expected: {expected}\n     fix:      {fix}\n",
+                    n + 1,
+                    l.step.as_deref().unwrap_or("(host)"),
+                    if l.also_steps.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (also {})", l.also_steps.join(", "))
+                    },
+                    l.host
+                ));
+            }
+        }
+    }
+    out.push_str("\nchecks:\n");
+    let mut last: Option<(&Option<String>, &str)> = None;
+    for l in &r.checks {
+        let key = (&l.step, l.host.as_str());
+        if last != Some(key) {
+            match &l.step {
+                Some(s) => out.push_str(&format!("  {s} on {}\n", l.host)),
+                None => out.push_str(&format!("  host {}\n", l.host)),
+            }
+            last = Some(key);
+        }
+        match &l.check {
+            Check::Ok { what } => out.push_str(&format!("    ok           {what}\n")),
+            Check::Finding { found, .. } => out.push_str(&format!("    FINDING      {found}\n")),
+            Check::NotChecked { what, why } => {
+                out.push_str(&format!("    not checked  {what}: {why}\n"))
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\n{} check(s), {} finding(s), {} ms; nothing was changed or journaled\n",
+        r.checks.len(),
+        r.findings,
+        r.elapsed_ms
+    ));
+    out
+}
