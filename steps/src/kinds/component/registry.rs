@@ -21,6 +21,7 @@ use crate::{Outputs, ParamError, Probe, Step, StepContext, StepError, StepOutcom
 pub const KIND: KindFn = KindFn {
     name: "registry.check",
     summary: "read a registry value through the registry API; present, and equal to `expect` if given",
+    local_paths: &[],
     build,
 };
 
