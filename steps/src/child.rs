@@ -14,9 +14,13 @@
 //!   the child's SIGCHLD, so it returns as soon as the child exits (it
 //!   polled every 10 ms before: 5 ms per step on average). Without a guard program (unit tests), the child still gets
 //!   its own group and is killed as a group when dropped.
-//! - **Windows**: each child is assigned to a Job Object with
-//!   `KILL_ON_JOB_CLOSE`; the engine holds the only handle, so when the
-//!   engine dies or drops the child, Windows kills the tree.
+//! - **Windows**: each child is started suspended (`CREATE_SUSPENDED`),
+//!   assigned to a Job Object with `KILL_ON_JOB_CLOSE`, and only then
+//!   resumed, so not even its first instruction runs outside the job (a
+//!   child that started a grandchild before being assigned would let that
+//!   grandchild escape). The engine holds the only handle, so when the
+//!   engine dies or drops the child, Windows kills the tree. Run under Wine
+//!   in CI (tests/wine/e2e: SIGKILL of the engine, step timeouts).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -41,6 +45,11 @@ pub struct ChildSpec {
     pub env: BTreeMap<String, String>,
     /// Working directory.
     pub cwd: Option<PathBuf>,
+    /// Windows only: the command line after the program, passed verbatim
+    /// (`CommandExt::raw_arg`) instead of `args` quoted by the C runtime's
+    /// rules; for programs that parse their own line, like msiexec's
+    /// `NAME="a b"`. `args` still serve for display and off Windows.
+    pub raw_command_line: Option<String>,
 }
 
 impl ChildSpec {
@@ -114,6 +123,14 @@ pub async fn run(ctx: &dyn StepContext, spec: &ChildSpec) -> Result<ChildExit, S
         ))
     })?;
     let mut killer = platform::Killer::new(&child, guarded);
+    if let Err(e) = platform::resume(&child) {
+        drop(killer);
+        let _ = child.kill().await;
+        return Err(StepError::fatal(format!(
+            "cannot resume `{}` after putting it in its Job Object: {e}",
+            spec.program
+        )));
+    }
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let mut tail = String::new();
@@ -240,6 +257,11 @@ mod platform {
         }
     }
 
+    /// Nothing to do: Unix children are not started suspended.
+    pub fn resume(_child: &tokio::process::Child) -> std::io::Result<()> {
+        Ok(())
+    }
+
     pub fn exit_code(status: &std::process::ExitStatus) -> i32 {
         use std::os::unix::process::ExitStatusExt;
         status
@@ -255,9 +277,20 @@ mod platform {
 
     use super::ChildSpec;
 
+    /// `CREATE_SUSPENDED`: the child's first thread waits for [`resume`].
+    const CREATE_SUSPENDED: u32 = 0x0000_0004;
+
     pub fn command(spec: &ChildSpec, _guard: Option<PathBuf>) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&spec.program);
-        c.args(&spec.args).kill_on_drop(true);
+        match &spec.raw_command_line {
+            Some(line) => {
+                c.raw_arg(line);
+            }
+            None => {
+                c.args(&spec.args);
+            }
+        }
+        c.kill_on_drop(true).creation_flags(CREATE_SUSPENDED);
         c
     }
 
@@ -268,6 +301,7 @@ mod platform {
     }
 
     impl Killer {
+        /// Assigns the (still suspended) child to a new job.
         pub fn new(child: &tokio::process::Child, _guarded: bool) -> Killer {
             let job = (|| {
                 let mut info = win32job::ExtendedLimitInfo::new();
@@ -289,6 +323,56 @@ mod platform {
             // it left behind in it, as the Unix guard's group kill would not.
             self.job = None;
         }
+    }
+
+    /// Resumes the threads of a child started with `CREATE_SUSPENDED` (its
+    /// main thread; std does not hand out the thread handle, so the
+    /// process's threads are found with a Toolhelp snapshot).
+    #[allow(unsafe_code)]
+    pub fn resume(child: &tokio::process::Child) -> std::io::Result<()> {
+        use windows_sys::Win32::Foundation::{CloseHandle, INVALID_HANDLE_VALUE};
+        use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+            CreateToolhelp32Snapshot, TH32CS_SNAPTHREAD, THREADENTRY32, Thread32First, Thread32Next,
+        };
+        use windows_sys::Win32::System::Threading::{
+            OpenThread, ResumeThread, THREAD_SUSPEND_RESUME,
+        };
+        let Some(pid) = child.id() else {
+            // Already reaped: nothing to resume.
+            return Ok(());
+        };
+        let mut resumed = 0;
+        // SAFETY: plain Win32 calls on handles this function opens and
+        // closes itself; `entry` is a properly sized, zeroed THREADENTRY32
+        // whose dwSize is set as the API requires.
+        unsafe {
+            let snap = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
+            if snap == INVALID_HANDLE_VALUE {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut entry: THREADENTRY32 = std::mem::zeroed();
+            entry.dwSize = std::mem::size_of::<THREADENTRY32>() as u32;
+            let mut more = Thread32First(snap, &mut entry) != 0;
+            while more {
+                if entry.th32OwnerProcessID == pid {
+                    let thread = OpenThread(THREAD_SUSPEND_RESUME, 0, entry.th32ThreadID);
+                    if !thread.is_null() {
+                        if ResumeThread(thread) != u32::MAX {
+                            resumed += 1;
+                        }
+                        CloseHandle(thread);
+                    }
+                }
+                more = Thread32Next(snap, &mut entry) != 0;
+            }
+            CloseHandle(snap);
+        }
+        if resumed == 0 {
+            return Err(std::io::Error::other(format!(
+                "no thread of process {pid} could be resumed"
+            )));
+        }
+        Ok(())
     }
 
     pub fn exit_code(status: &std::process::ExitStatus) -> i32 {

@@ -4,7 +4,7 @@
 
 use chrono::{TimeZone, Utc};
 use upshift_steps::kinds::component::cert::{
-    SKIPPED, STORE_SCRIPT, judge_store, normalize, parse_store_output,
+    SKIPPED, StoreInfo, filetime_to_utc, judge_store, normalize, thumbprint_bytes,
 };
 use upshift_steps::testing::TestContext;
 use upshift_steps::{Probe, registry};
@@ -70,15 +70,26 @@ async fn run_outputs_the_normalised_thumbprint() {
     let dir = tempfile::tempdir().unwrap();
     let step = build(&format!("thumbprint = \"\u{200E}{}\"", TP.to_lowercase())).unwrap();
     let ctx = TestContext::new("cert", dir.path());
+    if cfg!(windows) {
+        // TP is made up: the real store lookup must not find it. A real
+        // certificate with its key is found by tests/wine/e2e under Wine.
+        let e = step.run(&ctx).await.unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "certificate {TP} in LocalMachine\\My: no certificate"
+            )),
+            "{e}"
+        );
+        assert!(matches!(step.probe(&ctx).await.unwrap(), Probe::Differs(_)));
+        return;
+    }
     let out = step.run(&ctx).await.unwrap();
     assert_eq!(out.outputs["thumbprint"], TP);
     assert_eq!(
         out.outputs["stripped"],
         "U+200E LEFT-TO-RIGHT MARK at position 0"
     );
-    if cfg!(windows) {
-        assert_eq!(out.outputs["store_check"], "ok");
-    } else {
+    {
         assert_eq!(out.outputs["store_check"], SKIPPED);
         assert!(ctx.output_text().contains("skipped: not Windows"));
         assert_eq!(step.probe(&ctx).await.unwrap(), Probe::Unknown);
@@ -87,32 +98,44 @@ async fn run_outputs_the_normalised_thumbprint() {
 }
 
 #[test]
-fn store_lookup_is_parsed_and_judged() {
+fn store_lookup_is_judged() {
     let now = Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).unwrap();
-    let out = "FOUND=True\r\nSUBJECT=CN=tm-fe.corp.local\r\nNOTBEFORE=2025-01-01T00:00:00.0000000Z\r\nNOTAFTER=2027-01-01T00:00:00.0000000Z\r\nHASPRIVATEKEY=True\r\n";
-    let info = parse_store_output(out);
-    assert!(info.found && info.has_private_key);
-    assert_eq!(info.subject, "CN=tm-fe.corp.local");
+    let info = StoreInfo {
+        found: true,
+        subject: "CN=tm-fe.corp.local".into(),
+        not_before: Some(Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()),
+        not_after: Some(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()),
+        has_private_key: true,
+    };
     assert!(judge_store(&info, now, 30, true, "LocalMachine\\My").is_empty());
     // Expiring within the required days, expired, no key, missing.
     assert!(judge_store(&info, now, 60, true, "x")[0].contains("within the 60 days"));
     let later = Utc.with_ymd_and_hms(2027, 6, 1, 0, 0, 0).unwrap();
     assert!(judge_store(&info, later, 0, true, "x")[0].contains("expired on 2027-01-01"));
-    let nokey = parse_store_output(&out.replace("HASPRIVATEKEY=True", "HASPRIVATEKEY=False"));
+    let nokey = StoreInfo {
+        has_private_key: false,
+        ..info.clone()
+    };
     assert!(judge_store(&nokey, now, 0, true, "x")[0].contains("no private key"));
     assert!(judge_store(&nokey, now, 0, false, "x").is_empty());
-    let missing = parse_store_output("FOUND=False\r\n");
+    let missing = StoreInfo::default();
     assert!(judge_store(&missing, now, 0, true, "LocalMachine\\My")[0].contains("no certificate"));
 }
 
 #[test]
-fn store_script_takes_arguments_as_parameters() {
-    assert!(STORE_SCRIPT.starts_with("param([string]$Thumbprint, [string]$Store)"));
-    assert!(
-        STORE_SCRIPT.contains(
-            "Get-Item -LiteralPath ('Cert:\\LocalMachine\\' + $Store + '\\' + $Thumbprint)"
-        )
+fn filetimes_and_thumbprint_bytes() {
+    // 2027-01-01T00:00:00Z as a FILETIME.
+    assert_eq!(
+        filetime_to_utc(134_432_352_000_000_000),
+        Some(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap())
     );
+    assert_eq!(
+        filetime_to_utc(116_444_736_000_000_000),
+        Some(Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap())
+    );
+    let b = thumbprint_bytes("00112233445566778899AABBCCDDEEFF00112233").unwrap();
+    assert_eq!((b.len(), b[1], b[19]), (20, 0x11, 0x33));
+    assert!(thumbprint_bytes("0011").is_none());
 }
 
 /// A site's per-host thumbprints: `host` picks one; a host without one is

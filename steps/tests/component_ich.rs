@@ -4,6 +4,11 @@
 //! lines to ConferenceTerminationLog.txt. The step turns the option on,
 //! restarts ICH, follows the log, turns the option off and restarts again.
 
+// Unix only: the stand-in here is a shell script (steps/tests/standins/).
+// On Windows the real program is exercised instead, under Wine by
+// tests/wine/e2e (see docs/windows.md).
+#![cfg(unix)]
+
 use std::path::{Path, PathBuf};
 
 use upshift_steps::testing::TestContext;

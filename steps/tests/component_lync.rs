@@ -2,6 +2,11 @@
 //! validation, one run per connector with the address as a parameter, a
 //! checkpoint per connector, and a resume that skips the connectors done.
 
+// Unix only: the stand-in here is a shell script (steps/tests/standins/).
+// On Windows the real program is exercised instead, under Wine by
+// tests/wine/e2e (see docs/windows.md).
+#![cfg(unix)]
+
 use std::path::{Path, PathBuf};
 
 use upshift_steps::testing::TestContext;

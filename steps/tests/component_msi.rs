@@ -3,6 +3,11 @@
 //! a state file and writes a UTF-16LE verbose log. The Windows command line
 //! (msiexec quoting) is asserted in the unit tests of `msi.rs`.
 
+// Unix only: the stand-in here is a shell script (steps/tests/standins/).
+// On Windows the real program is exercised instead, under Wine by
+// tests/wine/e2e (see docs/windows.md).
+#![cfg(unix)]
+
 use std::path::{Path, PathBuf};
 
 use upshift_steps::testing::TestContext;

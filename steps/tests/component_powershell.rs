@@ -2,6 +2,11 @@
 //! records argv, the decoded launcher and the argument environment of each
 //! call: arguments must arrive as data, never as code.
 
+// Unix only: the stand-in here is a shell script (steps/tests/standins/).
+// On Windows the real program is exercised instead, under Wine by
+// tests/wine/e2e (see docs/windows.md).
+#![cfg(unix)]
+
 use std::path::{Path, PathBuf};
 
 use upshift_steps::testing::TestContext;

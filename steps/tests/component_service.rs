@@ -2,6 +2,11 @@
 //! real shell script that keeps unit state in files: start/stop/restart,
 //! waiting through pending states, timeouts, start types, compensation.
 
+// Unix only: the stand-in here is a shell script (steps/tests/standins/).
+// On Windows the real program is exercised instead, under Wine by
+// tests/wine/e2e (see docs/windows.md).
+#![cfg(unix)]
+
 use std::path::{Path, PathBuf};
 
 use upshift_steps::testing::TestContext;

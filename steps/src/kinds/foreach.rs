@@ -136,6 +136,7 @@ fn item_spec(body: &ChildSpec, item: &str, index: usize) -> ChildSpec {
             .map(|(k, v)| (k.clone(), substitute(v, item, index)))
             .collect(),
         cwd: body.cwd.clone(),
+        raw_command_line: body.raw_command_line.clone(),
     }
 }
 
@@ -347,15 +348,28 @@ mod tests {
     async fn runs_each_item_once_and_resumes_after_the_last_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("marker");
-        let with: toml::Table = toml::from_str(&format!(
-            r#"
-            items = ["a", "b", "c", "d"]
-            program = "sh"
-            args = ["-c", "echo ${{item}} >> {}"]
-            "#,
-            marker.display()
-        ))
-        .unwrap();
+        // The same append through the platform's shell: `sh` here, `cmd`
+        // on Windows (which writes CRLF, normalised below).
+        let (program, args) = if cfg!(windows) {
+            (
+                "cmd",
+                [
+                    "/c".to_string(),
+                    format!("echo ${{item}}>> {}", marker.display()),
+                ],
+            )
+        } else {
+            (
+                "sh",
+                [
+                    "-c".to_string(),
+                    format!("echo ${{item}} >> {}", marker.display()),
+                ],
+            )
+        };
+        let mut with: toml::Table = toml::from_str(r#"items = ["a", "b", "c", "d"]"#).unwrap();
+        with.insert("program".into(), program.into());
+        with.insert("args".into(), args.to_vec().into());
         let step = build(&with).unwrap();
         // First attempt "crashes" at the third checkpoint.
         let mut ctx = crate::testing::TestContext::new("loop", dir.path());
@@ -367,7 +381,9 @@ mod tests {
         ctx2.resume = Some(cp);
         let out = step.run(&ctx2).await.unwrap();
         assert_eq!(out.outputs["count"], "4");
-        let lines = std::fs::read_to_string(&marker).unwrap();
+        let lines = std::fs::read_to_string(&marker)
+            .unwrap()
+            .replace("\r\n", "\n");
         // a, b done once; c ran in the crashed attempt (its checkpoint
         // failed) and again; d once.
         assert_eq!(lines, "a\nb\nc\nc\nd\n");

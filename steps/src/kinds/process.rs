@@ -52,6 +52,7 @@ impl Params {
             args: self.args.clone(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
+            raw_command_line: None,
         }
     }
 

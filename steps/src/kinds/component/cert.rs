@@ -10,11 +10,14 @@
 //! digits. A wrong input fails with the invisible characters it held, each
 //! named with its position (`U+200E LEFT-TO-RIGHT MARK at position 0`).
 //!
-//! **Store check (Windows only, `cfg(windows)`)**: PowerShell
-//! `Get-Item -LiteralPath Cert:\LocalMachine\<store>\<thumbprint>` (run
-//! through the `powershell` kind's safe argument passing): the certificate
-//! must exist, be valid now (NotBefore..NotAfter) and for `min_days_valid`
-//! more days, and have a private key. **On Linux there is no Windows
+//! **Store check (Windows only, `cfg(windows)`)**: the CryptoAPI
+//! (`CertOpenStore` on `LocalMachine\<store>`, read-only,
+//! `CertFindCertificateInStore` by SHA-1 hash, the key's
+//! `CERT_KEY_PROV_INFO_PROP_ID`): the certificate must exist, be valid now
+//! (NotBefore..NotAfter) and for `min_days_valid` more days, and have a
+//! private key. No PowerShell (hosts may restrict it) and no tool text. Run
+//! under Wine in CI with a certificate and key imported into the prefix's
+//! `LocalMachine\My`. **On Linux there is no Windows
 //! certificate store: the check is skipped and the output says so**
 //! (`store_check` = `skipped: ...`); only the normalisation is verified.
 //!
@@ -22,8 +25,8 @@
 //! `host` picking one: a site's per-host thumbprints), `enabled` (default
 //! true; false = certificate security off, no thumbprint needed, the step
 //! checks nothing and outputs an empty thumbprint), `store` (default `My`), `min_days_valid`
-//! (default 0), `require_private_key` (default true), `program` (PowerShell
-//! override). Outputs: `thumbprint` (normalised), `stripped` (what was
+//! (default 0), `require_private_key` (default true), `program` (ignored;
+//! kept so that older plans still load). Outputs: `thumbprint` (normalised), `stripped` (what was
 //! removed), `store_check`, `subject`, `not_after` (Windows).
 
 use std::collections::BTreeMap;
@@ -176,7 +179,7 @@ pub fn normalize(input: &str) -> Result<Normalized, String> {
     Err(msg)
 }
 
-/// What the Windows store lookup printed, parsed.
+/// What the Windows store lookup found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoreInfo {
     /// The certificate was found.
@@ -191,38 +194,109 @@ pub struct StoreInfo {
     pub has_private_key: bool,
 }
 
-/// The PowerShell script of the store lookup (arguments come as parameters).
-pub const STORE_SCRIPT: &str = "param([string]$Thumbprint, [string]$Store)\n\
-$c = Get-Item -LiteralPath ('Cert:\\LocalMachine\\' + $Store + '\\' + $Thumbprint) -ErrorAction SilentlyContinue\n\
-if (-not $c) { 'FOUND=False'; exit 0 }\n\
-'FOUND=True'\n\
-'SUBJECT=' + $c.Subject\n\
-'NOTBEFORE=' + $c.NotBefore.ToUniversalTime().ToString('o')\n\
-'NOTAFTER=' + $c.NotAfter.ToUniversalTime().ToString('o')\n\
-'HASPRIVATEKEY=' + $c.HasPrivateKey\n";
+/// A FILETIME (100 ns ticks since 1601-01-01 UTC) as a UTC time.
+pub fn filetime_to_utc(ticks: u64) -> Option<chrono::DateTime<chrono::Utc>> {
+    const UNIX_EPOCH_TICKS: i64 = 116_444_736_000_000_000;
+    let since_unix = i64::try_from(ticks).ok()? - UNIX_EPOCH_TICKS;
+    chrono::DateTime::from_timestamp(
+        since_unix.div_euclid(10_000_000),
+        (since_unix.rem_euclid(10_000_000) * 100) as u32,
+    )
+}
 
-/// Parses [`STORE_SCRIPT`]'s output.
-pub fn parse_store_output(out: &str) -> StoreInfo {
-    let mut info = StoreInfo::default();
-    let time = |v: &str| {
-        chrono::DateTime::parse_from_rfc3339(v.trim())
-            .ok()
-            .map(|t| t.with_timezone(&chrono::Utc))
+/// Thumbprint hex (40 digits, normalised) as the 20 bytes of the hash.
+pub fn thumbprint_bytes(thumbprint: &str) -> Option<Vec<u8>> {
+    hex::decode(thumbprint).ok().filter(|b| b.len() == 20)
+}
+
+/// The CryptoAPI lookup (Windows only).
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod store {
+    use windows_sys::Win32::Security::Cryptography::{
+        CERT_CONTEXT, CERT_FIND_SHA1_HASH, CERT_KEY_PROV_INFO_PROP_ID,
+        CERT_STORE_OPEN_EXISTING_FLAG, CERT_STORE_PROV_SYSTEM_W, CERT_STORE_READONLY_FLAG,
+        CERT_SYSTEM_STORE_LOCAL_MACHINE, CERT_X500_NAME_STR, CRYPT_INTEGER_BLOB, CertCloseStore,
+        CertFindCertificateInStore, CertFreeCertificateContext, CertGetCertificateContextProperty,
+        CertNameToStrW, CertOpenStore, PKCS_7_ASN_ENCODING, X509_ASN_ENCODING,
     };
-    for line in out.lines() {
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        match k.trim() {
-            "FOUND" => info.found = v.trim().eq_ignore_ascii_case("true"),
-            "SUBJECT" => info.subject = v.trim().to_string(),
-            "NOTBEFORE" => info.not_before = time(v),
-            "NOTAFTER" => info.not_after = time(v),
-            "HASPRIVATEKEY" => info.has_private_key = v.trim().eq_ignore_ascii_case("true"),
-            _ => {}
+
+    use super::{StoreInfo, filetime_to_utc};
+
+    fn ticks(ft: windows_sys::Win32::Foundation::FILETIME) -> u64 {
+        (u64::from(ft.dwHighDateTime) << 32) | u64::from(ft.dwLowDateTime)
+    }
+
+    /// Looks the certificate up by its SHA-1 hash in LocalMachine\<store>.
+    pub fn lookup(store_name: &str, hash: &[u8]) -> Result<StoreInfo, String> {
+        let wname: Vec<u16> = store_name.encode_utf16().chain([0]).collect();
+        // SAFETY: CertOpenStore gets a NUL-terminated store name that
+        // outlives the call; the blob points at `hash` (alive for the
+        // find); the context and store are freed/closed exactly once below;
+        // the fields read belong to a context that is still held.
+        unsafe {
+            let store = CertOpenStore(
+                CERT_STORE_PROV_SYSTEM_W,
+                0,
+                0,
+                CERT_SYSTEM_STORE_LOCAL_MACHINE
+                    | CERT_STORE_READONLY_FLAG
+                    | CERT_STORE_OPEN_EXISTING_FLAG,
+                wname.as_ptr().cast(),
+            );
+            if store.is_null() {
+                // No such store (a fresh Wine prefix has no My yet): then
+                // the certificate is not there either.
+                if windows_sys::Win32::Foundation::GetLastError()
+                    == windows_sys::Win32::Foundation::ERROR_FILE_NOT_FOUND
+                {
+                    return Ok(StoreInfo::default());
+                }
+                return Err(format!(
+                    "cannot open the certificate store LocalMachine\\{store_name}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let blob = CRYPT_INTEGER_BLOB {
+                cbData: hash.len() as u32,
+                pbData: hash.as_ptr().cast_mut(),
+            };
+            let cert: *const CERT_CONTEXT = CertFindCertificateInStore(
+                store,
+                X509_ASN_ENCODING | PKCS_7_ASN_ENCODING,
+                0,
+                CERT_FIND_SHA1_HASH,
+                (&raw const blob).cast(),
+                std::ptr::null(),
+            );
+            let mut info = StoreInfo::default();
+            if !cert.is_null() {
+                let ci = &*(*cert).pCertInfo;
+                info.found = true;
+                info.not_before = filetime_to_utc(ticks(ci.NotBefore));
+                info.not_after = filetime_to_utc(ticks(ci.NotAfter));
+                let mut subject = vec![0u16; 512];
+                let n = CertNameToStrW(
+                    X509_ASN_ENCODING,
+                    &ci.Subject,
+                    CERT_X500_NAME_STR,
+                    subject.as_mut_ptr(),
+                    subject.len() as u32,
+                );
+                info.subject = String::from_utf16_lossy(&subject[..(n as usize).saturating_sub(1)]);
+                let mut size = 0u32;
+                info.has_private_key = CertGetCertificateContextProperty(
+                    cert,
+                    CERT_KEY_PROV_INFO_PROP_ID,
+                    std::ptr::null_mut(),
+                    &mut size,
+                ) != 0;
+                CertFreeCertificateContext(cert);
+            }
+            CertCloseStore(store, 0);
+            Ok(info)
         }
     }
-    info
 }
 
 /// Judges a store lookup at `now`: the problems, empty if fine.
@@ -276,6 +350,9 @@ struct Params {
     min_days_valid: u32,
     #[serde(default = "yes")]
     require_private_key: bool,
+    /// Ignored (the store is read through the CryptoAPI, no PowerShell);
+    /// accepted so that older plans still load.
+    #[allow(dead_code)]
     program: Option<String>,
 }
 
@@ -285,8 +362,6 @@ struct CertCheck {
     store: String,
     min_days_valid: u32,
     require_private_key: bool,
-    #[cfg_attr(not(windows), allow(dead_code))]
-    program: String,
 }
 
 fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
@@ -357,9 +432,6 @@ fn build(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
         store: p.store,
         min_days_valid: p.min_days_valid,
         require_private_key: p.require_private_key,
-        program: p
-            .program
-            .unwrap_or_else(|| super::powershell::default_program().to_string()),
     }))
 }
 
@@ -376,25 +448,11 @@ impl CertCheck {
     ) -> Result<Option<(StoreInfo, Vec<String>)>, StepError> {
         #[cfg(windows)]
         {
-            use super::powershell::{Invocation, write_inline};
-            let path = write_inline(&ctx.work_dir(), "cert-check", STORE_SCRIPT)?;
-            let inv = Invocation {
-                program: self.program.clone(),
-                script_path: path,
-                named: vec![
-                    ("Thumbprint".into(), thumbprint.to_string()),
-                    ("Store".into(), self.store.clone()),
-                ],
-                positional: Vec::new(),
-            };
-            let (code, out) = super::run_quiet(ctx, &inv.spec()).await?;
-            if code != 0 {
-                return Err(StepError::fatal(format!(
-                    "the certificate store lookup failed (exit {code}): {}",
-                    out.trim()
-                )));
-            }
-            let info = parse_store_output(&out);
+            let _ = ctx;
+            let hash = thumbprint_bytes(thumbprint)
+                .ok_or_else(|| StepError::fatal(format!("`{thumbprint}` is not a thumbprint")))?;
+            let info = store::lookup(&self.store, &hash).map_err(StepError::fatal)?;
+
             let problems = judge_store(
                 &info,
                 chrono::Utc::now(),

@@ -20,6 +20,7 @@ pub mod log_watch;
 pub mod lync;
 pub mod msi;
 pub mod powershell;
+pub mod registry;
 pub mod service;
 pub mod xml;
 
@@ -34,6 +35,7 @@ pub fn kinds() -> Vec<Arc<dyn Kind>> {
         Arc::new(msi::UNINSTALL),
         Arc::new(powershell::KIND),
         Arc::new(cert::KIND),
+        Arc::new(registry::KIND),
         Arc::new(lync::KIND),
         Arc::new(http::KIND),
         Arc::new(ich::KIND),

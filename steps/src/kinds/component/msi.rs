@@ -5,11 +5,11 @@
 //! rules): a property value with spaces is written `NAME="a b"` and a quote
 //! inside it is doubled (`NAME="say ""hi"""`). Rust's `Command` would quote
 //! such an argument by C runtime rules (`"NAME=\"a b\""`), which msiexec
-//! misreads, so on Windows the exact command line built here is handed to
-//! `System.Diagnostics.Process` by a PowerShell launcher (the `powershell`
-//! kind's safe argument passing: the line travels as data in an environment
-//! variable, never as script text). Elsewhere the same tokens are passed as
-//! plain argv to `with.program`, a stand-in (`steps/tests/standins/msiexec`).
+//! misreads, so on Windows `msiexec.exe` is started directly with the exact
+//! command line built here (`CommandExt::raw_arg`; no PowerShell, which
+//! real hosts may restrict and Wine lacks). Elsewhere the same tokens are
+//! passed as plain argv to `with.program`, a stand-in
+//! (`steps/tests/standins/msiexec`).
 //!
 //! **Exit codes.** 0 = success; 3010 and 1641 = success, reboot required;
 //! 1618 = another installation in progress (transient); on uninstall 1605 =
@@ -17,13 +17,16 @@
 //! fails with the code's meaning and the error lines of the verbose log
 //! (UTF-16LE on Windows; decoded either way).
 //!
-//! **Probe.** With `product_code`: on Windows the `DisplayVersion` under
-//! `HKLM\SOFTWARE\[WOW6432Node\]Microsoft\Windows\CurrentVersion\Uninstall\{code}`
-//! (read with `reg.exe query`); elsewhere the stand-in's state file
-//! (`with.standin_state`, default `msiexec-state/installed.txt` beside
-//! `with.program`). An install whose product (and `version`, if given) is
-//! already there is skipped, which is how a run resumed after a reboot goes
-//! on.
+//! **Probe.** With `product_code`: on Windows the Windows Installer API
+//! (`MsiQueryProductStateW`, then `MsiGetProductInfoW(VersionString)`; no
+//! tool text to parse, so no language dependence); elsewhere the stand-in's
+//! state file (`with.standin_state`, default `msiexec-state/installed.txt`
+//! beside `with.program`). An install whose product (and `version`, if
+//! given) is already there is skipped, which is how a run resumed after a
+//! reboot goes on. After msiexec reports success, the probe is trusted over
+//! the exit code: an install whose product is then absent (or at another
+//! version than `version`), or an uninstall whose product is still there,
+//! fails.
 //!
 //! **Compensation.** install: uninstall what was installed (when
 //! `product_code` is known), then reinstall `previous_package` if given.
@@ -36,9 +39,6 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::appsettings::SettingValue;
-use super::powershell::{self, Invocation};
-#[cfg(windows)]
-use super::run_quiet;
 use crate::child::{self, ChildSpec};
 use crate::kinds::KindFn;
 use crate::{Outputs, ParamError, Probe, Step, StepContext, StepError, StepOutcome, parse_params};
@@ -235,15 +235,6 @@ pub fn valid_product_code(code: &str) -> bool {
         })
 }
 
-/// Parses `reg.exe query <key> /v DisplayVersion` output.
-pub fn parse_reg_version(out: &str) -> Option<String> {
-    out.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next()? == "DisplayVersion" && it.next()? == "REG_SZ")
-            .then(|| it.collect::<Vec<_>>().join(" "))
-    })
-}
-
 /// Parses the stand-in's state file: the version installed under `code`.
 pub fn parse_standin_state(text: &str, code: &str) -> Option<String> {
     text.lines().find_map(|l| {
@@ -399,35 +390,15 @@ fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
     }))
 }
 
-/// How msiexec is started on this OS.
-fn spec_for(
-    program: &str,
-    tokens: &[(String, Option<String>)],
-    ctx: &dyn StepContext,
-) -> Result<ChildSpec, StepError> {
+/// How msiexec is started: argv for the stand-in off Windows; on Windows
+/// `program` itself with the exact msiexec command line (see the module
+/// docs), the argv kept for display.
+fn spec_for(program: &str, tokens: &[(String, Option<String>)]) -> ChildSpec {
+    let mut spec = ChildSpec::new(program, argv(tokens));
     if cfg!(windows) {
-        // The exact command line goes to Process.Start as data (see the
-        // module docs); the launcher script holds no value.
-        let script = "param([string]$Program, [string]$Arguments)\n\
-                      $psi = New-Object System.Diagnostics.ProcessStartInfo $Program, $Arguments\n\
-                      $psi.UseShellExecute = $false\n\
-                      $p = [System.Diagnostics.Process]::Start($psi)\n\
-                      $p.WaitForExit()\n\
-                      exit $p.ExitCode\n";
-        let path = powershell::write_inline(&ctx.work_dir(), "msiexec", script)?;
-        Ok(Invocation {
-            program: powershell::default_program().to_string(),
-            script_path: path,
-            named: vec![
-                ("Program".into(), program.to_string()),
-                ("Arguments".into(), command_line(tokens)),
-            ],
-            positional: Vec::new(),
-        }
-        .spec())
-    } else {
-        Ok(ChildSpec::new(program, argv(tokens)))
+        spec.raw_command_line = Some(command_line(tokens));
     }
+    spec
 }
 
 impl Msi {
@@ -486,7 +457,7 @@ impl Msi {
         let log = Self::log_path(ctx, what);
         let tokens = msi_tokens(&op, &log, properties);
         ctx.output(&format!("msiexec {}\n", shown_line(&tokens)));
-        let spec = spec_for(&self.program, &tokens, ctx)?;
+        let spec = spec_for(&self.program, &tokens);
         let exit = child::run(ctx, &spec).await?;
         Ok((full_exit_code(exit.code, &exit.stdout_tail), log))
     }
@@ -561,21 +532,8 @@ pub(crate) async fn installed_version(
 ) -> Result<Option<String>, StepError> {
     #[cfg(windows)]
     {
-        let _ = standin_state;
-        for root in [
-            r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall",
-            r"HKLM\SOFTWARE\WOW6432Node\Microsoft\Windows\CurrentVersion\Uninstall",
-        ] {
-            let spec = ChildSpec::new(
-                "reg.exe",
-                ["query", &format!("{root}\\{code}"), "/v", "DisplayVersion"],
-            );
-            let (rc, out) = run_quiet(ctx, &spec).await?;
-            if rc == 0 {
-                return Ok(Some(parse_reg_version(&out).unwrap_or_default()));
-            }
-        }
-        Ok(None)
+        let _ = (ctx, standin_state);
+        windows_installer::installed_version(code).map_err(StepError::fatal)
     }
     #[cfg(not(windows))]
     {
@@ -588,6 +546,86 @@ pub(crate) async fn installed_version(
         };
         let text = std::fs::read_to_string(state).unwrap_or_default();
         Ok(parse_standin_state(&text, code))
+    }
+}
+
+/// The Windows Installer API (msi.dll): what is installed, by ProductCode.
+#[cfg(windows)]
+mod windows_installer {
+    use windows_sys::Win32::System::ApplicationInstallationAndServicing::{
+        INSTALLSTATE_ADVERTISED, INSTALLSTATE_DEFAULT, MsiGetProductInfoW, MsiQueryProductStateW,
+    };
+
+    fn wide(s: &str) -> Vec<u16> {
+        s.encode_utf16().chain([0]).collect()
+    }
+
+    /// `Ok(None)`: not installed (for this machine); `Ok(Some(v))`:
+    /// installed at version `v` (`VersionString`).
+    #[allow(unsafe_code)]
+    pub fn installed_version(code: &str) -> Result<Option<String>, String> {
+        const ERROR_MORE_DATA: u32 = 234;
+        let product = wide(code);
+        let property = wide("VersionString");
+        // SAFETY: `product` is a NUL-terminated UTF-16 string that outlives
+        // the call.
+        let state = unsafe { MsiQueryProductStateW(product.as_ptr()) };
+        if state != INSTALLSTATE_DEFAULT && state != INSTALLSTATE_ADVERTISED {
+            return Ok(None);
+        }
+        let mut buf: Vec<u16> = vec![0; 64];
+        loop {
+            let mut len = buf.len() as u32;
+            // SAFETY: `buf` holds `len` u16s; the API writes at most that
+            // many (NUL included) and updates `len` to the characters
+            // written, or to the size needed on ERROR_MORE_DATA.
+            let rc = unsafe {
+                MsiGetProductInfoW(
+                    product.as_ptr(),
+                    property.as_ptr(),
+                    buf.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            match rc {
+                0 => return Ok(Some(String::from_utf16_lossy(&buf[..len as usize]))),
+                ERROR_MORE_DATA => buf = vec![0; len as usize + 1],
+                // ERROR_UNKNOWN_PRODUCT: removed in the meantime.
+                1605 => return Ok(None),
+                rc => {
+                    return Err(format!(
+                        "MsiGetProductInfoW({code}, VersionString) failed with {rc}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// After msiexec reported success: the probe must agree (`Err` with the
+/// reason otherwise). `want` is the version asked for, if any.
+pub fn verify_after(
+    mode_install: bool,
+    code: &str,
+    rc: i32,
+    installed: Option<&str>,
+    want: Option<&str>,
+) -> Result<(), String> {
+    match (mode_install, installed, want) {
+        (true, None, _) => Err(format!(
+            "msiexec reported success (exit {rc}) but product {code} is not installed \
+             (not registered as installed: does the package's ProductCode differ from \
+             the plan's `product_code`?)"
+        )),
+        (true, Some(v), Some(w)) if v.trim() != w.trim() => Err(format!(
+            "msiexec reported success (exit {rc}) but product {code} is at version {v}, \
+             not {w}: after the install, {code} reports version {v}, not {w}; the package \
+             is not the one the plan expects (check `package` and `version`)"
+        )),
+        (false, Some(v), _) => Err(format!(
+            "msiexec reported success (exit {rc}) but product {code} is still installed ({v})"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -685,26 +723,20 @@ impl Step for Msi {
         outputs.insert("exit_code".into(), code.to_string());
         outputs.insert("log".into(), log.display().to_string());
         outputs.insert("reboot_required".into(), reboot.to_string());
-        match self.installed_version(ctx).await {
-            Ok(Some(Some(v))) => {
-                // Read back: the product really is at the wanted version.
-                if self.mode == Mode::Install
-                    && let (Some(want), Some(code)) = (&self.version, &self.product_code)
-                    && v.trim() != want.trim()
-                {
-                    return Err(StepError::fatal(format!(
-                        "after the install, {code} reports version {v}, not {want}: the package is not the one the plan expects (check `package` and `version`)"
-                    )));
-                }
+        if let Some(code_id) = &self.product_code {
+            // Trust the probe, not only the exit code.
+            let installed = installed_version(ctx, code_id, self.standin_state.as_deref()).await?;
+            verify_after(
+                self.mode == Mode::Install,
+                code_id,
+                code,
+                installed.as_deref(),
+                self.version.as_deref(),
+            )
+            .map_err(StepError::fatal)?;
+            if let Some(v) = installed {
                 outputs.insert("installed_version".into(), v);
             }
-            Ok(Some(None)) if self.mode == Mode::Install && self.version.is_some() => {
-                return Err(StepError::fatal(format!(
-                    "after the install, {} is not registered as installed: the package's ProductCode differs from the plan's `product_code`",
-                    self.product_code.as_deref().unwrap_or_default()
-                )));
-            }
-            _ => {}
         }
         Ok(StepOutcome {
             outputs,
@@ -826,9 +858,54 @@ mod tests {
     }
 
     #[test]
-    fn registry_and_product_codes() {
-        let out = "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\...\\{X}\r\n    DisplayVersion    REG_SZ    3.2.1.77\r\n\r\n";
-        assert_eq!(parse_reg_version(out).as_deref(), Some("3.2.1.77"));
+    fn tricky_property_values_on_the_windows_command_line() {
+        // What msiexec.exe receives verbatim (raw_arg) on Windows.
+        let t = msi_tokens(
+            &Operation::Install(r"C:\Pkgs & Co\TM 2.0.msi".into()),
+            Path::new(r"C:\Temp\a b.log"),
+            &[
+                ("GREETING".into(), r#"Tom & "Jerry" say hi"#.into()),
+                (
+                    "INSTALLFOLDER".into(),
+                    r"C:\Program Files\Up Shift & Co".into(),
+                ),
+                ("PLAIN".into(), "a&b".into()),
+                ("TRAIL".into(), r"C:\dir\".into()),
+            ],
+        );
+        assert_eq!(
+            command_line(&t),
+            r#"/i "C:\Pkgs & Co\TM 2.0.msi" /qn /norestart /l*v "C:\Temp\a b.log" GREETING="Tom & ""Jerry"" say hi" INSTALLFOLDER="C:\Program Files\Up Shift & Co" PLAIN=a&b TRAIL=C:\dir\"#
+        );
+        let spec = spec_for("msiexec.exe", &t);
+        assert_eq!(spec.program, "msiexec.exe");
+        if cfg!(windows) {
+            assert_eq!(
+                spec.raw_command_line.as_deref(),
+                Some(command_line(&t).as_str())
+            );
+        } else {
+            assert_eq!(spec.raw_command_line, None);
+            assert_eq!(spec.args[6], r#"GREETING=Tom & "Jerry" say hi"#);
+        }
+    }
+
+    #[test]
+    fn success_is_checked_against_the_probe() {
+        let c = "{12345678-ABCD-1234-abcd-123456789ABC}";
+        assert!(verify_after(true, c, 0, Some("2.0.0"), Some("2.0.0")).is_ok());
+        assert!(verify_after(true, c, 0, Some("2.0.0"), None).is_ok());
+        let e = verify_after(true, c, 0, None, Some("2.0.0")).unwrap_err();
+        assert!(e.contains("reported success (exit 0) but product"), "{e}");
+        assert!(e.contains("is not installed"), "{e}");
+        let e = verify_after(true, c, 3010, Some("1.0.0"), Some("2.0.0")).unwrap_err();
+        assert!(e.contains("at version 1.0.0, not 2.0.0"), "{e}");
+        assert!(verify_after(false, c, 0, None, None).is_ok());
+        assert!(verify_after(false, c, 0, Some("1.0"), None).is_err());
+    }
+
+    #[test]
+    fn product_codes() {
         assert!(valid_product_code("{12345678-ABCD-1234-abcd-123456789ABC}"));
         assert!(!valid_product_code("12345678-ABCD-1234-abcd-123456789ABC"));
         assert!(!valid_product_code(

@@ -2,15 +2,19 @@
 //! with a timeout; can set the start type, and records the state and start
 //! type found so that compensation can put them back.
 //!
-//! - **Windows** (`cfg(windows)`): `sc.exe query|qc|start|stop|config`.
+//! - **Windows** (`cfg(windows)`): the service control manager's API
+//!   (`QueryServiceStatus`, `QueryServiceConfigW`, `StartServiceW`,
+//!   `ControlService`, `ChangeServiceConfigW`): state and start type are
+//!   numbers, not `sc.exe`'s text, which is localized (German/French TM
+//!   hosts). Run under Wine in CI against a real test service.
 //! - **elsewhere**: a systemd unit through `systemctl` (`is-active`,
 //!   `is-enabled`, `start|stop|restart`, `enable|disable|mask|unmask`);
 //!   `with.systemctl` names another program (tests and the demo use the
 //!   stand-in `steps/tests/standins/systemctl`).
 //!
-//! Both command sets and their output parsers are plain functions compiled
-//! on every OS, so the `sc.exe` lines and parsing are unit-tested here too;
-//! only the choice of backend is per OS.
+//! The mappings of the SCM's numbers and error codes, the systemctl
+//! commands and parsers, and the waiting and deciding are compiled and
+//! unit-tested on every OS; only the SCM calls are Windows-only.
 //!
 //! Parameters: `name`, `action` (`start` | `stop` | `restart`), `timeout`
 //! (default `2m`), `poll_interval` (default `1s`), `start_type` (`auto` |
@@ -104,19 +108,75 @@ impl State {
     }
 }
 
-/// The service manager: `sc.exe` or `systemctl`.
+/// The service manager: the Windows service control manager (through its
+/// API) or `systemctl`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// Windows service control manager through `sc.exe`.
-    Sc {
-        /// The program (`sc.exe`).
-        program: String,
-    },
+    /// The Windows service control manager, through its API
+    /// (`QueryServiceStatus`, `QueryServiceConfigW`, `StartServiceW`,
+    /// `ControlService`, `ChangeServiceConfigW`): numbers, never the
+    /// localized text of `sc.exe`.
+    Scm,
     /// systemd through `systemctl` (or its stand-in).
     Systemd {
         /// The program (`systemctl` or a stand-in).
         program: String,
     },
+}
+
+/// A service state from the SCM's `dwCurrentState`.
+pub fn scm_state(current_state: u32) -> State {
+    match current_state {
+        1 => State::Stopped,
+        2 => State::Pending("start_pending".into()),
+        3 => State::Pending("stop_pending".into()),
+        4 => State::Running,
+        5 => State::Pending("continue_pending".into()),
+        6 => State::Pending("pause_pending".into()),
+        7 => State::Other("paused".into()),
+        n => State::Other(format!("state {n}")),
+    }
+}
+
+/// A start type from the SCM's `dwStartType` (boot and system drivers:
+/// `None`).
+pub fn scm_start_type(start_type: u32) -> Option<StartType> {
+    match start_type {
+        2 => Some(StartType::Auto),
+        3 => Some(StartType::Manual),
+        4 => Some(StartType::Disabled),
+        _ => None,
+    }
+}
+
+/// The SCM's `dwStartType` for a start type.
+pub fn scm_start_type_code(t: StartType) -> u32 {
+    match t {
+        StartType::Auto => 2,
+        StartType::Manual => 3,
+        StartType::Disabled => 4,
+    }
+}
+
+/// Whether an SCM error of starting/stopping means done already: 1056
+/// (ERROR_SERVICE_ALREADY_RUNNING), 1062 (ERROR_SERVICE_NOT_ACTIVE).
+pub fn scm_action_ok(code: u32) -> bool {
+    matches!(code, 0 | 1056 | 1062)
+}
+
+/// What an SCM error code means, for messages.
+pub fn scm_error_meaning(code: u32) -> &'static str {
+    match code {
+        5 => "access denied: run elevated",
+        1052 => "the control is not valid for this service",
+        1053 => "the service did not respond in time",
+        1058 => "the service is disabled",
+        1060 => "the service does not exist",
+        1061 => "the service cannot accept control messages now",
+        1069 => "the service did not start due to a logon failure",
+        1072 => "the service is marked for deletion",
+        _ => "see the Windows error code",
+    }
 }
 
 impl Backend {
@@ -125,9 +185,7 @@ impl Backend {
         #[cfg(windows)]
         {
             let _ = systemctl;
-            Backend::Sc {
-                program: "sc.exe".into(),
-            }
+            Backend::Scm
         }
         #[cfg(not(windows))]
         {
@@ -137,147 +195,224 @@ impl Backend {
         }
     }
 
-    /// The command that reads the state.
-    pub fn query(&self, name: &str) -> ChildSpec {
-        match self {
-            Backend::Sc { program } => ChildSpec::new(program, ["query", name]),
-            Backend::Systemd { program } => ChildSpec::new(program, ["is-active", name]),
+    /// Parses `systemctl is-active`'s result.
+    pub fn parse_systemd_state(name: &str, code: i32, out: &str) -> Result<State, String> {
+        let word = out.lines().next().unwrap_or("").trim();
+        Ok(match word {
+            "active" | "reloading" => State::Running,
+            "inactive" => State::Stopped,
+            "activating" | "deactivating" => State::Pending(word.into()),
+            "" => return Err(format!("`is-active {name}` printed nothing (exit {code})")),
+            other => State::Other(other.into()),
+        })
+    }
+
+    /// Parses `systemctl is-enabled`'s output.
+    pub fn parse_systemd_start_type(out: &str) -> Option<StartType> {
+        match out.lines().next()?.trim() {
+            "enabled" | "enabled-runtime" => Some(StartType::Auto),
+            "disabled" | "static" | "indirect" => Some(StartType::Manual),
+            "masked" | "masked-runtime" => Some(StartType::Disabled),
+            _ => None,
         }
     }
 
-    /// Parses [`Backend::query`]'s result.
-    pub fn parse_state(&self, name: &str, code: i32, out: &str) -> Result<State, String> {
+    /// What starting/stopping does, for dry runs: the systemctl commands,
+    /// or the SCM calls.
+    pub fn describe_act(&self, name: &str, action: Action) -> Vec<String> {
         match self {
-            Backend::Sc { .. } => {
-                if code == 1060 {
-                    return Err(format!("service `{name}` does not exist (sc.exe 1060)"));
-                }
-                let line = out
-                    .lines()
-                    .find(|l| l.trim_start().starts_with("STATE"))
-                    .ok_or_else(|| {
-                        format!(
-                            "sc.exe query {name} gave no STATE (exit {code}): {}",
-                            out.trim()
-                        )
-                    })?;
-                let word = line
-                    .split(':')
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    .unwrap_or("");
-                Ok(match word {
-                    "RUNNING" => State::Running,
-                    "STOPPED" => State::Stopped,
-                    "START_PENDING" | "STOP_PENDING" | "CONTINUE_PENDING" | "PAUSE_PENDING" => {
-                        State::Pending(word.to_ascii_lowercase())
-                    }
-                    other => State::Other(other.to_ascii_lowercase()),
-                })
-            }
-            Backend::Systemd { .. } => {
-                let word = out.lines().next().unwrap_or("").trim();
-                Ok(match word {
-                    "active" | "reloading" => State::Running,
-                    "inactive" => State::Stopped,
-                    "activating" | "deactivating" => State::Pending(word.into()),
-                    "" => return Err(format!("`is-active {name}` printed nothing (exit {code})")),
-                    other => State::Other(other.into()),
-                })
-            }
-        }
-    }
-
-    /// The commands that start or stop (or, for systemd, restart).
-    pub fn act(&self, name: &str, action: Action) -> Vec<ChildSpec> {
-        match (self, action) {
-            (Backend::Sc { program }, Action::Start) => {
-                vec![ChildSpec::new(program, ["start", name])]
-            }
-            (Backend::Sc { program }, Action::Stop) => {
-                vec![ChildSpec::new(program, ["stop", name])]
-            }
-            (Backend::Sc { program }, Action::Restart) => vec![
-                ChildSpec::new(program, ["stop", name]),
-                ChildSpec::new(program, ["start", name]),
-            ],
-            (Backend::Systemd { program }, a) => {
-                let verb = match a {
+            Backend::Scm => match action {
+                Action::Start => vec![format!("SCM: StartService {name}")],
+                Action::Stop => vec![format!("SCM: ControlService {name} STOP")],
+                Action::Restart => vec![
+                    format!("SCM: ControlService {name} STOP"),
+                    format!("SCM: StartService {name}"),
+                ],
+            },
+            Backend::Systemd { program } => {
+                let verb = match action {
                     Action::Start => "start",
                     Action::Stop => "stop",
                     Action::Restart => "restart",
                 };
-                vec![ChildSpec::new(program, [verb, name])]
+                vec![format!(
+                    "run: {}",
+                    ChildSpec::new(program, [verb, name]).display()
+                )]
             }
         }
     }
 
-    /// Whether an action's exit code is a success (sc.exe: 1056 "already
-    /// running" and 1062 "not started" count as done).
-    pub fn action_ok(&self, code: i32) -> bool {
+    /// What setting the start type does, for dry runs.
+    pub fn describe_start_type(&self, name: &str, t: StartType) -> Vec<String> {
         match self {
-            Backend::Sc { .. } => matches!(code, 0 | 1056 | 1062),
-            Backend::Systemd { .. } => code == 0,
+            Backend::Scm => vec![format!(
+                "SCM: ChangeServiceConfig {name} start type {}",
+                t.as_str()
+            )],
+            Backend::Systemd { program } => systemd_start_type(program, name, t)
+                .iter()
+                .map(|s| format!("run: {}", s.display()))
+                .collect(),
+        }
+    }
+}
+
+/// The systemctl commands that set the start type.
+fn systemd_start_type(program: &str, name: &str, t: StartType) -> Vec<ChildSpec> {
+    match t {
+        StartType::Auto => vec![
+            ChildSpec::new(program, ["unmask", name]),
+            ChildSpec::new(program, ["enable", name]),
+        ],
+        StartType::Manual => vec![
+            ChildSpec::new(program, ["unmask", name]),
+            ChildSpec::new(program, ["disable", name]),
+        ],
+        StartType::Disabled => vec![ChildSpec::new(program, ["mask", name])],
+    }
+}
+
+/// The service control manager API (Windows only).
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod scm {
+    use windows_sys::Win32::Foundation::{ERROR_INSUFFICIENT_BUFFER, GetLastError};
+    use windows_sys::Win32::System::Services::{
+        ChangeServiceConfigW, CloseServiceHandle, ControlService, OpenSCManagerW, OpenServiceW,
+        QUERY_SERVICE_CONFIGW, QueryServiceConfigW, QueryServiceStatus, SC_HANDLE,
+        SC_MANAGER_CONNECT, SERVICE_CHANGE_CONFIG, SERVICE_CONTROL_STOP, SERVICE_NO_CHANGE,
+        SERVICE_QUERY_CONFIG, SERVICE_QUERY_STATUS, SERVICE_START, SERVICE_STATUS, SERVICE_STOP,
+        StartServiceW,
+    };
+
+    struct Handle(SC_HANDLE);
+
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: a handle opened by `open` and closed once, here.
+            unsafe { CloseServiceHandle(self.0) };
         }
     }
 
-    /// The command that reads the start type.
-    pub fn query_start_type(&self, name: &str) -> ChildSpec {
-        match self {
-            Backend::Sc { program } => ChildSpec::new(program, ["qc", name]),
-            Backend::Systemd { program } => ChildSpec::new(program, ["is-enabled", name]),
+    fn wide(s: &str) -> Vec<u16> {
+        s.encode_utf16().chain([0]).collect()
+    }
+
+    /// Opens the service with `access`; `Err(code)` is the Win32 error.
+    fn open(name: &str, access: u32) -> Result<Handle, u32> {
+        let wname = wide(name);
+        // SAFETY: null machine/database names mean the local SCM's active
+        // database; `wname` is NUL-terminated and outlives the call; every
+        // handle returned is owned by a `Handle` and closed on drop.
+        unsafe {
+            let manager = OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT);
+            if manager.is_null() {
+                return Err(GetLastError());
+            }
+            let manager = Handle(manager);
+            let service = OpenServiceW(manager.0, wname.as_ptr(), access);
+            if service.is_null() {
+                return Err(GetLastError());
+            }
+            Ok(Handle(service))
         }
     }
 
-    /// Parses [`Backend::query_start_type`]'s output.
-    pub fn parse_start_type(&self, out: &str) -> Option<StartType> {
-        match self {
-            Backend::Sc { .. } => {
-                let line = out
-                    .lines()
-                    .find(|l| l.trim_start().starts_with("START_TYPE"))?;
-                let word = line.split(':').nth(1)?.split_whitespace().nth(1)?;
-                match word {
-                    "AUTO_START" => Some(StartType::Auto),
-                    "DEMAND_START" => Some(StartType::Manual),
-                    "DISABLED" => Some(StartType::Disabled),
-                    _ => None,
+    /// `dwCurrentState`.
+    pub fn state(name: &str) -> Result<u32, u32> {
+        let service = open(name, SERVICE_QUERY_STATUS)?;
+        // SAFETY: `status` is a plain struct the call fills in.
+        unsafe {
+            let mut status: SERVICE_STATUS = std::mem::zeroed();
+            if QueryServiceStatus(service.0, &mut status) == 0 {
+                return Err(GetLastError());
+            }
+            Ok(status.dwCurrentState)
+        }
+    }
+
+    /// `dwStartType`.
+    pub fn start_type(name: &str) -> Result<u32, u32> {
+        let service = open(name, SERVICE_QUERY_CONFIG)?;
+        let mut needed = 0u32;
+        // SAFETY: the first call only asks for the size (null buffer, 0
+        // bytes); the second gets a u64-aligned buffer of at least `needed`
+        // bytes, which then holds a QUERY_SERVICE_CONFIGW at its start.
+        unsafe {
+            if QueryServiceConfigW(service.0, std::ptr::null_mut(), 0, &mut needed) == 0 {
+                let e = GetLastError();
+                if e != ERROR_INSUFFICIENT_BUFFER {
+                    return Err(e);
                 }
             }
-            Backend::Systemd { .. } => match out.lines().next()?.trim() {
-                "enabled" | "enabled-runtime" => Some(StartType::Auto),
-                "disabled" | "static" | "indirect" => Some(StartType::Manual),
-                "masked" | "masked-runtime" => Some(StartType::Disabled),
-                _ => None,
-            },
+            let mut buf = vec![0u64; (needed as usize).div_ceil(8).max(8)];
+            let bytes = (buf.len() * 8) as u32;
+            let config = buf.as_mut_ptr().cast::<QUERY_SERVICE_CONFIGW>();
+            if QueryServiceConfigW(service.0, config, bytes, &mut needed) == 0 {
+                return Err(GetLastError());
+            }
+            Ok((*config).dwStartType)
         }
     }
 
-    /// The commands that set the start type.
-    pub fn set_start_type(&self, name: &str, t: StartType) -> Vec<ChildSpec> {
-        match self {
-            Backend::Sc { program } => {
-                let v = match t {
-                    StartType::Auto => "auto",
-                    StartType::Manual => "demand",
-                    StartType::Disabled => "disabled",
-                };
-                // sc.exe wants `start=` and the value as separate words.
-                vec![ChildSpec::new(program, ["config", name, "start=", v])]
-            }
-            Backend::Systemd { program } => match t {
-                StartType::Auto => vec![
-                    ChildSpec::new(program, ["unmask", name]),
-                    ChildSpec::new(program, ["enable", name]),
-                ],
-                StartType::Manual => vec![
-                    ChildSpec::new(program, ["unmask", name]),
-                    ChildSpec::new(program, ["disable", name]),
-                ],
-                StartType::Disabled => vec![ChildSpec::new(program, ["mask", name])],
-            },
+    /// StartServiceW (no arguments).
+    pub fn start(name: &str) -> Result<(), u32> {
+        let service = open(name, SERVICE_START)?;
+        // SAFETY: no service arguments (0, null).
+        if unsafe { StartServiceW(service.0, 0, std::ptr::null()) } == 0 {
+            return Err(unsafe { GetLastError() });
         }
+        Ok(())
     }
+
+    /// ControlService(STOP).
+    pub fn stop(name: &str) -> Result<(), u32> {
+        let service = open(name, SERVICE_STOP)?;
+        // SAFETY: `status` is a plain struct the call fills in.
+        unsafe {
+            let mut status: SERVICE_STATUS = std::mem::zeroed();
+            if ControlService(service.0, SERVICE_CONTROL_STOP, &mut status) == 0 {
+                return Err(GetLastError());
+            }
+        }
+        Ok(())
+    }
+
+    /// ChangeServiceConfigW: the start type only.
+    pub fn set_start_type(name: &str, start_type: u32) -> Result<(), u32> {
+        let service = open(name, SERVICE_CHANGE_CONFIG)?;
+        let null = std::ptr::null();
+        // SAFETY: every other field is "no change" (SERVICE_NO_CHANGE, null).
+        let ok = unsafe {
+            ChangeServiceConfigW(
+                service.0,
+                SERVICE_NO_CHANGE,
+                start_type,
+                SERVICE_NO_CHANGE,
+                null,
+                null,
+                std::ptr::null_mut(),
+                null,
+                null,
+                null,
+                null,
+            )
+        };
+        if ok == 0 {
+            return Err(unsafe { GetLastError() });
+        }
+        Ok(())
+    }
+}
+
+/// An SCM error as a step error.
+#[cfg_attr(not(windows), allow(dead_code))]
+fn scm_error(name: &str, what: &str, code: u32) -> StepError {
+    StepError::fatal(format!(
+        "{what} of service `{name}` failed with Windows error {code}: {}",
+        scm_error_meaning(code)
+    ))
 }
 
 /// Drives one service: the code shared by `service` and
@@ -294,19 +429,57 @@ pub struct ServiceCtl {
     pub poll_interval: Duration,
 }
 
+/// The SCM exists only on Windows.
+#[cfg(not(windows))]
+fn no_scm() -> StepError {
+    StepError::fatal("the Windows service control manager exists only on Windows")
+}
+
 impl ServiceCtl {
     /// The current state.
     pub async fn state(&self, ctx: &dyn StepContext) -> Result<State, StepError> {
-        let (code, out) = run_quiet(ctx, &self.backend.query(&self.name)).await?;
-        self.backend
-            .parse_state(&self.name, code, &out)
-            .map_err(StepError::fatal)
+        match &self.backend {
+            Backend::Scm => {
+                #[cfg(windows)]
+                {
+                    scm::state(&self.name)
+                        .map(scm_state)
+                        .map_err(|e| scm_error(&self.name, "querying the state", e))
+                }
+                #[cfg(not(windows))]
+                {
+                    Err(no_scm())
+                }
+            }
+            Backend::Systemd { program } => {
+                let spec = ChildSpec::new(program, ["is-active", &self.name]);
+                let (code, out) = run_quiet(ctx, &spec).await?;
+                Backend::parse_systemd_state(&self.name, code, &out).map_err(StepError::fatal)
+            }
+        }
     }
 
     /// The current start type (`None` if it cannot be told).
     pub async fn start_type(&self, ctx: &dyn StepContext) -> Result<Option<StartType>, StepError> {
-        let (_, out) = run_quiet(ctx, &self.backend.query_start_type(&self.name)).await?;
-        Ok(self.backend.parse_start_type(&out))
+        match &self.backend {
+            Backend::Scm => {
+                #[cfg(windows)]
+                {
+                    scm::start_type(&self.name)
+                        .map(scm_start_type)
+                        .map_err(|e| scm_error(&self.name, "querying the start type", e))
+                }
+                #[cfg(not(windows))]
+                {
+                    Err(no_scm())
+                }
+            }
+            Backend::Systemd { program } => {
+                let spec = ChildSpec::new(program, ["is-enabled", &self.name]);
+                let (_, out) = run_quiet(ctx, &spec).await?;
+                Ok(Backend::parse_systemd_start_type(&out))
+            }
+        }
     }
 
     async fn run_all(&self, ctx: &dyn StepContext, specs: Vec<ChildSpec>) -> Result<(), StepError> {
@@ -314,14 +487,11 @@ impl ServiceCtl {
             ctx.output(&format!("$ {}\n", spec.display()));
             let (code, out) = run_quiet(ctx, &spec).await?;
             ctx.output(&out);
-            if !self.backend.action_ok(code) {
-                let hint = match (&self.backend, code) {
-                    (Backend::Sc { .. }, 1060) => " (the service does not exist)",
-                    (Backend::Sc { .. }, 1058) => " (the service is disabled)",
-                    (Backend::Sc { .. }, 1053) => " (the service did not respond in time)",
-                    (Backend::Sc { .. }, 5) => " (access denied: run elevated)",
-                    (Backend::Systemd { .. }, 5) => " (the unit does not exist)",
-                    _ => "",
+            if code != 0 {
+                let hint = if code == 5 {
+                    " (the unit does not exist)"
+                } else {
+                    ""
                 };
                 return Err(StepError::fatal(format!(
                     "`{}` exited with code {code}{hint}: {}",
@@ -333,14 +503,69 @@ impl ServiceCtl {
         Ok(())
     }
 
+    /// Starts or stops once (no waiting; `Restart` only for systemd).
+    async fn act(&self, ctx: &dyn StepContext, action: Action) -> Result<(), StepError> {
+        match &self.backend {
+            Backend::Scm => {
+                for line in self.backend.describe_act(&self.name, action) {
+                    ctx.output(&format!("{line}\n"));
+                }
+                #[cfg(windows)]
+                {
+                    let (what, r) = match action {
+                        Action::Start => ("starting", scm::start(&self.name)),
+                        Action::Stop => ("stopping", scm::stop(&self.name)),
+                        Action::Restart => unreachable!("restart is stop + start on the SCM"),
+                    };
+                    match r {
+                        Ok(()) => Ok(()),
+                        Err(e) if scm_action_ok(e) => Ok(()),
+                        Err(e) => Err(scm_error(&self.name, what, e)),
+                    }
+                }
+                #[cfg(not(windows))]
+                {
+                    Err(no_scm())
+                }
+            }
+            Backend::Systemd { program } => {
+                let verb = match action {
+                    Action::Start => "start",
+                    Action::Stop => "stop",
+                    Action::Restart => "restart",
+                };
+                self.run_all(ctx, vec![ChildSpec::new(program, [verb, &self.name])])
+                    .await
+            }
+        }
+    }
+
     /// Sets the start type.
     pub async fn set_start_type(
         &self,
         ctx: &dyn StepContext,
         t: StartType,
     ) -> Result<(), StepError> {
-        self.run_all(ctx, self.backend.set_start_type(&self.name, t))
-            .await
+        match &self.backend {
+            Backend::Scm => {
+                for line in self.backend.describe_start_type(&self.name, t) {
+                    ctx.output(&format!("{line}\n"));
+                }
+                #[cfg(windows)]
+                {
+                    scm::set_start_type(&self.name, scm_start_type_code(t))
+                        .map_err(|e| scm_error(&self.name, "setting the start type", e))
+                }
+                #[cfg(not(windows))]
+                {
+                    Err(no_scm())
+                }
+            }
+            Backend::Systemd { program } => {
+                self.run_all(ctx, systemd_start_type(program, &self.name, t))
+                    .await
+            }
+        }
     }
 
     /// Waits until the service is running (`true`) or stopped (`false`).
@@ -383,7 +608,7 @@ impl ServiceCtl {
             (_, false) => Some(Action::Stop),
         };
         if let Some(a) = action {
-            self.run_all(ctx, self.backend.act(&self.name, a)).await?;
+            self.act(ctx, a).await?;
         }
         self.wait(ctx, running).await?;
         Ok(true)
@@ -392,14 +617,13 @@ impl ServiceCtl {
     /// Restarts the service and waits until it runs.
     pub async fn restart(&self, ctx: &dyn StepContext) -> Result<(), StepError> {
         match &self.backend {
-            Backend::Sc { .. } => {
-                // sc.exe has no restart: stop, wait, start, wait.
+            Backend::Scm => {
+                // The SCM has no restart: stop, wait, start, wait.
                 self.ensure(ctx, false).await?;
                 self.ensure(ctx, true).await?;
             }
             Backend::Systemd { .. } => {
-                self.run_all(ctx, self.backend.act(&self.name, Action::Restart))
-                    .await?;
+                self.act(ctx, Action::Restart).await?;
                 self.wait(ctx, true).await?;
             }
         }
@@ -472,13 +696,9 @@ impl Step for Service {
     fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(t) = self.start_type {
-            for s in self.ctl.backend.set_start_type(&self.ctl.name, t) {
-                lines.push(format!("run: {}", s.display()));
-            }
+            lines.extend(self.ctl.backend.describe_start_type(&self.ctl.name, t));
         }
-        for s in self.ctl.backend.act(&self.ctl.name, self.action) {
-            lines.push(format!("run: {}", s.display()));
-        }
+        lines.extend(self.ctl.backend.describe_act(&self.ctl.name, self.action));
         lines.push(format!(
             "wait up to {} for `{}` to be {}",
             humantime::format_duration(self.ctl.timeout),
@@ -611,54 +831,42 @@ impl Step for Service {
 mod tests {
     use super::*;
 
-    const SC_QUERY: &str = "\r\nSERVICE_NAME: TM-ICH \r\n        TYPE               : 10  WIN32_OWN_PROCESS  \r\n        STATE              : 4  RUNNING \r\n                                (STOPPABLE, NOT_PAUSABLE, ACCEPTS_SHUTDOWN)\r\n        WIN32_EXIT_CODE    : 0  (0x0)\r\n";
-    const SC_QC: &str = "[SC] QueryServiceConfig SUCCESS\r\n\r\nSERVICE_NAME: TM-ICH\r\n        TYPE               : 10  WIN32_OWN_PROCESS\r\n        START_TYPE         : 2   AUTO_START  (DELAYED)\r\n        ERROR_CONTROL      : 1   NORMAL\r\n";
-
     #[test]
-    fn sc_output_is_parsed() {
-        let sc = Backend::Sc {
-            program: "sc.exe".into(),
-        };
-        assert_eq!(sc.parse_state("TM-ICH", 0, SC_QUERY), Ok(State::Running));
-        assert_eq!(
-            sc.parse_state("x", 0, &SC_QUERY.replace("4  RUNNING", "2  START_PENDING")),
-            Ok(State::Pending("start_pending".into()))
-        );
-        assert!(
-            sc.parse_state(
-                "x",
-                1060,
-                "[SC] EnumQueryServicesStatus:OpenService FAILED 1060"
-            )
-            .unwrap_err()
-            .contains("does not exist")
-        );
-        assert_eq!(sc.parse_start_type(SC_QC), Some(StartType::Auto));
-        assert_eq!(
-            sc.parse_start_type(&SC_QC.replace("2   AUTO_START  (DELAYED)", "4   DISABLED")),
-            Some(StartType::Disabled)
-        );
-        assert!(sc.action_ok(1056) && sc.action_ok(1062) && !sc.action_ok(1060));
+    fn scm_numbers_are_mapped() {
+        assert_eq!(scm_state(4), State::Running);
+        assert_eq!(scm_state(1), State::Stopped);
+        assert_eq!(scm_state(2), State::Pending("start_pending".into()));
+        assert_eq!(scm_state(3), State::Pending("stop_pending".into()));
+        assert_eq!(scm_state(7), State::Other("paused".into()));
+        for t in [StartType::Auto, StartType::Manual, StartType::Disabled] {
+            assert_eq!(scm_start_type(scm_start_type_code(t)), Some(t));
+        }
+        assert_eq!(scm_start_type(0), None);
+        assert!(scm_action_ok(1056) && scm_action_ok(1062) && !scm_action_ok(1060));
+        assert_eq!(scm_error_meaning(1060), "the service does not exist");
     }
 
     #[test]
-    fn sc_command_lines() {
-        let sc = Backend::Sc {
-            program: "sc.exe".into(),
-        };
-        let lines: Vec<String> = sc
-            .act("TM-ICH", Action::Restart)
-            .iter()
-            .chain(sc.set_start_type("TM-ICH", StartType::Manual).iter())
-            .map(ChildSpec::display)
+    fn dry_run_lines() {
+        let lines: Vec<String> = Backend::Scm
+            .describe_act("TM-ICH", Action::Restart)
+            .into_iter()
+            .chain(Backend::Scm.describe_start_type("TM-ICH", StartType::Manual))
             .collect();
         assert_eq!(
             lines,
             [
-                "sc.exe stop TM-ICH",
-                "sc.exe start TM-ICH",
-                "sc.exe config TM-ICH start= demand"
+                "SCM: ControlService TM-ICH STOP",
+                "SCM: StartService TM-ICH",
+                "SCM: ChangeServiceConfig TM-ICH start type manual"
             ]
+        );
+        let sd = Backend::Systemd {
+            program: "systemctl".into(),
+        };
+        assert_eq!(
+            sd.describe_start_type("x", StartType::Disabled),
+            ["run: systemctl mask x"]
         );
     }
 }
