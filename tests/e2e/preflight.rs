@@ -418,9 +418,48 @@ fn an_ssh_host_that_does_not_answer_is_a_finding() {
         .find(|c| c["step"] == "a")
         .unwrap();
     assert_eq!(step["result"], "not_checked", "{step}");
-    eprintln!(
-        "SKIPPED: preflight against a real sshd with an unknown host key (the lab harness in remote/tests is not reusable from this crate without copying it)"
+}
+
+/// Two real sshd hosts (the lab of tests/e2e/remote_hosts.rs); the second
+/// one's host key is not in the known_hosts file the plan names.
+#[test]
+fn a_real_sshd_with_an_unknown_host_key_is_a_finding_and_its_neighbour_is_ready() {
+    let Some(lab) = crate::remote_hosts::lab(2) else {
+        return; // the lab said SKIPPED and why
+    };
+    let sb = Sandbox::new();
+    let known = lab.known_hosts_without(1);
+    let hosts = crate::remote_hosts::hosts_toml(&lab).replace(
+        &lab.known_hosts.display().to_string(),
+        &known.display().to_string(),
     );
+    let (h0, h1) = (&lab.hosts[0].name, &lab.hosts[1].name);
+    let plan = sb.plan(
+        "two.toml",
+        &format!(
+            "name = \"two\"\n{hosts}\
+             [steps.a]\nkind = \"sleep\"\nhost = \"{h0}\"\nwith = {{ duration = \"0s\" }}\n\
+             [steps.b]\nkind = \"sleep\"\nhost = \"{h1}\"\nwith = {{ duration = \"0s\" }}\n"
+        ),
+    );
+    let ran = sb.run(&["preflight", plan.to_str().unwrap(), "--json"]);
+    ran.expect(1);
+    let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let f = findings(&v);
+    let on = |h: &str| f.iter().filter(|c| c["host"] == h).count();
+    assert_eq!(on(h1), 1, "one finding for the unknown key: {v:#}");
+    let found = f.iter().find(|c| c["host"] == h1.as_str()).unwrap();
+    assert!(
+        found.to_string().to_lowercase().contains("key"),
+        "names the host key: {found:#}"
+    );
+    assert_eq!(on(h0), 0, "the known host is ready: {v:#}");
+    // Nothing ran on either host: no ticket folder was made.
+    for h in &lab.hosts {
+        let tickets = h.work_dir.join("tickets");
+        let n = std::fs::read_dir(&tickets).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{} has tickets: {}", h.name, tickets.display());
+    }
 }
 
 #[test]

@@ -16,13 +16,13 @@ use upshift_journal::Event;
 use crate::support::{Sandbox, bin, wait_until};
 
 #[path = "../../remote/tests/remote/support/sshd.rs"]
-mod sshd;
+pub(crate) mod sshd;
 
 use sshd::Lab;
 
 /// A lab of `n` hosts with the `upshift` binary on all but the last (which
 /// gets it through the engine's install over sftp).
-fn lab(n: usize) -> Option<Lab> {
+pub(crate) fn lab(n: usize) -> Option<Lab> {
     let lab = Lab::start_empty(n)?;
     for i in 0..n.saturating_sub(1) {
         lab.seed(i, Path::new(bin()));
@@ -31,7 +31,7 @@ fn lab(n: usize) -> Option<Lab> {
 }
 
 /// `[hosts.hN]` tables for every host of the lab (quick keepalive).
-fn hosts_toml(lab: &Lab) -> String {
+pub(crate) fn hosts_toml(lab: &Lab) -> String {
     let mut out = String::new();
     for h in &lab.hosts {
         out.push_str(&format!(
