@@ -421,7 +421,9 @@ fn an_ssh_host_that_does_not_answer_is_a_finding() {
 }
 
 /// Two real sshd hosts (the lab of tests/e2e/remote_hosts.rs); the second
-/// one's host key is not in the known_hosts file the plan names.
+/// one's host key is not in the known_hosts file the plan names. Linux
+/// only, like that lab (sshd, network namespaces of loopback addresses).
+#[cfg(target_os = "linux")]
 #[test]
 fn a_real_sshd_with_an_unknown_host_key_is_a_finding_and_its_neighbour_is_ready() {
     let Some(lab) = crate::remote_hosts::lab(2) else {
