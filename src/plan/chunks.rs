@@ -109,6 +109,15 @@ pub(super) fn pieces(text: &str, cuts: &[usize]) -> impl Iterator<Item = String>
     })
 }
 
+/// The pieces themselves, unpadded (for what needs no spans).
+pub(super) fn slices<'t>(text: &'t str, cuts: &[usize]) -> impl Iterator<Item = &'t str> {
+    let mut bounds = Vec::with_capacity(cuts.len() + 2);
+    bounds.push(0);
+    bounds.extend_from_slice(cuts);
+    bounds.push(text.len());
+    (0..bounds.len() - 1).map(move |i| &text[bounds[i]..bounds[i + 1]])
+}
+
 /// Moves `from`'s entries into `into`; `None` if a key is in both.
 pub(super) fn merge_map<K: Ord, V>(into: &mut BTreeMap<K, V>, from: BTreeMap<K, V>) -> Option<()> {
     for (k, v) in from {
@@ -193,6 +202,31 @@ mod tests {
         assert!(compared > 3, "compared only {compared} plans");
     }
 
+    /// The site keys a plan reads are the same read in pieces as whole.
+    #[test]
+    fn site_reads_in_pieces_are_those_of_the_whole_text() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut texts = vec![GENERATED.to_string()];
+        for dir in ["plans", "examples", "tests/fixtures"] {
+            collect_plans(&root.join(dir), &mut texts);
+        }
+        let mut with_reads = 0;
+        for text in &texts {
+            let Ok(doc) = toml::from_str::<toml::Table>(text) else {
+                continue;
+            };
+            let whole = crate::sitekeys::plan_reads(&doc);
+            with_reads += usize::from(!whole.is_empty());
+            for every in 1..=7 {
+                let pieces = super::super::site_reads_in_pieces(text, every)
+                    .expect("a valid plan reads in pieces");
+                assert_eq!(pieces, whole, "in pieces of {every}:\n{text}");
+            }
+        }
+        // The generated plan and the TeamManager plan at least.
+        assert!(with_reads >= 2, "only {with_reads} plans read site keys");
+    }
+
     #[test]
     fn a_step_defined_in_two_pieces_is_left_to_the_whole_parse() {
         let text = "name = \"p\"\n[steps.a]\nkind = \"sleep\"\n[steps.b]\nkind = \"sleep\"\n\
@@ -236,6 +270,9 @@ duration = "0s"
 x = 1
 [steps.five]
 kind = "sleep"
+[steps.five.with]
+server = "${site.sql.host}"
+files = ["${site.certificates.thumbprints.${host}}"]
 "#;
 
     fn collect_plans(dir: &std::path::Path, out: &mut Vec<String>) {
