@@ -1065,7 +1065,7 @@ host = "lync"
             ),
         );
         let p = load(&text, None).unwrap();
-        let needs = |id: &str| p.steps[id].needs.iter().cloned().collect::<Vec<_>>();
+        let needs = |id: &str| p.steps[id].needs.clone();
         assert!(p.steps.contains_key("install@a") && p.steps.contains_key("install@b"));
         assert!(!p.steps.contains_key("install"));
         assert_eq!(needs("start@a"), ["install@a"]);

@@ -23,6 +23,8 @@ use crate::rules;
 use crate::sitekeys::{self, KeyPattern};
 
 mod chunks;
+mod steps;
+pub use steps::Steps;
 
 /// What to do when a step fails for good (retries exhausted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -105,8 +107,9 @@ pub struct StepDef {
     pub id: String,
     /// What it runs.
     pub body: Body,
-    /// Explicit `needs` plus steps whose outputs it references.
-    pub needs: BTreeSet<String>,
+    /// Explicit `needs` plus steps whose outputs it references: sorted, no
+    /// repeats (a set, without a set's per-step node).
+    pub needs: Vec<String>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// Time limit of one attempt.
@@ -209,11 +212,12 @@ pub struct Plan {
     /// Connection targets (`[targets.<name>]`), references intact.
     pub targets: BTreeMap<String, toml::Table>,
     /// Steps by id.
-    pub steps: BTreeMap<String, StepDef>,
+    pub steps: Steps,
     /// Step ids in a topological order (ties broken by position in the file).
     pub order: Vec<String>,
-    /// For each step, the steps that need it directly (the reverse edges).
-    pub dependents: BTreeMap<String, Vec<String>>,
+    /// For each step (by its position in `steps`), the positions of the
+    /// steps that need it directly (the reverse edges), in plan order.
+    dependents: Vec<Box<[u32]>>,
     /// The site file, if the plan has one.
     pub site: Option<Site>,
     /// Reboot policy.
@@ -801,7 +805,8 @@ pub fn parse(
     let missing_site: std::cell::RefCell<Vec<(String, PlanError)>> = Default::default();
     // Where each site value is written, to report a bad value at its line.
     let site_spans = site.as_ref().map(|s| crate::sitekeys::value_spans(&s.text));
-    let mut steps = BTreeMap::new();
+    // In id order: the steps as written are visited in that order.
+    let mut steps: Vec<StepDef> = Vec::new();
     let mut placements: BTreeMap<String, Placement> = BTreeMap::new();
 
     // The steps as written are consumed here (a 100,000-step plan would
@@ -1219,24 +1224,21 @@ pub fn parse(
             }
         };
         if let Some(body) = body {
-            steps.insert(
-                id.clone(),
-                StepDef {
-                    id: id.clone(),
-                    body,
-                    needs,
-                    retry,
-                    timeout,
-                    locks: rs.locks.iter().map(|l| l.get_ref().clone()).collect(),
-                    on_failure,
-                    resume,
-                    compensate,
-                    description: rs.description.clone(),
-                    host: None,
-                    instance_of: None,
-                    decl: span.start,
-                },
-            );
+            steps.push(StepDef {
+                id: id.clone(),
+                body,
+                needs: needs.into_iter().collect(),
+                retry,
+                timeout,
+                locks: rs.locks.iter().map(|l| l.get_ref().clone()).collect(),
+                on_failure,
+                resume,
+                compensate,
+                description: rs.description.clone(),
+                host: None,
+                instance_of: None,
+                decl: span.start,
+            });
         }
     }
 
@@ -1443,10 +1445,7 @@ struct LocalScope<'a> {
 /// ([`upshift_steps::Kind::local_paths`]) relative to the file that names
 /// it, in the step's `with` (so `check`, `--dry-run` and the run use the
 /// same path), and returns them all for [`Plan::local_path_problems`].
-fn resolve_local_paths(
-    steps: &mut BTreeMap<String, StepDef>,
-    scope: &LocalScope<'_>,
-) -> Vec<LocalPathUse> {
+fn resolve_local_paths(steps: &mut [StepDef], scope: &LocalScope<'_>) -> Vec<LocalPathUse> {
     let dir_of = |p: &Path| {
         std::path::absolute(p)
             .ok()
@@ -1457,7 +1456,8 @@ fn resolve_local_paths(
     let site_dir = scope.site.map(|s| dir_of(&s.path));
     let cwd = std::env::current_dir().unwrap_or_default();
     let mut out = Vec::new();
-    for (id, def) in steps.iter_mut() {
+    for def in steps.iter_mut() {
+        let id = &def.id.clone();
         let here = match &scope.placements[id] {
             Placement::Coordinator => true,
             Placement::One(h) => scope
@@ -1602,7 +1602,7 @@ fn resolve_local_paths(
 }
 
 type Expanded = (
-    BTreeMap<String, StepDef>,
+    Steps,
     BTreeMap<String, String>,
     BTreeMap<String, Vec<String>>,
 );
@@ -1615,7 +1615,7 @@ type Expanded = (
 /// needed. Outputs of a fanned-out step can only be used by a step fanned
 /// out over the same hosts (each instance reads its own host's).
 fn expand_placements(
-    written: BTreeMap<String, StepDef>,
+    written: Vec<StepDef>,
     placements: &BTreeMap<String, Placement>,
     decls: &BTreeMap<String, StepDecl>,
     loc: &Locator<'_>,
@@ -1644,11 +1644,10 @@ fn expand_placements(
             _ => vec![n.to_string()],
         }
     };
-    let mut out = BTreeMap::new();
-    // By value: each definition moves into its (last) instance, and the
-    // map's nodes are freed as it empties.
-    for (id, def) in written {
-        let id = &id;
+    let mut out = Vec::with_capacity(written.len());
+    // By value: each definition moves into its (last) instance.
+    for def in written {
+        let id = &def.id.clone();
         let place = placements
             .get(id)
             .cloned()
@@ -1740,14 +1739,19 @@ fn expand_placements(
                     c.with = hosts::substitute_host(&c.with, h);
                 }
             }
-            d.needs = d.needs.iter().flat_map(|n| need_ids(n, fan_host)).collect();
-            d.id = iid.clone();
+            let mut needs: Vec<String> =
+                d.needs.iter().flat_map(|n| need_ids(n, fan_host)).collect();
+            needs.sort_unstable();
+            needs.dedup();
+            needs.shrink_to_fit();
+            d.needs = needs;
+            d.id = iid;
             d.host = host;
             d.instance_of = is_fan.then(|| id.clone());
-            out.insert(iid, d);
+            out.push(d);
         }
     }
-    (out, absent, fanned)
+    (Steps::new(out), absent, fanned)
 }
 
 /// What a `[notify]` string may refer to.
@@ -2083,53 +2087,49 @@ pub fn expand_target(
     Ok(out)
 }
 
-/// For each step, the steps that need it directly, in plan order. Only the
-/// direct edges are kept: transitive sets would take O(steps²) memory on a
-/// long chain (measured: 175 MiB for 2,000 steps).
-fn direct_dependents(
-    steps: &BTreeMap<String, StepDef>,
-    order: &[String],
-) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> =
-        steps.keys().map(|k| (k.clone(), Vec::new())).collect();
+/// For each step (by position in `steps`), the positions of the steps
+/// that need it directly, in plan order. Only the direct edges are kept:
+/// transitive sets would take O(steps²) memory on a long chain (measured:
+/// 175 MiB for 2,000 steps).
+fn direct_dependents(steps: &Steps, order: &[String]) -> Vec<Box<[u32]>> {
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); steps.len()];
     for id in order {
+        let i = steps.position(id).expect("ordered steps are steps") as u32;
         for n in &steps[id].needs {
-            out.get_mut(n).expect("needs are steps").push(id.clone());
+            out[steps.position(n).expect("needs are steps")].push(i);
         }
     }
-    out
+    out.into_iter().map(Vec::into_boxed_slice).collect()
 }
 
 /// A topological order, ties broken by position in the file; or a cycle.
-fn topo_order(steps: &BTreeMap<String, StepDef>) -> Result<Vec<String>, Vec<String>> {
-    use petgraph::graphmap::DiGraphMap;
-    let mut g: DiGraphMap<&str, ()> = DiGraphMap::new();
-    for (id, s) in steps {
-        g.add_node(id.as_str());
-        for n in &s.needs {
-            g.add_edge(n.as_str(), id.as_str(), ());
+fn topo_order(steps: &Steps) -> Result<Vec<String>, Vec<String>> {
+    // Edges by position in `steps`: what each step needs, and the reverse.
+    let needs: Vec<Vec<usize>> = steps
+        .values()
+        .map(|s| s.needs.iter().filter_map(|n| steps.position(n)).collect())
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for (i, ns) in needs.iter().enumerate() {
+        for &n in ns {
+            dependents[n].push(i);
         }
     }
     // Kahn's algorithm with a priority on declaration order, so `graph`
     // and `--dry-run` list steps as the author wrote them where possible.
-    let mut indeg: BTreeMap<&str, usize> = steps.keys().map(|k| (k.as_str(), 0)).collect();
-    for (id, s) in steps {
-        *indeg.get_mut(id.as_str()).expect("node") = s.needs.len();
-    }
-    let mut ready: BTreeSet<(usize, &str)> = indeg
-        .iter()
-        .filter(|(_, d)| **d == 0)
-        .map(|(id, _)| (steps[*id].decl, *id))
+    let mut indeg: Vec<usize> = needs.iter().map(Vec::len).collect();
+    let mut ready: BTreeSet<(usize, &str, usize)> = (0..steps.len())
+        .filter(|&i| indeg[i] == 0)
+        .map(|i| (steps.at(i).decl, steps.at(i).id.as_str(), i))
         .collect();
-    let mut order = Vec::new();
-    while let Some(first) = ready.iter().next().copied() {
-        ready.remove(&first);
-        order.push(first.1.to_string());
-        for next in g.neighbors_directed(first.1, petgraph::Direction::Outgoing) {
-            let d = indeg.get_mut(next).expect("node");
-            *d -= 1;
-            if *d == 0 {
-                ready.insert((steps[next].decl, next));
+    let mut order = Vec::with_capacity(steps.len());
+    while let Some((_, id, i)) = ready.pop_first() {
+        order.push(id.to_string());
+        for &next in &dependents[i] {
+            indeg[next] -= 1;
+            if indeg[next] == 0 {
+                let d = steps.at(next);
+                ready.insert((d.decl, d.id.as_str(), next));
             }
         }
     }
@@ -2137,24 +2137,23 @@ fn topo_order(steps: &BTreeMap<String, StepDef>) -> Result<Vec<String>, Vec<Stri
         return Ok(order);
     }
     // Name one cycle: among the steps left, walk `needs` until a repeat.
-    let left: BTreeSet<&str> = indeg
-        .iter()
-        .filter(|(_, d)| **d > 0)
-        .map(|(k, _)| *k)
-        .collect();
-    let start = *left.iter().next().expect("a cycle remains");
+    let left = |i: usize| indeg[i] > 0;
+    let start = (0..steps.len())
+        .find(|&i| left(i))
+        .expect("a cycle remains");
     let mut path = vec![start];
     let mut cur = start;
     loop {
-        let next = steps[cur]
-            .needs
+        let next = *needs[cur]
             .iter()
-            .map(String::as_str)
-            .find(|n| left.contains(n))
+            .find(|&&n| left(n))
             .expect("every remaining step needs another remaining step");
         if let Some(pos) = path.iter().position(|p| *p == next) {
             // path[pos..] is the cycle, listed against the `needs` direction.
-            let mut cycle: Vec<String> = path[pos..].iter().map(|s| s.to_string()).collect();
+            let mut cycle: Vec<String> = path[pos..]
+                .iter()
+                .map(|&i| steps.at(i).id.clone())
+                .collect();
             cycle.reverse();
             // Start at the step declared first, so the message is stable.
             let first = (0..cycle.len())
@@ -2169,9 +2168,12 @@ fn topo_order(steps: &BTreeMap<String, StepDef>) -> Result<Vec<String>, Vec<Stri
 }
 
 impl Plan {
-    /// Steps that depend on `id` directly.
-    pub fn dependents(&self, id: &str) -> &[String] {
-        self.dependents.get(id).map(Vec::as_slice).unwrap_or(&[])
+    /// Steps that depend on `id` directly, in plan order.
+    pub fn dependents(&self, id: &str) -> impl Iterator<Item = &str> {
+        let of = self.steps.position(id).map(|i| &*self.dependents[i]);
+        of.unwrap_or_default()
+            .iter()
+            .map(|&d| self.steps.at(d as usize).id.as_str())
     }
 
     /// Steps that depend on `id`, directly or not (a walk of the reverse
@@ -2181,7 +2183,7 @@ impl Plan {
         let mut todo = vec![id];
         while let Some(cur) = todo.pop() {
             for d in self.dependents(cur) {
-                if out.insert(d.as_str()) {
+                if out.insert(d) {
                     todo.push(d);
                 }
             }

@@ -77,10 +77,7 @@ pub fn dry_run_text(p: &Plan) -> String {
         let needs = if def.needs.is_empty() {
             String::new()
         } else {
-            format!(
-                " (after {})",
-                def.needs.iter().cloned().collect::<Vec<_>>().join(", ")
-            )
+            format!(" (after {})", def.needs.join(", "))
         };
         let on = match &def.host {
             Some(h) => format!(" on {h}"),
@@ -220,10 +217,7 @@ pub fn graph_text(p: &Plan, format: GraphFormat) -> String {
                 let needs = if def.needs.is_empty() {
                     String::new()
                 } else {
-                    format!(
-                        "  ← {}",
-                        def.needs.iter().cloned().collect::<Vec<_>>().join(", ")
-                    )
+                    format!("  ← {}", def.needs.join(", "))
                 };
                 out.push_str(&format!(
                     "{:indent$}{id} [{}]{needs}\n",
