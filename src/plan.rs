@@ -372,7 +372,13 @@ fn parse_raw_in_pieces(text: &str, steps_per_piece: usize) -> Option<RawPlan> {
     for piece in chunks::pieces(text, &cuts) {
         let part: RawPlan = toml::from_str(&piece).ok()?;
         match whole.as_mut() {
-            None => whole = Some(part),
+            None => {
+                // Room for every piece's steps at once (not doubled as
+                // they come: the steps as written are the parse's peak).
+                let mut first = part;
+                first.steps.0.reserve_exact(cuts.len() * steps_per_piece);
+                whole = Some(first)
+            }
             Some(whole) => whole.merge(part)?,
         }
     }
@@ -868,7 +874,7 @@ pub fn parse(
     // Where each site value is written, to report a bad value at its line.
     let site_spans = site.as_ref().map(|s| crate::sitekeys::value_spans(&s.text));
     // In id order: the steps as written are visited in that order.
-    let mut steps: Vec<StepDef> = Vec::new();
+    let mut steps: Vec<StepDef> = Vec::with_capacity(raw.steps.0.len());
     let mut placements: BTreeMap<String, Placement> = BTreeMap::new();
 
     // The steps as written are consumed here (a 100,000-step plan would

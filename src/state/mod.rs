@@ -89,8 +89,8 @@ pub struct StepState {
     /// Compensation error.
     pub compensation_error: Option<String>,
     /// The ticket of the latest attempt handed to a remote host
-    /// (`StepDispatched`).
-    pub remote: Option<RemoteTicket>,
+    /// (`StepDispatched`). Boxed: rare, and the largest field.
+    pub remote: Option<Box<RemoteTicket>>,
 }
 
 /// A step attempt running on a remote host under a ticket.
@@ -391,12 +391,12 @@ impl RunState {
                 match &mut st.remote {
                     Some(r) if r.ticket == *ticket => {}
                     _ => {
-                        st.remote = Some(RemoteTicket {
+                        st.remote = Some(Box::new(RemoteTicket {
                             host: host.clone(),
                             ticket: ticket.clone(),
                             attempt: *attempt,
                             checkpoints: 0,
-                        })
+                        }))
                     }
                 }
             }),
