@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub mod cert;
 pub mod files;
@@ -95,7 +95,7 @@ impl PreflightContext {
 pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(30);
 
 /// One thing a preflight looked at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Check {
     /// Checked, as expected.
