@@ -357,6 +357,10 @@ pub enum Command {
     /// and SVG are inline. Stays fast for runs of 100,000+ events (progress and
     /// checkpoint events are summarised; the list is paged).
     ///
+    /// With `--preflight FILE.json` (what `upshift preflight --json` printed
+    /// before the window), the report gains a Preflight section: verdict,
+    /// findings with step, host, found, expected and fix, and the counts.
+    ///
     /// Example: upshift report case-1234.export -o report.html
     Report {
         /// An export file, or a run (id or unique prefix) in the journal.
@@ -364,6 +368,11 @@ pub enum Command {
         /// The HTML file to write.
         #[arg(short, long, value_name = "FILE", default_value = "report.html")]
         output: PathBuf,
+        /// Add a Preflight section from this file: the JSON `upshift
+        /// preflight PLAN --json > FILE.json` printed (preflight journals
+        /// nothing, so the run's journal does not hold it).
+        #[arg(long, value_name = "FILE.json")]
+        preflight: Option<PathBuf>,
         /// Journal location (when SOURCE is a run).
         #[command(flatten)]
         journal: JournalArg,
@@ -614,8 +623,11 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Report {
             source,
             output,
+            preflight,
             journal,
-        } => commands::support::report(&journal.workspace(), &source, &output),
+        } => {
+            commands::support::report(&journal.workspace(), &source, &output, preflight.as_deref())
+        }
         Command::Diff {
             a,
             b,

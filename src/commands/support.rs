@@ -166,10 +166,13 @@ pub fn replay(
     Ok(code::OK)
 }
 
-/// `upshift report RUN|FILE -o report.html`.
-pub fn report(ws: &Workspace, source: &str, output: &Path) -> Result<u8> {
+/// `upshift report RUN|FILE -o report.html [--preflight FILE.json]`.
+pub fn report(ws: &Workspace, source: &str, output: &Path, preflight: Option<&Path>) -> Result<u8> {
+    let pf = preflight
+        .map(crate::preflight::Report::read_json)
+        .transpose()?;
     let loaded = load(source, ws)?;
-    let html = report_html::render(&loaded)?;
+    let html = report_html::render_with_preflight(&loaded, pf.as_ref())?;
     write_output(output, html.as_bytes())?;
     eprintln!(
         "report of run {} ({} events) written to {} ({} KiB); open it in any browser, offline",

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use upshift_steps::Step;
 use upshift_steps::preflight::{Check, Earlier, PreflightContext};
 
@@ -73,7 +73,7 @@ impl Default for Options {
 }
 
 /// One line of the report: a check of a step (or of a host) on a host.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Line {
     /// The step (`None`: about the host itself).
     pub step: Option<String>,
@@ -84,12 +84,12 @@ pub struct Line {
     pub check: Check,
     /// Other steps on the same host with the very same finding (one
     /// problem, one finding: a login that fails fails for every SQL step).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also_steps: Vec<String>,
 }
 
-/// What preflight found.
-#[derive(Debug, Clone, Serialize)]
+/// What preflight found (also read back: `upshift report --preflight`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The plan's name.
     pub plan: String,
@@ -108,6 +108,22 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report as `upshift preflight --json` printed it, from `path`; a
+    /// file that is not one is an error naming file:line:col.
+    pub fn read_json(path: &std::path::Path) -> Result<Report> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::usage(format!(
+                "{}:{}:{}: not the JSON `upshift preflight --json` prints: {e}; write it with `upshift preflight PLAN --json > {}`",
+                path.display(),
+                e.line(),
+                e.column(),
+                path.display()
+            ))
+        })
+    }
+
     /// The findings only.
     pub fn findings(&self) -> impl Iterator<Item = &Line> {
         self.checks.iter().filter(|l| l.check.is_finding())

@@ -626,6 +626,16 @@ fn site_of(plan: Option<&Plan>, state: &RunState, hosts: &BTreeSet<String>) -> S
 
 /// Renders the report of a run.
 pub fn render(loaded: &Loaded) -> Result<String, Error> {
+    render_with_preflight(loaded, None)
+}
+
+/// Renders the report of a run with a "Preflight" section (`upshift report
+/// --preflight FILE.json`, the demo): preflight journals nothing, so its
+/// result comes from the JSON it printed.
+pub fn render_with_preflight(
+    loaded: &Loaded,
+    preflight: Option<&crate::preflight::Report>,
+) -> Result<String, Error> {
     let events = &loaded.events;
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Err(Error::failed("the run has no events: nothing to report"));
@@ -657,8 +667,13 @@ pub fn render(loaded: &Loaded) -> Result<String, Error> {
     let title = format!("upshift report — {} — {}", state.plan_name, loaded.run);
     let _ = write!(
         html,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{}</title><style>{CSS}</style></head><body>",
-        html_escape(&title)
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{}</title><style>{CSS}{}</style></head><body>",
+        html_escape(&title),
+        if preflight.is_some() {
+            crate::preflight::html::SECTION_CSS
+        } else {
+            ""
+        }
     );
     // Header.
     let _ = write!(
@@ -707,6 +722,9 @@ pub fn render(loaded: &Loaded) -> Result<String, Error> {
             html_escape(&fp.upshift_version),
             html_escape(&fp.engine_versions.join(", "))
         );
+    }
+    if let Some(pf) = preflight {
+        html.push_str(&crate::preflight::html::section(pf));
     }
     html.push_str("<h2>Sessions and decisions</h2><table class=\"list\" id=\"sessions\"><tr><th>#</th><th>began</th><th>by</th><th>upshift</th><th>from</th><th>to</th><th>ended</th></tr>");
     for (i, s) in sess.iter().enumerate() {
