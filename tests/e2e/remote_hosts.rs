@@ -32,23 +32,7 @@ pub(crate) fn lab(n: usize) -> Option<Lab> {
 
 /// `[hosts.hN]` tables for every host of the lab (quick keepalive).
 pub(crate) fn hosts_toml(lab: &Lab) -> String {
-    let mut out = String::new();
-    for h in &lab.hosts {
-        out.push_str(&format!(
-            "[hosts.{name}]\ntransport = \"ssh\"\naddress = \"{addr}\"\nport = {port}\n\
-             user = \"{user}\"\nidentity_file = \"{key}\"\nknown_hosts_file = \"{kh}\"\n\
-             work_dir = \"{work}\"\nconnect_timeout = \"5s\"\nkeepalive_interval = \"1s\"\n\
-             keepalive_count_max = 2\n\n",
-            name = h.name,
-            addr = h.addr,
-            port = h.port,
-            user = lab.user,
-            key = lab.user_key.display(),
-            kh = lab.known_hosts.display(),
-            work = h.work_dir.display(),
-        ));
-    }
-    out
+    lab.hosts_toml(lab.hosts.len())
 }
 
 /// A step that appends `<its host> <word>` to marker `name`.
