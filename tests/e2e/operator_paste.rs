@@ -546,19 +546,7 @@ fn status_follow_on_a_terminal_shows_what_runs_and_waits_at_fifty_steps() {
     };
     let sb = Sandbox::new();
     let plan = fifty_step_plan(&sb);
-    let mut engine = sb
-        .cmd(&["run", plan.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(engine.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let run = line.trim().to_string();
+    let (mut engine, run) = sb.spawn_run(&plan);
     assert!(sb.wait_for_step(&run, "fe_bind_https_certificate_in_iis_manager", "waiting"));
     let mut term = sb.follow_on_a_terminal(script, &run, 200, 60);
     let text = || term.text();
@@ -619,19 +607,7 @@ fn status_follow_without_a_terminal_prints_changes_and_the_pause() {
     assert!(text.contains("/start ]"));
     std::fs::write(&plan, text).unwrap();
     std::fs::write(sb.markers().join("go"), "").unwrap();
-    let mut engine = sb
-        .cmd(&["run", plan.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(engine.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let run = line.trim().to_string();
+    let (mut engine, run) = sb.spawn_run(&plan);
     let follower = sb
         .cmd(&["status", &run, "--follow"])
         .stdout(Stdio::piped())
