@@ -718,7 +718,12 @@ impl Engine {
             let (body, op, ticket) = match work {
                 Work::Run => (&def.body, StepOp::Run, self.ticket(id, attempt)?),
                 Work::Compensate => {
-                    let suffix = format!("c{}", Utc::now().timestamp_millis());
+                    // Named by what the journal holds, so that a resume
+                    // after a crash names the same ticket and the host
+                    // attaches to it ("the ticket already existed")
+                    // instead of compensating twice; a compensation that
+                    // failed and is tried again gets a new one.
+                    let suffix = format!("c{}.{}", st.attempts, st.compensations_failed + 1);
                     let ticket = crate::remote::ticket_id(&self.run.to_string(), id, &suffix)?;
                     match &def.compensate {
                         Some(b) => (b, StepOp::Run, ticket),

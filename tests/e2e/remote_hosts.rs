@@ -998,3 +998,57 @@ fn a_rollback_compensates_a_remote_step_on_its_host() {
     let status = sb.status(&r.run_id());
     assert_eq!(status["state"], "rolled_back", "{status}");
 }
+
+/// The coordinator is SIGKILLed while a remote step's compensation runs on
+/// its host: `resume` names the same compensation ticket, the host answers
+/// that it exists, and the engine follows it to its end: the compensation
+/// ran once, and the run is rolled back.
+#[test]
+fn a_compensation_in_flight_at_a_crash_is_followed_not_run_again() {
+    let Some(lab) = lab(2) else { return };
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "rollback.toml",
+        &format!(
+            "name = \"rollback\"\n\n{}\
+             [steps.a]\nkind = \"process\"\nhost = \"h1\"\n{}\n\
+             compensate = {{ kind = \"process\", with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST start >> @M@/a.undo; sleep 3; echo $UPSHIFT_TEST_HOST end >> @M@/a.undo\"] }} }}\n\n\
+             [steps.b]\nkind = \"process\"\nhost = \"h2\"\nneeds = [\"a\"]\non_failure = \"rollback\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"exit 7\"] }}\n",
+            hosts_toml(&lab),
+            mark("a", "a"),
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(60), || count(
+        &sb, "a.undo", "h1 start"
+    ) == 1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let r = sb.run(&["resume", &run]);
+    r.expect(1);
+    assert_eq!(sb.marker_lines("a.undo"), ["h1 start", "h1 end"]);
+    let status = sb.status(&run);
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    let events = sb.events(&run);
+    let started = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::CompensationStarted { step } if step == "a"))
+        .count();
+    // Started by the first session, again (and followed) by the resume.
+    assert_eq!(started, 2);
+    let notes: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Note { text } if text.starts_with("compensation of a dispatched") => {
+                Some(text.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let ticket = format!("{run}-a-c1.1");
+    assert!(
+        notes.len() == 2 && notes.iter().all(|n| n.contains(&ticket)),
+        "{notes:?}"
+    );
+}
