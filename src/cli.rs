@@ -124,18 +124,20 @@ pub enum Command {
     ///             update path; free space where the backup goes > database
     ///             size (approximate); SQL Agent jobs to remove are listed
     ///   files     config files the plan edits exist and parse; paths resolve
-    ///   hosts     ssh hosts reachable, host key known, administrator, free disk
+    ///   hosts     ssh hosts reachable, host key known, administrator, free disk;
+    ///             the steps on an ssh host are checked on that host (no ticket)
     ///   Windows   pending reboot, Windows Installer busy, services exist,
     ///             the certificate present with a private key and not
     ///             expiring soon (on Windows only; elsewhere "not checked")
-    /// Not yet (listed as "not checked"): ports, and the steps' own checks
-    /// on ssh hosts (the hosts themselves are checked).
+    /// Not yet (listed as "not checked"): ports.
     ///
     /// Exit codes (a contract for scripts): 0 ready, 1 findings, 2 plan error.
     ///
     ///   upshift preflight plans/teammanager.toml --site sites/contoso.toml
     ///   upshift preflight plans/teammanager.toml --json | jq '.checks[] | select(.result == "finding")'
     ///   upshift preflight plans/teammanager.toml -o preflight.html
+    ///   upshift preflight plans/teammanager.toml --json > pf.json
+    ///   upshift report RUN --preflight pf.json    (after the run: its report with this preflight)
     #[command(verbatim_doc_comment)]
     Preflight {
         /// The plan file.
