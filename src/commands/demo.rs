@@ -151,8 +151,17 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
     // The run's report, with the preflight section (preflight journals
     // nothing: its result is handed in).
     let report = site.dir.join("report.html");
+    let section = crate::preflight::html::section(&preflight);
     let written = crate::support::load(&run.to_string(), &ws)
-        .and_then(|l| crate::support::report_html::render_with_preflight(&l, Some(&preflight)))
+        .and_then(|l| {
+            crate::support::report_html::render_with(
+                &l,
+                Some(crate::support::report_html::Section {
+                    css: crate::preflight::html::SECTION_CSS,
+                    html: &section,
+                }),
+            )
+        })
         .and_then(|html| super::write_output(&report, html.as_bytes()));
     if let Err(e) = written {
         eprintln!("demo: the report could not be written: {e}");

@@ -172,7 +172,14 @@ pub fn report(ws: &Workspace, source: &str, output: &Path, preflight: Option<&Pa
         .map(crate::preflight::Report::read_json)
         .transpose()?;
     let loaded = load(source, ws)?;
-    let html = report_html::render_with_preflight(&loaded, pf.as_ref())?;
+    let section = pf.as_ref().map(crate::preflight::html::section);
+    let html = report_html::render_with(
+        &loaded,
+        section.as_deref().map(|html| report_html::Section {
+            css: crate::preflight::html::SECTION_CSS,
+            html,
+        }),
+    )?;
     write_output(output, html.as_bytes())?;
     eprintln!(
         "report of run {} ({} events) written to {} ({} KiB); open it in any browser, offline",

@@ -105,9 +105,9 @@ pub fn render(r: &Report) -> String {
 pub const SECTION_CSS: &str = ".pf-ready{color:#176f2c}.pf-notready{color:#b00020}tr.pf-finding td{background:#fde8ea}.pf-ok{color:#176f2c}.pf-nc{color:#666}";
 
 /// The preflight as a section of the run report (`upshift report
-/// --preflight FILE.json`, and the demo's report): the verdict, the
-/// findings with step, host, found, expected and fix, the counts, and every
-/// check folded away. All text escaped.
+/// --preflight FILE.json`, and the demo's report; with [`SECTION_CSS`]):
+/// the verdict, the findings with step, host, found, expected and fix, the
+/// counts, and every check folded away. All text escaped.
 pub fn section(r: &Report) -> String {
     let count = |f: fn(&Check) -> bool| r.checks.iter().filter(|l| f(&l.check)).count();
     let ok = count(|c| matches!(c, Check::Ok { .. }));

@@ -626,16 +626,24 @@ fn site_of(plan: Option<&Plan>, state: &RunState, hosts: &BTreeSet<String>) -> S
 
 /// Renders the report of a run.
 pub fn render(loaded: &Loaded) -> Result<String, Error> {
-    render_with_preflight(loaded, None)
+    render_with(loaded, None)
 }
 
-/// Renders the report of a run with a "Preflight" section (`upshift report
-/// --preflight FILE.json`, the demo): preflight journals nothing, so its
-/// result comes from the JSON it printed.
-pub fn render_with_preflight(
-    loaded: &Loaded,
-    preflight: Option<&crate::preflight::Report>,
-) -> Result<String, Error> {
+/// A section the run report carries but does not make (the preflight's,
+/// `crate::preflight::html::section`): its CSS and its markup, both
+/// made safe by their maker (every text in them escaped).
+#[derive(Debug, Clone, Copy)]
+pub struct Section<'a> {
+    /// Rules added to the report's style sheet.
+    pub css: &'a str,
+    /// The `<section>`, placed after the header.
+    pub html: &'a str,
+}
+
+/// Renders the report of a run with an extra section after the header
+/// (`upshift report --preflight FILE.json`, the demo: preflight journals
+/// nothing, so its result is handed in).
+pub fn render_with(loaded: &Loaded, extra: Option<Section<'_>>) -> Result<String, Error> {
     let events = &loaded.events;
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Err(Error::failed("the run has no events: nothing to report"));
@@ -669,11 +677,7 @@ pub fn render_with_preflight(
         html,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{}</title><style>{CSS}{}</style></head><body>",
         html_escape(&title),
-        if preflight.is_some() {
-            crate::preflight::html::SECTION_CSS
-        } else {
-            ""
-        }
+        extra.map(|x| x.css).unwrap_or_default()
     );
     // Header.
     let _ = write!(
@@ -723,8 +727,8 @@ pub fn render_with_preflight(
             html_escape(&fp.engine_versions.join(", "))
         );
     }
-    if let Some(pf) = preflight {
-        html.push_str(&crate::preflight::html::section(pf));
+    if let Some(x) = extra {
+        html.push_str(x.html);
     }
     html.push_str("<h2>Sessions and decisions</h2><table class=\"list\" id=\"sessions\"><tr><th>#</th><th>began</th><th>by</th><th>upshift</th><th>from</th><th>to</th><th>ended</th></tr>");
     for (i, s) in sess.iter().enumerate() {
