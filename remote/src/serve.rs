@@ -263,6 +263,10 @@ async fn preflight_unredacted(req: &PreflightRequest, limit: Duration) -> Vec<Ch
                 })
             })
             .collect(),
+        relative_paths_unresolvable: Some(format!(
+            "on host {} a step runs in a fresh ticket folder (`tickets/<ticket>` of the host's work_dir), so a relative path names nothing of yours there",
+            req.host
+        )),
     };
     match tokio::time::timeout(limit, step.preflight(&ctx)).await {
         Ok(c) => c,

@@ -664,6 +664,7 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
                 host: (host != COORDINATOR).then(|| host.clone()),
                 time_limit: opts.step_limit,
                 earlier,
+                relative_paths_unresolvable: None,
             };
             let host = host.clone();
             set.spawn(async move {

@@ -536,8 +536,9 @@ fn a_server_that_never_answers_costs_one_step_timeout_not_one_per_step() {
 /// Steps on two real sshd hosts (the lab of tests/e2e/remote_hosts.rs):
 /// each step's own checks run **on its host**, through the host's upshift
 /// session (no ticket). On h2 the package is missing, and the settings file
-/// is named by a relative path that exists where the coordinator runs but
-/// not where h2's session looks: both are findings naming h2 and the step.
+/// is named by a relative path that exists where the coordinator runs (on
+/// a host a step runs in a fresh ticket folder, so a relative path is a
+/// finding there): both are findings naming h2 and the step.
 /// h1 is ready. A secret the step passes stays off the hosts' disks and
 /// out of the report; no ticket folder remains; the journal is unchanged.
 #[cfg(target_os = "linux")]
@@ -621,6 +622,13 @@ fn steps_on_ssh_hosts_are_checked_on_their_hosts() {
             .unwrap()
             .contains("tm-settings/AppSettings.config"),
         "names the file: {cfg:#}"
+    );
+    // Relative on a host is a finding in itself: the step would run in a
+    // fresh ticket folder there.
+    assert!(
+        cfg["fix"].as_str().unwrap().contains("fresh ticket folder")
+            && cfg["fix"].as_str().unwrap().contains("absolute"),
+        "says why a relative path cannot work on a host: {cfg:#}"
     );
     // h1's step was really checked on h1 (ok lines, not "not checked").
     let h1_ok = v["checks"]

@@ -47,6 +47,10 @@ pub struct PreflightContext {
     /// The steps that run before this one (its `needs`, transitively): a
     /// file missing now may be laid down by one of them.
     pub earlier: Vec<Arc<Earlier>>,
+    /// Set where a relative path cannot mean what its author meant: on an
+    /// ssh host a step runs in a fresh ticket folder, so a relative path
+    /// is a finding with this explanation instead of being looked up.
+    pub relative_paths_unresolvable: Option<String>,
 }
 
 /// A step that runs before the one being checked.
@@ -72,6 +76,7 @@ impl PreflightContext {
             host: None,
             time_limit: DEFAULT_TIME_LIMIT,
             earlier: Vec::new(),
+            relative_paths_unresolvable: None,
         }
     }
 
