@@ -26,22 +26,60 @@ use crate::state::{CompStatus, RunState, StepState, StepStatus};
 pub struct Graph {
     /// Hash of the plan text it was built from.
     hash: String,
-    ids: Vec<String>,
+    ids: Rows<u8>,
     /// Positions sorted by id: [`Graph::position`] is a binary search (a
     /// hash map of the ids cost ~90 bytes a step, a copy of each id).
     by_id: Vec<u32>,
-    needs: Vec<Vec<u32>>,
-    dependents: Vec<Vec<u32>>,
+    needs: Rows<u32>,
+    dependents: Rows<u32>,
     ask: Vec<bool>,
     /// Lock ids each step holds: one per (lock, host) — or per lock for a
     /// site-wide lock — so `msiexec` on two hosts is two locks.
-    locks: Vec<Vec<u32>>,
+    locks: Rows<u32>,
     lock_limits: Vec<u32>,
     /// The host each step runs on (an index into `host_limits`; `None`:
     /// the coordinator).
     host: Vec<Option<u32>>,
     /// Each host's `max_concurrent` (`u32::MAX`: no cap).
     host_limits: Vec<u32>,
+}
+
+/// One short list per step, all in one allocation (a `Vec` per step cost
+/// its 24 bytes and a heap block of at least 32, for one or two entries).
+#[derive(Debug)]
+struct Rows<T> {
+    /// Row `i` is `items[ends[i - 1]..ends[i]]` (from 0 for the first).
+    ends: Vec<u32>,
+    items: Vec<T>,
+}
+
+impl<T: Copy> Rows<T> {
+    fn with_capacity(rows: usize) -> Rows<T> {
+        Rows {
+            ends: Vec::with_capacity(rows),
+            items: Vec::new(),
+        }
+    }
+
+    /// Appends the next row.
+    fn push(&mut self, row: impl IntoIterator<Item = T>) {
+        self.items.extend(row);
+        self.ends.push(self.items.len() as u32);
+    }
+
+    fn get(&self, i: usize) -> &[T] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.items[start..self.ends[i] as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.ends.shrink_to_fit();
+        self.items.shrink_to_fit();
+    }
 }
 
 impl Graph {
@@ -66,40 +104,61 @@ impl Graph {
             .values()
             .map(|h| h.max_concurrent.unwrap_or(u32::MAX))
             .collect();
-        let mut host = Vec::with_capacity(plan.order.len());
-        let mut locks = Vec::with_capacity(plan.order.len());
-        let mut needs = Vec::with_capacity(plan.order.len());
-        let mut dependents = vec![Vec::new(); plan.order.len()];
-        let mut ask = Vec::with_capacity(plan.order.len());
+        let n = plan.order.len();
+        let mut host = Vec::with_capacity(n);
+        let mut locks = Rows::with_capacity(n);
+        let mut needs = Rows::with_capacity(n);
+        let mut ask = Vec::with_capacity(n);
+        let mut ids = Rows::with_capacity(n);
+        // Reverse edges counted first, then placed: no list per step.
+        let mut dependents_of = vec![0u32; n];
         for (i, id) in plan.order.iter().enumerate() {
             let def = &plan.steps[id];
-            let n: Vec<u32> = def
-                .needs
-                .iter()
-                .filter_map(|n| index.get(n.as_str()).copied())
-                .collect();
-            for &d in &n {
-                dependents[d as usize].push(i as u32);
+            needs.push(
+                def.needs
+                    .iter()
+                    .filter_map(|n| index.get(n.as_str()).copied()),
+            );
+            for &d in needs.get(i) {
+                dependents_of[d as usize] += 1;
             }
-            needs.push(n);
+            ids.push(id.bytes());
             ask.push(def.resume == ResumePolicy::Ask);
             host.push(def.host.as_deref().and_then(|h| host_ids.get(h).copied()));
-            locks.push(
-                def.locks
-                    .iter()
-                    .map(|l| {
-                        let scope = plan.lock_scope(l, def.host.as_deref());
-                        *lock_ids.entry((l.as_str(), scope)).or_insert_with(|| {
-                            lock_limits.push(plan.lock_limit(l));
-                            (lock_limits.len() - 1) as u32
-                        })
-                    })
-                    .collect(),
-            );
+            locks.push(def.locks.iter().map(|l| {
+                let scope = plan.lock_scope(l, def.host.as_deref());
+                *lock_ids.entry((l.as_str(), scope)).or_insert_with(|| {
+                    lock_limits.push(plan.lock_limit(l));
+                    (lock_limits.len() - 1) as u32
+                })
+            }));
         }
-        let ids = plan.order.clone();
-        let mut by_id: Vec<u32> = (0..ids.len() as u32).collect();
-        by_id.sort_unstable_by(|&a, &b| ids[a as usize].cmp(&ids[b as usize]));
+        let mut dependents = Rows {
+            ends: Vec::with_capacity(n),
+            items: vec![0; needs.items.len()],
+        };
+        let mut end = 0;
+        for count in &dependents_of {
+            end += count;
+            dependents.ends.push(end);
+        }
+        // Filled in plan order, each row from its start.
+        let mut next: Vec<u32> = (0..n)
+            .map(|i| dependents.ends[i] - dependents_of[i])
+            .collect();
+        drop(dependents_of);
+        for i in 0..n {
+            for &d in needs.get(i) {
+                dependents.items[next[d as usize] as usize] = i as u32;
+                next[d as usize] += 1;
+            }
+        }
+        for rows in [&mut needs, &mut locks] {
+            rows.shrink_to_fit();
+        }
+        ids.shrink_to_fit();
+        let mut by_id: Vec<u32> = (0..n as u32).collect();
+        by_id.sort_unstable_by(|&a, &b| ids.get(a as usize).cmp(ids.get(b as usize)));
         Graph {
             hash: plan.hash.clone(),
             ids,
@@ -116,7 +175,7 @@ impl Graph {
 
     /// Whether this is the index of `plan` (same text, same steps).
     pub fn is_of(&self, plan: &Plan) -> bool {
-        self.hash == plan.hash && self.ids.len() == plan.order.len()
+        self.hash == plan.hash && self.len() == plan.order.len()
     }
 
     /// Number of steps.
@@ -126,30 +185,30 @@ impl Graph {
 
     /// Whether the plan has no step.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len() == 0
     }
 
     /// The id of the step at position `i`.
     pub fn id(&self, i: u32) -> &str {
-        &self.ids[i as usize]
+        std::str::from_utf8(self.ids.get(i as usize)).expect("ids are the plan's strings")
     }
 
     /// The position of a step.
     pub fn position(&self, id: &str) -> Option<u32> {
         self.by_id
-            .binary_search_by(|&i| self.ids[i as usize].as_str().cmp(id))
+            .binary_search_by(|&i| self.ids.get(i as usize).cmp(id.as_bytes()))
             .ok()
             .map(|at| self.by_id[at])
     }
 
     /// Direct dependents of the step at `i`.
     pub fn dependents(&self, i: u32) -> &[u32] {
-        &self.dependents[i as usize]
+        self.dependents.get(i as usize)
     }
 
     /// Locks the step at `i` holds while it runs.
     pub fn locks(&self, i: u32) -> &[u32] {
-        &self.locks[i as usize]
+        self.locks.get(i as usize)
     }
 
     /// The limit of lock `l`.
@@ -244,10 +303,14 @@ impl Sched {
     /// of the plan.
     pub fn new(graph: Arc<Graph>, state: &RunState) -> Sched {
         let n = graph.len();
-        let keys: Vec<Key> = graph.ids.iter().map(|id| Key::of(state.step(id))).collect();
+        let keys: Vec<Key> = (0..n as u32)
+            .map(|i| Key::of(state.step(graph.id(i))))
+            .collect();
         let unmet = (0..n)
             .map(|i| {
-                graph.needs[i]
+                graph
+                    .needs
+                    .get(i)
                     .iter()
                     .filter(|&&d| !is_done(keys[d as usize].status))
                     .count() as u32
@@ -353,7 +416,7 @@ impl Sched {
             }
             StepStatus::Running => {
                 count(&mut self.running, add);
-                for &l in &self.graph.locks[i as usize] {
+                for &l in self.graph.locks.get(i as usize) {
                     count(&mut self.held[l as usize], add);
                 }
                 if let Some(h) = self.graph.host[i as usize] {
@@ -467,5 +530,62 @@ impl Sched {
         same!(held);
         same!(host_running);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_hold_each_list_in_turn() {
+        let mut r = Rows::with_capacity(3);
+        r.push([1u32, 2]);
+        r.push([]);
+        r.push([7]);
+        assert_eq!(
+            (r.get(0), r.get(1), r.get(2), r.len()),
+            (&[1, 2][..], &[][..], &[7][..], 3)
+        );
+    }
+
+    /// The index's edges and ids are the plan's: a diamond, a lock, a step
+    /// that needs two.
+    #[test]
+    fn the_graph_is_the_plans() {
+        let text = "name = \"p\"\n\
+            [steps.a]\nkind = \"sleep\"\nwith = { duration = \"0s\" }\n\
+            [steps.b]\nkind = \"sleep\"\nneeds = [\"a\"]\nlocks = [\"l\"]\nwith = { duration = \"0s\" }\n\
+            [steps.c]\nkind = \"sleep\"\nneeds = [\"a\"]\nlocks = [\"l\"]\nwith = { duration = \"0s\" }\n\
+            [steps.d]\nkind = \"sleep\"\nneeds = [\"c\", \"b\"]\nwith = { duration = \"0s\" }\n";
+        let plan = crate::plan::parse(
+            std::path::Path::new("p.toml"),
+            text,
+            &upshift_steps::registry(),
+            &Default::default(),
+        )
+        .expect("a valid plan");
+        let g = Graph::new(&plan);
+        assert_eq!(g.len(), 4);
+        for (i, id) in plan.order.iter().enumerate() {
+            let i = i as u32;
+            assert_eq!(g.id(i), id);
+            assert_eq!(g.position(id), Some(i));
+            let deps: Vec<&str> = g.dependents(i).iter().map(|&d| g.id(d)).collect();
+            assert_eq!(
+                deps,
+                plan.dependents(id).collect::<Vec<_>>(),
+                "dependents of {id}"
+            );
+            let needs: Vec<&str> = g.needs.get(i as usize).iter().map(|&d| g.id(d)).collect();
+            let mut needs = needs;
+            needs.sort();
+            assert_eq!(needs, plan.steps[id].needs, "needs of {id}");
+        }
+        assert_eq!(g.position("e"), None);
+        let (b, c) = (g.position("b").unwrap(), g.position("c").unwrap());
+        assert_eq!(g.locks(b), g.locks(c));
+        assert_eq!(g.lock_count(), 1);
+        assert!(g.locks(g.position("a").unwrap()).is_empty());
     }
 }
