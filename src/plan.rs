@@ -1712,9 +1712,14 @@ fn expand_placements(
             _ => vec![n.to_string()],
         }
     };
-    let mut out = Vec::with_capacity(written.len());
-    // By value: each definition moves into its (last) instance.
-    for def in written {
+    // In place: each definition becomes its (last) instance, the other
+    // instances are copies of it (a second vector of every definition was
+    // the peak of a large plan's parse).
+    let mut written = written;
+    let mut others = Vec::new();
+    let mut kept = vec![true; written.len()];
+    for (k, slot) in written.iter_mut().enumerate() {
+        let def = &*slot;
         let id = &def.id.clone();
         let place = placements
             .get(id)
@@ -1727,7 +1732,10 @@ fn expand_placements(
                 .iter()
                 .map(|h| (hosts::instance_id(id, h), Some(h.clone())))
                 .collect(),
-            Placement::Absent(_) => continue,
+            Placement::Absent(_) => {
+                kept[k] = false;
+                continue;
+            }
         };
         let is_fan = matches!(place, Placement::Fan(_));
         // Outputs this step uses, by the step they come from.
@@ -1796,11 +1804,10 @@ fn expand_placements(
             }
         }
         let last = instances.len().saturating_sub(1);
-        let mut def = Some(def);
         for (i, (iid, host)) in instances.into_iter().enumerate() {
             let fan_host = if is_fan { host.as_deref() } else { None };
-            let mut d = if i == last { def.take() } else { def.clone() }
-                .expect("only the last instance takes the definition");
+            let mut copy = (i != last).then(|| slot.clone());
+            let d = copy.as_mut().unwrap_or(&mut *slot);
             if let Some(h) = &host {
                 d.body.with = hosts::substitute_host(&d.body.with, h);
                 if let Some(c) = &mut d.compensate {
@@ -1816,10 +1823,16 @@ fn expand_placements(
             d.id = iid;
             d.host = host;
             d.instance_of = is_fan.then(|| id.clone());
-            out.push(d);
+            others.extend(copy);
         }
     }
-    (Steps::new(out), absent, fanned)
+    let mut k = 0;
+    written.retain(|_| {
+        k += 1;
+        kept[k - 1]
+    });
+    written.append(&mut others);
+    (Steps::new(written), absent, fanned)
 }
 
 /// What a `[notify]` string may refer to.
