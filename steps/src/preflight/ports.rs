@@ -188,13 +188,17 @@ pub fn judge(l: &Listens, holders: &[Holder], own_site_binds: bool, others: &[St
     )
 }
 
+/// A binding: `(protocol, bindingInformation, port)` (the port of an
+/// `http`/`https` binding).
+pub type Binding = (String, String, Option<u16>);
+
 /// A site of IIS's configuration and its `http`/`https` bindings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IisSite {
     /// The site's name.
     pub name: String,
     /// `(protocol, bindingInformation, port)`.
-    pub bindings: Vec<(String, String, Option<u16>)>,
+    pub bindings: Vec<Binding>,
 }
 
 /// The port of an `http`/`https` binding's `bindingInformation`
@@ -327,7 +331,7 @@ pub fn judge_iis(site: &str, port: u16, sites: &[IisSite], path: &Path) -> (Chec
             Vec::new(),
         );
     };
-    let others: Vec<(&IisSite, &(String, String, Option<u16>))> = sites
+    let others: Vec<(&IisSite, &Binding)> = sites
         .iter()
         .filter(|s| !std::ptr::eq(*s, own))
         .flat_map(|s| {
