@@ -75,6 +75,7 @@ fn ok_text(v: &serde_json::Value) -> String {
         .join("\n")
 }
 
+#[cfg(target_os = "linux")]
 fn this_exe() -> String {
     std::env::current_exe()
         .unwrap()
