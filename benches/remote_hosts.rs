@@ -44,23 +44,7 @@ mod bench {
     const BIN: &str = env!("CARGO_BIN_EXE_upshift");
 
     fn hosts_toml(lab: &sshd::Lab, n: usize) -> String {
-        let mut out = String::new();
-        for h in lab.hosts.iter().take(n) {
-            out.push_str(&format!(
-                "[hosts.{name}]\ntransport = \"ssh\"\naddress = \"{addr}\"\nport = {port}\n\
-             user = \"{user}\"\nidentity_file = \"{key}\"\nknown_hosts_file = \"{kh}\"\n\
-             work_dir = \"{work}\"\nconnect_timeout = \"5s\"\nkeepalive_interval = \"1s\"\n\
-             keepalive_count_max = 2\n\n",
-                name = h.name,
-                addr = h.addr,
-                port = h.port,
-                user = lab.user,
-                key = lab.user_key.display(),
-                kh = lab.known_hosts.display(),
-                work = h.work_dir.display(),
-            ));
-        }
-        out
+        lab.hosts_toml(n)
     }
 
     /// A chain of `len` steps running `script`, on `host` (None: locally).

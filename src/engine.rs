@@ -8,7 +8,7 @@
 //! together with the starts it makes possible.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -718,7 +718,12 @@ impl Engine {
             let (body, op, ticket) = match work {
                 Work::Run => (&def.body, StepOp::Run, self.ticket(id, attempt)?),
                 Work::Compensate => {
-                    let suffix = format!("c{}", Utc::now().timestamp_millis());
+                    // Named by what the journal holds, so that a resume
+                    // after a crash names the same ticket and the host
+                    // attaches to it ("the ticket already existed")
+                    // instead of compensating twice; a compensation that
+                    // failed and is tried again gets a new one.
+                    let suffix = format!("c{}.{}", st.attempts, st.compensations_failed + 1);
                     let ticket = crate::remote::ticket_id(&self.run.to_string(), id, &suffix)?;
                     match &def.compensate {
                         Some(b) => (b, StepOp::Run, ticket),
@@ -1566,6 +1571,64 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// For tests (the engine's own and the end-to-end suite's): runs a parsed
+/// plan to its end in this process, then checks that the live engine's
+/// final state is the fold of its journal, field by field (the Debug form,
+/// the JSON form and the state's own index). Returns the live state and
+/// the run's events for the caller's own assertions. Panics on any
+/// difference; a run that does not succeed is a difference too.
+#[doc(hidden)]
+pub fn run_to_end_live_equals_replay(
+    plan: &Plan,
+    journal_dir: &Path,
+    work_root: PathBuf,
+    guard_program: Option<PathBuf>,
+) -> (RunState, Vec<Envelope>) {
+    let cfg = Config {
+        registry: upshift_steps::registry(),
+        concurrency: None,
+        guard_program,
+        work_root,
+        actor: Actor::default(),
+        observer: Arc::new(Quiet),
+        inbox: None,
+        journal_dir: None,
+        boot: Default::default(),
+    };
+    let run = RunId::new();
+    let mut eng = Engine::new(
+        plan.clone(),
+        cfg,
+        Journal::open(journal_dir).expect("open the journal"),
+        run,
+        &[],
+        BTreeMap::new(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let exit = rt.block_on(eng.start(BTreeMap::new())).expect("the run");
+    assert_eq!(exit, Exit::Finished(Outcome::Succeeded));
+    let live = eng.state().clone();
+    drop(eng);
+    let events = Journal::open_read_only(journal_dir)
+        .expect("reopen the journal")
+        .read_run(run)
+        .expect("read the run");
+    let mut replay = RunState::for_plan(plan);
+    for e in &events {
+        replay.apply(e);
+    }
+    live.check_index().expect("the live state's index");
+    assert_eq!(format!("{live:#?}"), format!("{replay:#?}"));
+    assert_eq!(
+        serde_json::to_string(&live).expect("json"),
+        serde_json::to_string(&RunState::from_events(&events)).expect("json")
+    );
+    (live, events)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1604,52 +1667,19 @@ needs = ["flaky", "loop", "b"]
 with = { program = "sh", args = ["-c", "echo ${steps.a.outputs.stdout}"] }
 "#
         .replace("@M@", &m.display().to_string());
-        let registry = upshift_steps::registry();
         let plan = parse(
             "live.toml".as_ref(),
             &text,
-            &registry,
+            &upshift_steps::registry(),
             &LoadOptions::default(),
         )
         .unwrap();
-        let journal_dir = dir.path().join("journal");
-        let run = RunId::new();
-        let cfg = Config {
-            registry,
-            concurrency: None,
-            guard_program: None,
-            work_root: dir.path().join("work"),
-            actor: Actor::default(),
-            observer: Arc::new(Quiet),
-            inbox: None,
-            journal_dir: None,
-            boot: Default::default(),
-        };
-        let mut eng = Engine::new(
-            plan.clone(),
-            cfg,
-            Journal::open(&journal_dir).unwrap(),
-            run,
-            &[],
-            BTreeMap::new(),
+        let (live, events) = run_to_end_live_equals_replay(
+            &plan,
+            &dir.path().join("journal"),
+            dir.path().join("work"),
+            None,
         );
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let exit = rt.block_on(eng.start(BTreeMap::new())).unwrap();
-        assert_eq!(exit, Exit::Finished(Outcome::Succeeded));
-        let live = eng.state().clone();
-        drop(eng);
-
-        let events = Journal::open_read_only(&journal_dir)
-            .unwrap()
-            .read_run(run)
-            .unwrap();
-        let mut replay = RunState::for_plan(&plan);
-        for e in &events {
-            replay.apply(e);
-        }
         // What the test is about was exercised.
         assert_eq!(live.step("flaky").attempts, 3, "{live:?}");
         assert!(
@@ -1676,11 +1706,5 @@ with = { program = "sh", args = ["-c", "echo ${steps.a.outputs.stdout}"] }
         for id in &plan.order {
             assert_eq!(live.step(id).started_at, Some(started(id)), "{id}");
         }
-        live.check_index().unwrap();
-        assert_eq!(format!("{live:#?}"), format!("{replay:#?}"));
-        assert_eq!(
-            serde_json::to_string(&live).unwrap(),
-            serde_json::to_string(&RunState::from_events(&events)).unwrap()
-        );
     }
 }

@@ -9,8 +9,12 @@
 //!   `UPSHIFT_SYSTEMCTL` (tests and the demo use a stand-in; these machines
 //!   run no systemd).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use wait_timeout::ChildExt;
 
 use upshift_journal::RunId;
 
@@ -30,20 +34,73 @@ pub fn task_name(run: RunId) -> String {
     format!("upshift-resume-{run}")
 }
 
+/// How long one OS tool of the reboot path may take before it is killed
+/// (`schtasks`, `shutdown`, `systemctl`: each answers in well under a
+/// second when the system is healthy).
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn run_cmd(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
+    run_cmd_within(program, args, TOOL_TIMEOUT)
+}
+
+/// Runs `program args`, its output read in full; killed (with an error
+/// saying so) if it has not ended within `limit`. Success is the exit
+/// code alone: the tools' text is localized on Windows and never parsed.
+fn run_cmd_within(program: &str, args: &[&str], limit: Duration) -> Result<String, String> {
+    let shown = || format!("`{program} {}`", args.join(" "));
+    let mut child = Command::new(program)
         .args(args)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&buf).trim().to_string());
+        });
+        rx
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status = match child.wait_timeout(limit) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{} did not finish within {} and was stopped",
+                shown(),
+                crate::report::duration_text(limit)
+            ));
+        }
+        Err(e) => return Err(format!("{}: cannot wait for it: {e}", shown())),
+    };
+    // A grandchild still holding the pipes open must not hold us either:
+    // what has not arrived a moment after the exit is left behind.
+    let take = |rx: std::sync::mpsc::Receiver<String>| {
+        rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
+    };
+    let (out, err) = (take(out), take(err));
+    if status.success() {
+        Ok(out)
     } else {
-        Err(format!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("{} failed ({status}): {err}", shown()))
     }
 }
 
@@ -167,5 +224,36 @@ pub fn reboot_now(step: &str, o: &BootOverrides) -> Result<String, String> {
         let _ = step;
         run_cmd(&systemctl(o), &["reboot"])?;
         Ok(format!("{} reboot", systemctl(o)))
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_that_hangs_is_stopped_and_named() {
+        let t0 = std::time::Instant::now();
+        let e = run_cmd_within("sleep", &["30"], Duration::from_millis(300)).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(
+            e.contains("`sleep 30` did not finish within 300 ms and was stopped"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn success_and_failure_are_the_exit_code() {
+        assert_eq!(run_cmd("sh", &["-c", "echo done"]).unwrap(), "done");
+        let e = run_cmd("sh", &["-c", "echo nope >&2; exit 3"]).unwrap_err();
+        assert!(e.contains("failed") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn a_grandchild_holding_the_pipes_does_not_hold_the_caller() {
+        let t0 = std::time::Instant::now();
+        let out = run_cmd("sh", &["-c", "sleep 20 & echo started"]).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert_eq!(out, "");
     }
 }

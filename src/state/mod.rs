@@ -88,6 +88,10 @@ pub struct StepState {
     pub compensation: CompStatus,
     /// Compensation error.
     pub compensation_error: Option<String>,
+    /// Compensations that failed (names the next compensation's ticket on
+    /// a remote host: a compensation cut off by a crash is followed again
+    /// under the same ticket, never started twice).
+    pub compensations_failed: u32,
     /// The ticket of the latest attempt handed to a remote host
     /// (`StepDispatched`).
     pub remote: Option<RemoteTicket>,
@@ -126,6 +130,7 @@ static NEVER_SEEN: StepState = StepState {
     reboot_required: false,
     compensation: CompStatus::None,
     compensation_error: None,
+    compensations_failed: 0,
     remote: None,
 };
 
@@ -523,6 +528,7 @@ impl RunState {
             } => self.change(step, |st| {
                 st.compensation = CompStatus::Failed;
                 st.compensation_error = Some(error.clone());
+                st.compensations_failed += 1;
                 st.output_tail = output_tail.clone();
             }),
             Event::RebootRequested { step, .. } => {

@@ -541,60 +541,15 @@ with = { program = "true" }
 #[cfg(target_os = "linux")]
 #[test]
 fn status_follow_on_a_terminal_shows_what_runs_and_waits_at_fifty_steps() {
-    use std::io::Read;
-    let Some(script) = ["/usr/bin/script", "/bin/script"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-    else {
-        eprintln!(
-            "SKIPPED: `script` (util-linux) is not installed: the terminal view was not tested"
-        );
+    let Some(script) = crate::support::script_or_skip("the terminal view") else {
         return;
     };
     let sb = Sandbox::new();
     let plan = fifty_step_plan(&sb);
-    let mut engine = sb
-        .cmd(&["run", plan.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(engine.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let run = line.trim().to_string();
+    let (mut engine, run) = sb.spawn_run(&plan);
     assert!(sb.wait_for_step(&run, "fe_bind_https_certificate_in_iis_manager", "waiting"));
-    let cmd = format!("{} status {run} --follow", bin());
-    let mut term = Command::new(script)
-        .args(["-qfec", &cmd, "/dev/null"])
-        .env("UPSHIFT_JOURNAL", sb.journal())
-        .env("COLUMNS", "200")
-        .env("LINES", "60")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    {
-        let mut pipe = term.stdout.take().unwrap();
-        let buf = std::sync::Arc::clone(&seen);
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        });
-    }
-    let text = || seen.lock().unwrap().clone();
+    let mut term = sb.follow_on_a_terminal(script, &run, 200, 60);
+    let text = || term.text();
     let journal = sb.journal().display().to_string();
     let approve = format!(
         "approve: upshift approve {run} fe_bind_https_certificate_in_iis_manager --journal {journal}"
@@ -605,8 +560,8 @@ fn status_follow_on_a_terminal_shows_what_runs_and_waits_at_fifty_steps() {
     });
     let _ = std::fs::write(sb.markers().join("go"), "");
     let t = text();
-    let _ = term.kill();
-    let _ = term.wait();
+    let _ = term.child.kill();
+    let _ = term.child.wait();
     let _ = engine.kill();
     let _ = engine.wait();
     if let Ok(p) = std::env::var("UPSHIFT_TEST_SCREEN") {
@@ -652,19 +607,7 @@ fn status_follow_without_a_terminal_prints_changes_and_the_pause() {
     assert!(text.contains("/start ]"));
     std::fs::write(&plan, text).unwrap();
     std::fs::write(sb.markers().join("go"), "").unwrap();
-    let mut engine = sb
-        .cmd(&["run", plan.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(engine.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let run = line.trim().to_string();
+    let (mut engine, run) = sb.spawn_run(&plan);
     let follower = sb
         .cmd(&["status", &run, "--follow"])
         .stdout(Stdio::piped())

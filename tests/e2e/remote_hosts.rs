@@ -32,23 +32,7 @@ pub(crate) fn lab(n: usize) -> Option<Lab> {
 
 /// `[hosts.hN]` tables for every host of the lab (quick keepalive).
 pub(crate) fn hosts_toml(lab: &Lab) -> String {
-    let mut out = String::new();
-    for h in &lab.hosts {
-        out.push_str(&format!(
-            "[hosts.{name}]\ntransport = \"ssh\"\naddress = \"{addr}\"\nport = {port}\n\
-             user = \"{user}\"\nidentity_file = \"{key}\"\nknown_hosts_file = \"{kh}\"\n\
-             work_dir = \"{work}\"\nconnect_timeout = \"5s\"\nkeepalive_interval = \"1s\"\n\
-             keepalive_count_max = 2\n\n",
-            name = h.name,
-            addr = h.addr,
-            port = h.port,
-            user = lab.user,
-            key = lab.user_key.display(),
-            kh = lab.known_hosts.display(),
-            work = h.work_dir.display(),
-        ));
-    }
-    out
+    lab.hosts_toml(lab.hosts.len())
 }
 
 /// A step that appends `<its host> <word>` to marker `name`.
@@ -369,12 +353,7 @@ fn host_key_changed_or_login_refused_runs_nothing() {
 /// count included).
 #[test]
 fn the_live_state_is_the_fold_of_the_journal_with_remote_steps() {
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
-    use upshift::engine::{Config, Engine, Exit, Quiet};
     use upshift::plan::{LoadOptions, parse};
-    use upshift::state::RunState;
-    use upshift_journal::{Actor, Journal, Outcome, RunId};
 
     let Some(lab) = lab(2) else { return };
     let sb = Sandbox::new();
@@ -396,54 +375,17 @@ fn the_live_state_is_the_fold_of_the_journal_with_remote_steps() {
         &LoadOptions::default(),
     )
     .unwrap();
-    let journal_dir = sb.journal();
-    let run = RunId::new();
-    let cfg = Config {
-        registry,
-        concurrency: None,
-        // What goes on the hosts: the upshift binary (it has `__remote`).
-        guard_program: Some(bin().into()),
-        work_root: sb.path().join("work"),
-        actor: Actor::default(),
-        observer: Arc::new(Quiet),
-        inbox: None,
-        journal_dir: None,
-        boot: Default::default(),
-    };
-    let mut eng = Engine::new(
-        plan.clone(),
-        cfg,
-        Journal::open(&journal_dir).unwrap(),
-        run,
-        &[],
-        BTreeMap::new(),
+    // What goes on the hosts: the upshift binary (it has `__remote`).
+    let (live, _events) = upshift::engine::run_to_end_live_equals_replay(
+        &plan,
+        &sb.journal(),
+        sb.path().join("work"),
+        Some(bin().into()),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let exit = rt.block_on(eng.start(BTreeMap::new())).unwrap();
-    assert_eq!(exit, Exit::Finished(Outcome::Succeeded));
-    let live = eng.state().clone();
-    drop(eng);
-    let events = Journal::open_read_only(&journal_dir)
-        .unwrap()
-        .read_run(run)
-        .unwrap();
-    let mut replay = RunState::for_plan(&plan);
-    for e in &events {
-        replay.apply(e);
-    }
     assert_eq!(live.step("two").outputs["stdout"], "h2");
     assert_eq!(live.step("end").outputs["stdout"], "h2");
     let each = live.step("each").remote.clone().expect("dispatched");
     assert_eq!((each.host.as_str(), each.checkpoints), ("h1", 6));
-    live.check_index().unwrap();
-    assert_eq!(format!("{live:#?}"), format!("{replay:#?}"));
-    assert_eq!(
-        serde_json::to_string(&live).unwrap(),
-        serde_json::to_string(&RunState::from_events(&events)).unwrap()
-    );
 }
 
 /// A simulated reboot of the host in the middle of a remote `foreach`
@@ -1055,4 +997,58 @@ fn a_rollback_compensates_a_remote_step_on_its_host() {
     assert_eq!(sb.marker_lines("a.undo"), ["h1 undo"]);
     let status = sb.status(&r.run_id());
     assert_eq!(status["state"], "rolled_back", "{status}");
+}
+
+/// The coordinator is SIGKILLed while a remote step's compensation runs on
+/// its host: `resume` names the same compensation ticket, the host answers
+/// that it exists, and the engine follows it to its end: the compensation
+/// ran once, and the run is rolled back.
+#[test]
+fn a_compensation_in_flight_at_a_crash_is_followed_not_run_again() {
+    let Some(lab) = lab(2) else { return };
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "rollback.toml",
+        &format!(
+            "name = \"rollback\"\n\n{}\
+             [steps.a]\nkind = \"process\"\nhost = \"h1\"\n{}\n\
+             compensate = {{ kind = \"process\", with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST start >> @M@/a.undo; sleep 3; echo $UPSHIFT_TEST_HOST end >> @M@/a.undo\"] }} }}\n\n\
+             [steps.b]\nkind = \"process\"\nhost = \"h2\"\nneeds = [\"a\"]\non_failure = \"rollback\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"exit 7\"] }}\n",
+            hosts_toml(&lab),
+            mark("a", "a"),
+        ),
+    );
+    let (mut child, run) = sb.spawn_run(&plan);
+    assert!(wait_until(Duration::from_secs(60), || count(
+        &sb, "a.undo", "h1 start"
+    ) == 1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let r = sb.run(&["resume", &run]);
+    r.expect(1);
+    assert_eq!(sb.marker_lines("a.undo"), ["h1 start", "h1 end"]);
+    let status = sb.status(&run);
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    let events = sb.events(&run);
+    let started = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::CompensationStarted { step } if step == "a"))
+        .count();
+    // Started by the first session, again (and followed) by the resume.
+    assert_eq!(started, 2);
+    let notes: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Note { text } if text.starts_with("compensation of a dispatched") => {
+                Some(text.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let ticket = format!("{run}-a-c1.1");
+    assert!(
+        notes.len() == 2 && notes.iter().all(|n| n.contains(&ticket)),
+        "{notes:?}"
+    );
 }

@@ -5,6 +5,31 @@ use std::process::{Command, Output, Stdio};
 
 use upshift_journal::{Envelope, Journal, RunId};
 
+/// util-linux `script`, which gives a command a pseudo-terminal; `None`,
+/// after a loud SKIPPED line naming `what`, where it is not installed.
+pub fn script_or_skip(what: &str) -> Option<&'static str> {
+    let found = ["/usr/bin/script", "/bin/script"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file());
+    if found.is_none() {
+        eprintln!("SKIPPED: `script` (util-linux) is not installed: {what} was not tested");
+    }
+    found
+}
+
+/// A follower drawing on a pseudo-terminal ([`Sandbox::follow_on_a_terminal`]).
+pub struct Terminal {
+    pub child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    /// Everything drawn so far, escape sequences included.
+    pub fn text(&self) -> String {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
 /// A test's sandbox: a journal folder, a marker folder, plans.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -146,6 +171,41 @@ impl Sandbox {
             .read_line(&mut line)
             .unwrap();
         (child, line.trim().to_string())
+    }
+
+    /// `upshift status RUN --follow` on a pseudo-terminal of `cols` x
+    /// `lines` (`script`, from [`script_or_skip`], gives it one, so the
+    /// live view is drawn), its raw output collected as it comes.
+    pub fn follow_on_a_terminal(&self, script: &str, run: &str, cols: u16, lines: u16) -> Terminal {
+        let cmd = format!("{} status {run} --follow", bin());
+        // stdin stays open (a pipe): `script` ends when its input does.
+        let mut child = Command::new(script)
+            .args(["-qfec", &cmd, "/dev/null"])
+            .env("UPSHIFT_JOURNAL", self.journal())
+            .env("COLUMNS", cols.to_string())
+            .env("LINES", lines.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn script");
+        // Raw bytes: the view is redrawn with cursor moves, not whole lines.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stdout.take().expect("piped");
+        let buf = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        Terminal { child, seen }
     }
 
     /// Waits (bounded) until `status --json` shows `step` in `state`.

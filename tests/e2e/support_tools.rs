@@ -509,52 +509,21 @@ fn log_and_status_follow_a_live_run_until_it_finishes() {
 /// bars are drawn; skipped where it is missing.
 #[test]
 fn status_follow_draws_progress_bars_on_a_terminal() {
-    let Some(script) = ["/usr/bin/script", "/bin/script"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-    else {
-        eprintln!("skipping: `script` (util-linux) is not installed");
+    let Some(script) = crate::support::script_or_skip("the progress bars on a terminal") else {
         return;
     };
     let sb = Sandbox::new();
     let plan = sb.plan("p.toml", BLOCKING_PLAN);
     let (mut engine, run) = sb.spawn_run(&plan);
-    let cmd = format!("{} status {run} --follow", crate::support::bin());
-    // stdin stays open (a pipe): `script` ends when its input does.
-    let mut term = std::process::Command::new(script)
-        .args(["-qfec", &cmd, "/dev/null"])
-        .env("UPSHIFT_JOURNAL", sb.journal())
-        .env("COLUMNS", "120")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Raw bytes: bars are redrawn with cursor moves, not whole lines.
-    let term_out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    {
-        let mut pipe = term.stdout.take().unwrap();
-        let buf = std::sync::Arc::clone(&term_out);
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        });
-    }
+    let mut term = sb.follow_on_a_terminal(script, &run, 120, 40);
     // A bar for the loop at 2 of 4, drawn while the run is blocked.
     assert!(
         wait_until(Duration::from_secs(60), || {
-            let t = text(&term_out);
+            let t = term.text();
             t.contains("loop") && t.contains("2/4") && t.contains("[==========")
         }),
         "no progress bar: {:?}",
-        text(&term_out)
+        term.text()
     );
     assert!(
         engine.try_wait().unwrap().is_none(),
@@ -562,12 +531,8 @@ fn status_follow_draws_progress_bars_on_a_terminal() {
     );
     std::fs::write(sb.markers().join("go"), "").unwrap();
     assert_eq!(exit_of(&mut engine, "the run"), 0);
-    assert_eq!(exit_of(&mut term, "status --follow on a terminal"), 0);
-    assert!(
-        text(&term_out).contains("state succeeded"),
-        "{}",
-        text(&term_out)
-    );
+    assert_eq!(exit_of(&mut term.child, "status --follow on a terminal"), 0);
+    assert!(term.text().contains("state succeeded"), "{}", term.text());
 }
 
 #[test]

@@ -445,6 +445,29 @@ impl Lab {
     pub fn ticket_dir(&self, i: usize, ticket: &str) -> PathBuf {
         self.hosts[i].work_dir.join("tickets").join(ticket)
     }
+
+    /// upshift plan `[hosts.hN]` tables for the first `n` hosts of the lab
+    /// (ssh transport, the lab's key and known_hosts, quick keepalive so a
+    /// lost host is noticed in ~2 s). Used by upshift's tests and benches.
+    pub fn hosts_toml(&self, n: usize) -> String {
+        let mut out = String::new();
+        for h in self.hosts.iter().take(n) {
+            out.push_str(&format!(
+                "[hosts.{name}]\ntransport = \"ssh\"\naddress = \"{addr}\"\nport = {port}\n\
+                 user = \"{user}\"\nidentity_file = \"{key}\"\nknown_hosts_file = \"{kh}\"\n\
+                 work_dir = \"{work}\"\nconnect_timeout = \"5s\"\nkeepalive_interval = \"1s\"\n\
+                 keepalive_count_max = 2\n\n",
+                name = h.name,
+                addr = h.addr,
+                port = h.port,
+                user = self.user,
+                key = self.user_key.display(),
+                kh = self.known_hosts.display(),
+                work = h.work_dir.display(),
+            ));
+        }
+        out
+    }
 }
 
 impl Drop for Lab {
