@@ -745,11 +745,13 @@ mod imp {
                     std::ptr::null(),
                 )
             };
+            // SAFETY: no arguments.
             let more = ok == 0
                 && unsafe { windows_sys::Win32::Foundation::GetLastError() }
                     == windows_sys::Win32::Foundation::ERROR_MORE_DATA;
+            let written = if ok != 0 || more { count as usize } else { 0 };
             let entries = buf.as_ptr().cast::<ENUM_SERVICE_STATUS_PROCESSW>();
-            for i in 0..count as usize {
+            for i in 0..written {
                 // SAFETY: see the module docs; `count` entries were written
                 // at the buffer's start, their strings inside the buffer.
                 let e = unsafe { std::ptr::read_unaligned(entries.add(i)) };
