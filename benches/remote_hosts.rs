@@ -10,7 +10,10 @@
 //!   the lost connection to the first answer) vs a first connection to a
 //!   host;
 //! - 8 hosts in parallel (a chain of 5 × 200 ms steps on each) vs 1 host
-//!   (the same chain).
+//!   (the same chain);
+//! - `upshift preflight` of 16 settings-file steps on an ssh host (connect,
+//!   host checks, each step's checks run on the host) vs the same steps on
+//!   the coordinator, and on the host with `--per-host 8` vs 1.
 //!
 //! `cargo bench --bench remote_hosts` (skips loudly without sshd).
 
@@ -294,6 +297,93 @@ mod bench {
                 &ms(t1),
                 t8.as_secs_f64() / t1.as_secs_f64(),
                 Goal::AtMost(1.5),
+            );
+        }
+        // 4. Preflight on an ssh host vs on the coordinator.
+        if part("preflight") {
+            let settings = dir.join("AppSettings.config");
+            std::fs::write(
+                &settings,
+                "<appSettings><add key=\"InstanzName\" value=\"TM\"/></appSettings>",
+            )
+            .unwrap();
+            let steps = |host: Option<&str>| {
+                let mut s = String::new();
+                for i in 0..16 {
+                    s.push_str(&format!(
+                        "[steps.s{i}]\nkind = \"config.appsettings\"\n{}\
+                         with = {{ file = '{}', set = {{ InstanzName = \"TM\" }} }}\n",
+                        host.map(|h| format!("host = \"{h}\"\n"))
+                            .unwrap_or_default(),
+                        settings.display()
+                    ));
+                }
+                s
+            };
+            let load = |text: &str| {
+                parse(
+                    &dir.join("pf.toml"),
+                    text,
+                    &upshift_steps::registry(),
+                    &LoadOptions::default(),
+                )
+                .expect("plan parses")
+            };
+            let remote = load(&format!("name = \"pf\"\n{hosts1}{}", steps(Some("h1"))));
+            let local = load(&format!("name = \"pf\"\n{}", steps(None)));
+            let time = |plan: &upshift::plan::Plan, per_host: usize| {
+                let opts = upshift::preflight::Options {
+                    per_host,
+                    remote_binary: Some(BIN.into()),
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let r = rt.block_on(upshift::preflight::run_async(plan, &opts));
+                let took = t.elapsed();
+                assert!(r.ready, "{}", upshift::preflight::text(&r));
+                took
+            };
+            // The connection alone (ssh handshake, hello), as preflight
+            // opens it.
+            let connect = || {
+                let host = upshift_remote::RemoteHost::new(
+                    upshift::remote::host_config(&remote.hosts["h1"]),
+                    upshift_remote::client::ClientOptions::new(BIN),
+                )
+                .unwrap();
+                let t = Instant::now();
+                rt.block_on(host.connect()).expect("connects");
+                rt.block_on(host.close());
+                t.elapsed()
+            };
+            let (mut r8, mut r1, mut l8, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..5 {
+                r8.push(time(&remote, 8));
+                r1.push(time(&remote, 1));
+                l8.push(time(&local, 8));
+                c.push(connect());
+            }
+            let (r8, r1, l8, c) = (median(r8), median(r1), median(l8), median(c));
+            summary(
+                "preflight of 16 steps on an ssh host vs connecting to it alone (ssh + hello)",
+                &ms(r8),
+                &ms(c),
+                r8.as_secs_f64() / c.as_secs_f64(),
+                Goal::Report,
+            );
+            summary(
+                "preflight of 16 steps on an ssh host (connect + checks on the host) vs on the coordinator",
+                &ms(r8),
+                &ms(l8),
+                r8.as_secs_f64() / l8.as_secs_f64(),
+                Goal::Report,
+            );
+            summary(
+                "preflight of 16 steps on an ssh host, --per-host 8 vs 1",
+                &ms(r8),
+                &ms(r1),
+                r8.as_secs_f64() / r1.as_secs_f64(),
+                Goal::Report,
             );
         }
         drop(lab);

@@ -124,18 +124,20 @@ pub enum Command {
     ///             update path; free space where the backup goes > database
     ///             size (approximate); SQL Agent jobs to remove are listed
     ///   files     config files the plan edits exist and parse; paths resolve
-    ///   hosts     ssh hosts reachable, host key known, administrator, free disk
+    ///   hosts     ssh hosts reachable, host key known, administrator, free disk;
+    ///             the steps on an ssh host are checked on that host (no ticket)
     ///   Windows   pending reboot, Windows Installer busy, services exist,
     ///             the certificate present with a private key and not
     ///             expiring soon (on Windows only; elsewhere "not checked")
-    /// Not yet (listed as "not checked"): ports, and the steps' own checks
-    /// on ssh hosts (the hosts themselves are checked).
+    /// Not yet (listed as "not checked"): ports.
     ///
     /// Exit codes (a contract for scripts): 0 ready, 1 findings, 2 plan error.
     ///
     ///   upshift preflight plans/teammanager.toml --site sites/contoso.toml
     ///   upshift preflight plans/teammanager.toml --json | jq '.checks[] | select(.result == "finding")'
     ///   upshift preflight plans/teammanager.toml -o preflight.html
+    ///   upshift preflight plans/teammanager.toml --json > pf.json
+    ///   upshift report RUN --preflight pf.json    (after the run: its report with this preflight)
     #[command(verbatim_doc_comment)]
     Preflight {
         /// The plan file.
@@ -357,6 +359,10 @@ pub enum Command {
     /// and SVG are inline. Stays fast for runs of 100,000+ events (progress and
     /// checkpoint events are summarised; the list is paged).
     ///
+    /// With `--preflight FILE.json` (what `upshift preflight --json` printed
+    /// before the window), the report gains a Preflight section: verdict,
+    /// findings with step, host, found, expected and fix, and the counts.
+    ///
     /// Example: upshift report case-1234.export -o report.html
     Report {
         /// An export file, or a run (id or unique prefix) in the journal.
@@ -364,6 +370,11 @@ pub enum Command {
         /// The HTML file to write.
         #[arg(short, long, value_name = "FILE", default_value = "report.html")]
         output: PathBuf,
+        /// Add a Preflight section from this file: the JSON `upshift
+        /// preflight PLAN --json > FILE.json` printed (preflight journals
+        /// nothing, so the run's journal does not hold it).
+        #[arg(long, value_name = "FILE.json")]
+        preflight: Option<PathBuf>,
         /// Journal location (when SOURCE is a run).
         #[command(flatten)]
         journal: JournalArg,
@@ -614,8 +625,11 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Report {
             source,
             output,
+            preflight,
             journal,
-        } => commands::support::report(&journal.workspace(), &source, &output),
+        } => {
+            commands::support::report(&journal.workspace(), &source, &output, preflight.as_deref())
+        }
         Command::Diff {
             a,
             b,

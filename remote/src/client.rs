@@ -19,9 +19,9 @@ use tokio::sync::oneshot;
 
 use crate::RemoteError;
 use crate::protocol::{
-    Checkpoint, Cursor, EndState, HostFacts, LINE_BYTES_MAX, PROTOCOL_VERSION, PollReply, Progress,
-    Reply, ReplyLine, Request, RequestLine, StartReply, StartRequest, TicketId, TicketState,
-    read_line,
+    Checkpoint, Cursor, EndState, HostFacts, LINE_BYTES_MAX, OP_PREFLIGHT, PROTOCOL_VERSION,
+    PollReply, PreflightRequest, Progress, Reply, ReplyLine, Request, RequestLine, StartReply,
+    StartRequest, TicketId, TicketState, read_line,
 };
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::{SshConfig, SshTransport};
@@ -409,6 +409,76 @@ impl RemoteHost {
             })
             .await?;
         self.done_or_error(reply, ticket, "prune")
+    }
+
+    /// A step's read-only checks on the host (`upshift preflight`),
+    /// answered by the session itself: no ticket, nothing written on the
+    /// host. The host bounds the checks by `req.time_limit_ms`; this call
+    /// waits that long plus the usual answer time. One attempt, no retry.
+    ///
+    /// A host whose runner does not know preflight (older than it) is
+    /// [`RemoteError::Unsupported`].
+    pub async fn preflight(
+        &self,
+        req: &PreflightRequest,
+    ) -> Result<Vec<upshift_steps::preflight::Check>, RemoteError> {
+        self.preflight_call(Request::Preflight {
+            request: req.clone(),
+        })
+        .await
+    }
+
+    /// The host's own state for preflight (pending reboot, Windows
+    /// Installer busy...), read by the session on the host. See
+    /// [`RemoteHost::preflight`].
+    pub async fn preflight_host(
+        &self,
+    ) -> Result<Vec<upshift_steps::preflight::Check>, RemoteError> {
+        self.preflight_call(Request::PreflightHost).await
+    }
+
+    async fn preflight_call(
+        &self,
+        req: Request,
+    ) -> Result<Vec<upshift_steps::preflight::Check>, RemoteError> {
+        let session = self.session().await?;
+        let unsupported = |detail: String| RemoteError::Unsupported {
+            host: self.name().to_string(),
+            what: req.name().to_string(),
+            detail,
+        };
+        if !session.facts.ops.iter().any(|o| o == OP_PREFLIGHT) {
+            return Err(unsupported(format!(
+                "its upshift {} (protocol {}) is older than preflight on hosts",
+                session.facts.version, session.facts.protocol
+            )));
+        }
+        let extra = match &req {
+            Request::Preflight { request } => Duration::from_millis(request.time_limit_ms),
+            _ => Duration::ZERO,
+        };
+        let result = session
+            .call(&req, self.inner.opts.request_timeout + extra)
+            .await;
+        if result.is_err() {
+            let mut slot = self.inner.session.lock().await;
+            if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session)) {
+                slot.take();
+            }
+            session.kill();
+        }
+        match result? {
+            Reply::Preflight { checks } => Ok(checks),
+            // A runner that cannot read the request (an unknown op).
+            Reply::Error { message } if message.starts_with("unreadable request") => {
+                Err(unsupported(message))
+            }
+            Reply::Error { message } => Err(RemoteError::Protocol {
+                host: self.name().to_string(),
+                message: format!("{} failed on the host: {message}", req.name()),
+            }),
+            other => Err(self.unexpected(req.name(), &other)),
+        }
     }
 
     /// Asks the host to reboot now. A connection lost while it answers
@@ -886,6 +956,7 @@ fn placeholder_facts() -> HostFacts {
         exe_sha256: String::new(),
         version: String::new(),
         protocol: 0,
+        ops: Vec::new(),
     }
 }
 

@@ -133,6 +133,18 @@ pub enum RemoteError {
         /// What was seen.
         detail: String,
     },
+    /// The host's runner does not know an operation (it is older than
+    /// it). In practice the binary is replaced by the coordinator's own on
+    /// connecting (it is content-addressed), so this is rare.
+    #[error("host {host}: the host's upshift does not answer `{what}`: {detail}")]
+    Unsupported {
+        /// Host name in the plan.
+        host: String,
+        /// The operation.
+        what: String,
+        /// What the host said, or its version.
+        detail: String,
+    },
     /// A file operation on the host failed.
     #[error("host {host}: {what}: {detail}")]
     Io {
@@ -171,7 +183,8 @@ impl RemoteError {
             | RemoteError::Protocol { host, .. }
             | RemoteError::Ticket { host, .. }
             | RemoteError::RebootNotConfirmed { host, .. }
-            | RemoteError::Io { host, .. } => host,
+            | RemoteError::Io { host, .. }
+            | RemoteError::Unsupported { host, .. } => host,
         }
     }
 }

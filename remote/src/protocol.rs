@@ -373,6 +373,61 @@ pub struct HostFacts {
     pub version: String,
     /// [`PROTOCOL_VERSION`] of the runner.
     pub protocol: u32,
+    /// Operations added since protocol 1 that this runner answers (see
+    /// [`OP_PREFLIGHT`]); empty from a runner older than them.
+    #[serde(default)]
+    pub ops: Vec<String>,
+}
+
+/// [`HostFacts::ops`]: the runner answers [`Request::Preflight`] and
+/// [`Request::PreflightHost`].
+pub const OP_PREFLIGHT: &str = "preflight";
+
+/// A step that runs before the one being checked (mirrors
+/// `upshift_steps::preflight::Earlier`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EarlierStep {
+    /// Its id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its parameters as text, to find the paths it names.
+    pub with_text: String,
+}
+
+/// One step's read-only checks (`Step::preflight`), answered inline by
+/// `serve`: no ticket, no runner, nothing written on the host. Travels
+/// over the SSH channel only, like a [`StartRequest`].
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PreflightRequest {
+    /// The step's id in the plan.
+    pub step_id: String,
+    /// The host's name in the plan.
+    pub host: String,
+    /// The step kind.
+    pub kind: String,
+    /// The step's resolved `with` table, as TOML text.
+    pub with_toml: String,
+    /// Secret values: redacted from the answer.
+    pub secrets: Vec<String>,
+    /// How long the step's checks may take; over it, the answer is a
+    /// finding saying so.
+    pub time_limit_ms: u64,
+    /// The steps that run before this one.
+    pub earlier: Vec<EarlierStep>,
+}
+
+impl fmt::Debug for PreflightRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Parameters may hold resolved secrets: never printed.
+        f.debug_struct("PreflightRequest")
+            .field("step_id", &self.step_id)
+            .field("host", &self.host)
+            .field("kind", &self.kind)
+            .field("secrets", &self.secrets.len())
+            .field("time_limit_ms", &self.time_limit_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request to `upshift __remote serve`.
@@ -413,6 +468,14 @@ pub enum Request {
     },
     /// Reboot the host now.
     Reboot,
+    /// A step's read-only checks, run in `serve` itself (no ticket).
+    Preflight {
+        /// What to check.
+        request: PreflightRequest,
+    },
+    /// The host's own state for preflight (pending reboot, Windows
+    /// Installer busy...), read in `serve` itself.
+    PreflightHost,
 }
 
 impl Request {
@@ -425,6 +488,8 @@ impl Request {
             Request::Abort { .. } => "abort",
             Request::Prune { .. } => "prune",
             Request::Reboot => "reboot",
+            Request::Preflight { .. } => "preflight",
+            Request::PreflightHost => "preflight_host",
         }
     }
 }
@@ -464,6 +529,11 @@ pub enum Reply {
     Poll {
         /// What is new.
         poll: PollReply,
+    },
+    /// To `preflight` and `preflight_host`.
+    Preflight {
+        /// The checks, redacted.
+        checks: Vec<upshift_steps::preflight::Check>,
     },
     /// To `abort`, `prune`, `reboot`.
     Done,

@@ -13,9 +13,12 @@ use tokio::sync::{RwLock, Semaphore, mpsc};
 use upshift_steps::hash;
 use upshift_steps::redact::Redactor;
 
+use upshift_steps::preflight::{Check, Earlier, PreflightContext};
+
 use crate::protocol::{
-    Cursor, HostFacts, LINE_BYTES_MAX, PROTOCOL_VERSION, PollReply, Reply, ReplyLine, Request,
-    RequestLine, StartReply, StartRequest, TicketId, check_id, read_line,
+    Cursor, HostFacts, LINE_BYTES_MAX, OP_PREFLIGHT, PROTOCOL_VERSION, PollReply, PreflightRequest,
+    Reply, ReplyLine, Request, RequestLine, StartReply, StartRequest, TicketId, check_id,
+    read_line,
 };
 use crate::sys;
 use crate::ticket::{self, Layout, TicketMeta};
@@ -106,9 +109,16 @@ pub async fn serve(work_dir: PathBuf) -> i32 {
         let req: RequestLine = match serde_json::from_slice(&line) {
             Ok(r) => r,
             Err(e) => {
+                // A request this runner does not know (a newer coordinator)
+                // is answered under its own id when the line has one, so
+                // the caller is not left waiting.
+                let id = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64))
+                    .unwrap_or(0);
                 let _ = tx
                     .send(ReplyLine {
-                        id: 0,
+                        id,
                         reply: Reply::Error {
                             message: format!(
                                 "unreadable request (protocol {PROTOCOL_VERSION}): {e}"
@@ -157,6 +167,12 @@ async fn handle(ctx: &Ctx, req: Request) -> Reply {
         Request::Abort { ticket, reason } => abort(ctx, &ticket, &reason).map(|_| Reply::Done),
         Request::Prune { ticket } => prune(ctx, &ticket).map(|_| Reply::Done),
         Request::Reboot => reboot().await.map(|_| Reply::Done),
+        Request::Preflight { request } => Ok(Reply::Preflight {
+            checks: preflight(request).await,
+        }),
+        Request::PreflightHost => Ok(Reply::Preflight {
+            checks: upshift_steps::preflight::windows::host_state(),
+        }),
     };
     result.unwrap_or_else(|message| Reply::Error { message })
 }
@@ -174,6 +190,95 @@ fn facts(ctx: &Ctx) -> HostFacts {
         exe_sha256: ctx.exe_sha256.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         protocol: PROTOCOL_VERSION,
+        ops: vec![OP_PREFLIGHT.to_string()],
+    }
+}
+
+/// A step's read-only checks, here in the session (no ticket, no runner,
+/// nothing written), bounded by the request's limit, every text redacted.
+async fn preflight(req: PreflightRequest) -> Vec<Check> {
+    let redactor = Redactor::new(req.secrets.iter().cloned());
+    let limit = Duration::from_millis(req.time_limit_ms);
+    let checks = preflight_unredacted(&req, limit).await;
+    checks
+        .into_iter()
+        .map(|c| match c {
+            Check::Ok { what } => Check::Ok {
+                what: redactor.text(&what),
+            },
+            Check::Finding {
+                found,
+                expected,
+                fix,
+            } => Check::Finding {
+                found: redactor.text(&found),
+                expected: redactor.text(&expected),
+                fix: redactor.text(&fix),
+            },
+            Check::NotChecked { what, why } => Check::NotChecked {
+                what: redactor.text(&what),
+                why: redactor.text(&why),
+            },
+        })
+        .collect()
+}
+
+async fn preflight_unredacted(req: &PreflightRequest, limit: Duration) -> Vec<Check> {
+    let what = format!("the step's own checks ({})", req.kind);
+    let kinds = upshift_steps::registry();
+    let Some(kind) = kinds.get(req.kind.as_str()) else {
+        return vec![Check::not_checked(
+            what,
+            format!(
+                "this host's upshift ({}) has no step kind `{}`",
+                env!("CARGO_PKG_VERSION"),
+                req.kind
+            ),
+        )];
+    };
+    let step = match toml::from_str::<toml::Table>(&req.with_toml)
+        .map_err(|e| format!("unreadable parameters: {e}"))
+        .and_then(|with| kind.build(&with).map_err(|e| e.message))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![Check::not_checked(
+                what,
+                format!("its parameters do not build on the host: {e}"),
+            )];
+        }
+    };
+    let ctx = PreflightContext {
+        step_id: req.step_id.clone(),
+        host: Some(req.host.clone()),
+        time_limit: limit,
+        earlier: req
+            .earlier
+            .iter()
+            .map(|e| {
+                Arc::new(Earlier {
+                    id: e.id.clone(),
+                    kind: e.kind.clone(),
+                    with_text: e.with_text.clone(),
+                })
+            })
+            .collect(),
+        relative_paths_unresolvable: Some(format!(
+            "on host {} a step runs in a fresh ticket folder (`tickets/<ticket>` of the host's work_dir), so a relative path names nothing of yours there",
+            req.host
+        )),
+    };
+    match tokio::time::timeout(limit, step.preflight(&ctx)).await {
+        Ok(c) => c,
+        Err(_) => vec![Check::finding(
+            format!(
+                "its checks did not finish within {} ms on {}",
+                limit.as_millis(),
+                req.host
+            ),
+            "every check answered in time (a server or share that answers slowly will slow the run too)",
+            "look at what it checks (server, share, package path) from that host",
+        )],
     }
 }
 

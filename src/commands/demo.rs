@@ -86,7 +86,7 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
         site.standins.pid, site.standins.sql_port, site.standins.http_port
     );
     let plan = demo::load_plan(&site)?;
-    super::preflight::demo_preflight(&plan, &site.dir)?;
+    let preflight = super::preflight::demo_preflight(&plan, &site.dir)?;
     let observer: Arc<dyn Observer> = match args.crash_at {
         Some(n) => Arc::new(CrashAt {
             inner: Ui::for_journal(args.show_output, &site.journal),
@@ -148,15 +148,36 @@ pub fn demo(args: DemoArgs) -> Result<u8> {
         }
         _ => code::FAILED,
     };
+    // The run's report, with the preflight section (preflight journals
+    // nothing: its result is handed in).
+    let report = site.dir.join("report.html");
+    let section = crate::preflight::html::section(&preflight);
+    let written = crate::support::load(&run.to_string(), &ws)
+        .and_then(|l| {
+            crate::support::report_html::render_with(
+                &l,
+                Some(crate::support::report_html::Section {
+                    css: crate::preflight::html::SECTION_CSS,
+                    html: &section,
+                }),
+            )
+        })
+        .and_then(|html| super::write_output(&report, html.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("demo: the report could not be written: {e}");
+    }
     let j = site.journal.display();
+    let pf_json = site.dir.join(super::preflight::DEMO_PREFLIGHT_JSON);
     eprintln!(
-        "\ndemo: run {run} {}.\n  journal: {j}\n  site:    {}\nLook at it:\n  upshift status {run} --journal {j}\n  upshift log {run} --journal {j}\n  upshift report {run} --journal {j} -o report.html\n  upshift run {} --site {} --dry-run   (every command line, no action)\nUndo it (the previous packages come back, the database is restored):\n  upshift rollback {run} --journal {j}\nThe stand-ins keep running for that; they stop after 30 idle minutes, or now with:\n  touch {}/standins.stop",
+        "\ndemo: run {run} {}.\n  journal: {j}\n  site:    {}\n  report:  {} (with the preflight)\nLook at it:\n  upshift status {run} --journal {j}\n  upshift log {run} --journal {j}\n  upshift report {run} --journal {j} -o report.html --preflight {}\n  upshift run {} --site {} --dry-run   (every command line, no action)\nUndo it (the previous packages come back, the database is restored):\n  upshift rollback {run} --journal {j}\nThe stand-ins keep running for that; they stop after 30 idle minutes, or now with:\n  touch {}/standins.stop",
         match &exit {
             Exit::Finished(o) => crate::report::outcome_word(*o).to_string(),
             Exit::Paused(_) => "paused".into(),
             Exit::Interrupted | Exit::Rebooting(_) => "interrupted".into(),
         },
         site.dir.display(),
+        report.display(),
+        pf_json.display(),
         site.plan_path.display(),
         site.site.display(),
         site.dir.display()

@@ -61,12 +61,18 @@ pub fn preflight(a: PreflightArgs) -> Result<u8> {
 /// real MSI files, then preflight of the simulated site, its report on
 /// stderr (stdout carries the run id). Findings do not stop the demo; the
 /// run meets them.
+///
+/// Also writes `DIR/preflight.json` (what `--json` prints), which the
+/// demo's run report takes in (`upshift report --preflight`).
 #[cfg(feature = "demo")]
-pub fn demo_preflight(plan: &crate::plan::Plan, dir: &Path) -> Result<()> {
+pub fn demo_preflight(plan: &crate::plan::Plan, dir: &Path) -> Result<preflight::Report> {
     preflight::demo::make_packages_real(dir, plan)?;
     let report = preflight::run(plan, &Options::default())?;
     let html = dir.join("preflight.html");
     write_output(&html, preflight::html::render(&report).as_bytes())?;
+    let json = serde_json::to_vec_pretty(&report)
+        .map_err(|e| Error::failed(format!("preflight report as JSON: {e}")))?;
+    write_output(&dir.join(DEMO_PREFLIGHT_JSON), &json)?;
     eprintln!(
         "demo: first, `upshift preflight` asks the simulated site, read-only, whether the plan can run\n  (real MSI packages and their Property tables, the SQL stand-in's login, permissions and\n  version, config files):\n  {}\n  every check: {}\n",
         preflight::summary_text(&report)
@@ -74,8 +80,12 @@ pub fn demo_preflight(plan: &crate::plan::Plan, dir: &Path) -> Result<()> {
             .trim_end(),
         html.display()
     );
-    Ok(())
+    Ok(report)
 }
+
+/// The demo's preflight report as JSON, in the demo's folder.
+#[cfg(feature = "demo")]
+pub const DEMO_PREFLIGHT_JSON: &str = "preflight.json";
 
 /// `upshift __msi-properties PACKAGE`: the Property table as `NAME=value`
 /// lines, for the msiexec stand-in (a shell script cannot read MSI files).

@@ -166,10 +166,20 @@ pub fn replay(
     Ok(code::OK)
 }
 
-/// `upshift report RUN|FILE -o report.html`.
-pub fn report(ws: &Workspace, source: &str, output: &Path) -> Result<u8> {
+/// `upshift report RUN|FILE -o report.html [--preflight FILE.json]`.
+pub fn report(ws: &Workspace, source: &str, output: &Path, preflight: Option<&Path>) -> Result<u8> {
+    let pf = preflight
+        .map(crate::preflight::Report::read_json)
+        .transpose()?;
     let loaded = load(source, ws)?;
-    let html = report_html::render(&loaded)?;
+    let section = pf.as_ref().map(crate::preflight::html::section);
+    let html = report_html::render_with(
+        &loaded,
+        section.as_deref().map(|html| report_html::Section {
+            css: crate::preflight::html::SECTION_CSS,
+            html,
+        }),
+    )?;
     write_output(output, html.as_bytes())?;
     eprintln!(
         "report of run {} ({} events) written to {} ({} KiB); open it in any browser, offline",

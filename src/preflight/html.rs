@@ -99,3 +99,84 @@ pub fn render(r: &Report) -> String {
         .raw("</p></body></html>\n");
     p.0
 }
+
+/// The CSS the run report adds for [`section`] (its other classes, `list`
+/// and `muted`, are the run report's own).
+pub const SECTION_CSS: &str = ".pf-ready{color:#176f2c}.pf-notready{color:#b00020}tr.pf-finding td{background:#fde8ea}.pf-ok{color:#176f2c}.pf-nc{color:#666}";
+
+/// The preflight as a section of the run report (`upshift report
+/// --preflight FILE.json`, and the demo's report; with [`SECTION_CSS`]):
+/// the verdict, the findings with step, host, found, expected and fix, the
+/// counts, and every check folded away. All text escaped.
+pub fn section(r: &Report) -> String {
+    let count = |f: fn(&Check) -> bool| r.checks.iter().filter(|l| f(&l.check)).count();
+    let ok = count(|c| matches!(c, Check::Ok { .. }));
+    let nc = count(|c| matches!(c, Check::NotChecked { .. }));
+    let mut p = Page(String::new());
+    p.raw("<section id=\"preflight\"><h2>Preflight</h2>");
+    if r.ready {
+        p.raw("<p class=\"pf-ready\"><b>Ready</b>: no finding. ");
+    } else {
+        p.raw("<p class=\"pf-notready\"><b>Not ready</b>: ")
+            .text(&format!("{} finding(s). ", r.findings));
+    }
+    p.raw("Plan ")
+        .text(&r.plan)
+        .raw(" (")
+        .text(&r.plan_path)
+        .raw(")");
+    if let Some(s) = &r.site {
+        p.raw(", site ").text(s);
+    }
+    p.raw("</p><p class=\"muted\">")
+        .text(&format!(
+            "{} check(s) in {} ms: {ok} ok, {} finding(s), {nc} not checked. Preflight changed nothing and journaled nothing; this is the report it printed with --json.",
+            r.checks.len(),
+            r.elapsed_ms,
+            r.findings
+        ))
+        .raw("</p>");
+    if !r.ready {
+        p.raw("<table class=\"list\" id=\"preflight-findings\"><tr><th>step</th><th>host</th><th>found</th><th>expected</th><th>fix</th></tr>");
+        for l in r.findings() {
+            if let Check::Finding {
+                found,
+                expected,
+                fix,
+            } = &l.check
+            {
+                let step = match (&l.step, l.also_steps.is_empty()) {
+                    (Some(s), true) => s.clone(),
+                    (Some(s), false) => format!("{s} (also {})", l.also_steps.join(", ")),
+                    (None, _) => "(host)".to_string(),
+                };
+                p.raw("<tr class=\"pf-finding\">")
+                    .cell("mono", &step)
+                    .cell("mono", &l.host)
+                    .cell("", found)
+                    .cell("", expected)
+                    .cell("", fix)
+                    .raw("</tr>");
+            }
+        }
+        p.raw("</table>");
+    }
+    p.raw("<details><summary>")
+        .text(&format!("Every check ({})", r.checks.len()))
+        .raw("</summary><table class=\"list\"><tr><th>step</th><th>host</th><th>result</th><th>what</th></tr>");
+    for l in &r.checks {
+        let (class, word, what) = match &l.check {
+            Check::Ok { what } => ("pf-ok", "ok", what.clone()),
+            Check::Finding { found, .. } => ("pf-notready", "FINDING", found.clone()),
+            Check::NotChecked { what, why } => ("pf-nc", "not checked", format!("{what}: {why}")),
+        };
+        p.raw("<tr>")
+            .cell("mono", l.step.as_deref().unwrap_or("(host)"))
+            .cell("mono", &l.host)
+            .cell(class, word)
+            .cell("", &what)
+            .raw("</tr>");
+    }
+    p.raw("</table></details></section>");
+    p.0
+}

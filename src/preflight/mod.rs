@@ -9,9 +9,12 @@
 //!   [`Options::step_limit`];
 //! - steps on an `ssh` host: the host is checked through upshift-remote's
 //!   connection (reachable, host key known, administrator, free disk in
-//!   the work folder); the steps' own checks need the runner to run them on
-//!   the host, which this version does not do: each says so
-//!   ([`Check::NotChecked`]);
+//!   the work folder), then the same session runs the host's own state
+//!   checks and every step's [`Step::preflight`] **on the host**
+//!   (`Request::Preflight`, answered inline: no ticket, nothing written
+//!   there), in parallel and bounded in time as here
+//!   ([`ssh_host_and_steps`]); a host whose upshift is older than that
+//!   says "not checked";
 //! - this machine's Windows state (pending reboot, Windows Installer busy)
 //!   when a step runs here: through Windows APIs on Windows, "not checked
 //!   on this OS" elsewhere.
@@ -27,7 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use upshift_steps::Step;
 use upshift_steps::preflight::{Check, Earlier, PreflightContext};
 
@@ -70,7 +73,7 @@ impl Default for Options {
 }
 
 /// One line of the report: a check of a step (or of a host) on a host.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Line {
     /// The step (`None`: about the host itself).
     pub step: Option<String>,
@@ -81,12 +84,12 @@ pub struct Line {
     pub check: Check,
     /// Other steps on the same host with the very same finding (one
     /// problem, one finding: a login that fails fails for every SQL step).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also_steps: Vec<String>,
 }
 
-/// What preflight found.
-#[derive(Debug, Clone, Serialize)]
+/// What preflight found (also read back: `upshift report --preflight`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The plan's name.
     pub plan: String,
@@ -105,6 +108,22 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report as `upshift preflight --json` printed it, from `path`; a
+    /// file that is not one is an error naming file:line:col.
+    pub fn read_json(path: &std::path::Path) -> Result<Report> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::usage(format!(
+                "{}:{}:{}: not the JSON `upshift preflight --json` prints: {e}; write it with `upshift preflight PLAN --json > {}`",
+                path.display(),
+                e.line(),
+                e.column(),
+                path.display()
+            ))
+        })
+    }
+
     /// The findings only.
     pub fn findings(&self) -> impl Iterator<Item = &Line> {
         self.checks.iter().filter(|l| l.check.is_finding())
@@ -160,13 +179,60 @@ fn resolve(
 }
 
 /// An ssh host through upshift-remote: reachable, host key known, login,
-/// administrator, free disk in the work folder.
+/// administrator, free disk in the work folder, and its own state (read on
+/// the host, see [`ssh_host_and_steps`]).
 pub async fn ssh_host(h: &HostDef, opts: &Options) -> Vec<Check> {
+    ssh_host_and_steps(h, Vec::new(), opts).await.0
+}
+
+/// A step to check on an ssh host: its position in the plan, its id, what
+/// the host is asked.
+pub struct RemoteStep {
+    /// Its position in the plan.
+    pub index: usize,
+    /// Its id.
+    pub id: String,
+    /// The request (parameters resolved, secrets only over the channel).
+    pub request: upshift_remote::protocol::PreflightRequest,
+}
+
+/// The checks of one ssh host's steps, each as it gave them.
+pub type RemoteStepChecks = Vec<(usize, String, Vec<Check>)>;
+
+/// Every step that could not be asked: why, as one "not checked" each.
+fn steps_not_checked(steps: &[RemoteStep], why: &str) -> RemoteStepChecks {
+    steps
+        .iter()
+        .map(|s| {
+            (
+                s.index,
+                s.id.clone(),
+                vec![Check::not_checked(
+                    format!("the step's own checks ({})", s.request.kind),
+                    why,
+                )],
+            )
+        })
+        .collect()
+}
+
+/// An ssh host and the steps on it, through one upshift-remote session:
+/// the host's connection facts ([`ssh_host`]), then its own state and
+/// every step's [`Step::preflight`] run **on the host** by the session
+/// itself (no ticket, nothing written there), at most
+/// [`Options::per_host`] at once, each bounded by [`Options::step_limit`].
+pub async fn ssh_host_and_steps(
+    h: &HostDef,
+    steps: Vec<RemoteStep>,
+    opts: &Options,
+) -> (Vec<Check>, RemoteStepChecks) {
+    let unreachable = "the host was not reached: see its finding";
     let Some(binary) = &opts.remote_binary else {
-        return vec![Check::not_checked(
-            format!("host {}", h.name),
-            "upshift's own binary cannot be found to run on it",
-        )];
+        let why = "upshift's own binary cannot be found to run on it";
+        return (
+            vec![Check::not_checked(format!("host {}", h.name), why)],
+            steps_not_checked(&steps, why),
+        );
     };
     let host = match upshift_remote::client::RemoteHost::new(
         crate::remote::host_config(h),
@@ -174,16 +240,18 @@ pub async fn ssh_host(h: &HostDef, opts: &Options) -> Vec<Check> {
     ) {
         Ok(host) => host,
         Err(e) => {
-            return vec![Check::finding(
-                e.to_string(),
-                format!("host {} configured so that it can be reached", h.name),
-                "correct the host's table in the plan or site file",
-            )];
+            return (
+                vec![Check::finding(
+                    e.to_string(),
+                    format!("host {} configured so that it can be reached", h.name),
+                    "correct the host's table in the plan or site file",
+                )],
+                steps_not_checked(&steps, unreachable),
+            );
         }
     };
     let limit = h.connect_timeout.unwrap_or(Duration::from_secs(15)) + opts.step_limit;
     let facts = tokio::time::timeout(limit, host.connect()).await;
-    host.close().await;
     let facts = match facts {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => {
@@ -202,23 +270,31 @@ pub async fn ssh_host(h: &HostDef, opts: &Options) -> Vec<Check> {
                     "check the address, port, firewall and that sshd runs on the host",
                 ),
             };
-            return vec![Check::finding(
-                format!("{} ({})", e, h.describe()),
-                expected,
-                fix,
-            )];
+            host.close().await;
+            return (
+                vec![Check::finding(
+                    format!("{} ({})", e, h.describe()),
+                    expected,
+                    fix,
+                )],
+                steps_not_checked(&steps, unreachable),
+            );
         }
         Err(_) => {
-            return vec![Check::finding(
-                format!(
-                    "host {}: no answer within {} ({})",
-                    h.name,
-                    humantime::format_duration(limit),
-                    h.describe()
-                ),
-                "the host reachable over ssh from this machine",
-                "check the address, port, firewall and that sshd runs on the host",
-            )];
+            host.close().await;
+            return (
+                vec![Check::finding(
+                    format!(
+                        "host {}: no answer within {} ({})",
+                        h.name,
+                        humantime::format_duration(limit),
+                        h.describe()
+                    ),
+                    "the host reachable over ssh from this machine",
+                    "check the address, port, firewall and that sshd runs on the host",
+                )],
+                steps_not_checked(&steps, unreachable),
+            );
         }
     };
     let mut out = vec![Check::ok(format!(
@@ -255,10 +331,86 @@ pub async fn ssh_host(h: &HostDef, opts: &Options) -> Vec<Check> {
             "the host did not say",
         ),
     });
-    out.push(Check::not_checked(
-        "the host's Windows state (pending reboot, Windows Installer busy, services, certificates, ports)",
-        "read on the host itself by the runner: not in this version of preflight",
-    ));
+    out.extend(remote_host_state(&host, opts).await);
+    let steps = remote_steps(&host, steps, opts).await;
+    host.close().await;
+    (out, steps)
+}
+
+/// Why a remote check was not made, for a "not checked" line.
+fn remote_not_checked_why(e: &upshift_remote::RemoteError) -> String {
+    match e {
+        upshift_remote::RemoteError::Unsupported { detail, .. } => {
+            format!("the host's upshift is older ({detail})")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The host's own state (pending reboot, Windows Installer busy, ports),
+/// read on the host by its session.
+async fn remote_host_state(host: &upshift_remote::RemoteHost, opts: &Options) -> Vec<Check> {
+    let what = "the host's Windows state (pending reboot, Windows Installer busy)";
+    match tokio::time::timeout(opts.step_limit, host.preflight_host()).await {
+        Ok(Ok(checks)) => checks,
+        Ok(Err(e)) => vec![Check::not_checked(what, remote_not_checked_why(&e))],
+        Err(_) => vec![Check::not_checked(
+            what,
+            format!(
+                "no answer within {}",
+                humantime::format_duration(opts.step_limit)
+            ),
+        )],
+    }
+}
+
+/// Every step's checks on the host, at most [`Options::per_host`] at once.
+async fn remote_steps(
+    host: &upshift_remote::RemoteHost,
+    steps: Vec<RemoteStep>,
+    opts: &Options,
+) -> RemoteStepChecks {
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.per_host.max(1)));
+    // The host bounds each step by the limit; the margin covers the answer
+    // travelling back (a host that does not answer at all is bounded too).
+    let outer = opts.step_limit + Duration::from_secs(10);
+    let mut set = tokio::task::JoinSet::new();
+    for s in steps {
+        let (sem, host) = (Arc::clone(&sem), host.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("never closed");
+            let kind = s.request.kind.clone();
+            let checks = match tokio::time::timeout(outer, host.preflight(&s.request)).await {
+                Ok(Ok(checks)) => checks,
+                Ok(Err(e @ upshift_remote::RemoteError::Unsupported { .. })) => {
+                    vec![Check::not_checked(
+                        format!("the step's own checks ({kind})"),
+                        remote_not_checked_why(&e),
+                    )]
+                }
+                Ok(Err(e)) => vec![Check::finding(
+                    format!("its checks on the host failed: {e}"),
+                    "the host answers the step's checks",
+                    "check the connection to the host, then run preflight again",
+                )],
+                Err(_) => vec![Check::finding(
+                    format!(
+                        "its checks did not finish within {}",
+                        humantime::format_duration(outer)
+                    ),
+                    "every check answered in time (a server or share that answers slowly will slow the run too)",
+                    "look at what it checks (server, share, package path) from that host",
+                )],
+            };
+            (s.index, s.id, checks)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = set.join_next().await {
+        if let Ok(r) = done {
+            out.push(r);
+        }
+    }
     out
 }
 
@@ -342,6 +494,42 @@ fn ancestors(plan: &Plan, id: &str) -> Vec<String> {
     out
 }
 
+/// What an ssh host is asked about one step: its resolved parameters, the
+/// secrets (over the channel only, as the run passes them) and the steps
+/// before it.
+#[allow(clippy::too_many_arguments)]
+fn remote_step(
+    index: usize,
+    id: &str,
+    host: &str,
+    kind: &str,
+    with: &toml::Table,
+    secrets: &BTreeMap<String, String>,
+    opts: &Options,
+    earlier: Vec<Arc<Earlier>>,
+) -> std::result::Result<RemoteStep, String> {
+    Ok(RemoteStep {
+        index,
+        id: id.to_string(),
+        request: upshift_remote::protocol::PreflightRequest {
+            step_id: id.to_string(),
+            host: host.to_string(),
+            kind: kind.to_string(),
+            with_toml: toml::to_string(with).map_err(|e| format!("its parameters: {e}"))?,
+            secrets: secrets.values().cloned().collect(),
+            time_limit_ms: opts.step_limit.as_millis().min(u64::MAX as u128) as u64,
+            earlier: earlier
+                .iter()
+                .map(|e| upshift_remote::protocol::EarlierStep {
+                    id: e.id.clone(),
+                    kind: e.kind.clone(),
+                    with_text: e.with_text.clone(),
+                })
+                .collect(),
+        },
+    })
+}
+
 /// Where a step's checks run.
 enum Place {
     Here(String),
@@ -369,7 +557,7 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
     let mut per_host: BTreeMap<String, Vec<Built>> = BTreeMap::new();
     let mut step_lines: Vec<(usize, Line)> = Vec::new();
     let mut here_hosts: BTreeMap<String, ()> = BTreeMap::new();
-    let mut ssh_hosts: BTreeMap<String, ()> = BTreeMap::new();
+    let mut ssh_hosts: BTreeMap<String, Vec<RemoteStep>> = BTreeMap::new();
     // Every step as an earlier step of those that need it: a file missing
     // now may be laid down by one of them.
     let earlier_of: BTreeMap<&str, Arc<Earlier>> = plan
@@ -405,25 +593,38 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
             check,
             also_steps: Vec::new(),
         };
-        if let Place::Ssh(h) = &place {
-            ssh_hosts.insert(h.clone(), ());
-            step_lines.push((
-                i,
-                line(Check::not_checked(
-                    format!("the step's own checks ({})", def.body.kind),
-                    "they must run on the host itself: not in this version of preflight (the host is checked)",
-                )),
-            ));
-            continue;
+        match &place {
+            Place::Ssh(h) => {
+                ssh_hosts.entry(h.clone()).or_default();
+            }
+            Place::Here(_) => {
+                here_hosts.insert(host.clone(), ());
+            }
         }
-        here_hosts.insert(host.clone(), ());
         let Some(kind) = registry.get(def.body.kind.as_str()) else {
             continue;
         };
         let built = resolve(plan, &def.body.with, &secrets)
-            .and_then(|w| kind.build(&w).map_err(|e| e.message));
+            .and_then(|w| kind.build(&w).map(|s| (s, w)).map_err(|e| e.message));
         match built {
-            Ok(step) => per_host.entry(host).or_default().push((
+            Ok((_, with)) if matches!(place, Place::Ssh(_)) => {
+                let steps = ssh_hosts.entry(host.clone()).or_default();
+                let earlier = ancestors(plan, id)
+                    .into_iter()
+                    .filter_map(|a| earlier_of.get(a.as_str()).cloned())
+                    .collect();
+                match remote_step(i, id, &host, &def.body.kind, &with, &secrets, opts, earlier) {
+                    Ok(s) => steps.push(s),
+                    Err(e) => step_lines.push((
+                        i,
+                        line(Check::not_checked(
+                            format!("the step's own checks ({})", def.body.kind),
+                            e,
+                        )),
+                    )),
+                }
+            }
+            Ok((step, _)) => per_host.entry(host).or_default().push((
                 i,
                 id.clone(),
                 Arc::from(step),
@@ -444,10 +645,13 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
 
     // Hosts: ssh hosts through the remote crate, in parallel.
     let mut ssh_set = tokio::task::JoinSet::new();
-    for name in ssh_hosts.keys() {
-        let h = plan.hosts[name].clone();
+    for (name, steps) in ssh_hosts {
+        let h = plan.hosts[&name].clone();
         let opts = opts.clone();
-        ssh_set.spawn(async move { (h.name.clone(), ssh_host(&h, &opts).await) });
+        ssh_set.spawn(async move {
+            let (host, steps) = ssh_host_and_steps(&h, steps, &opts).await;
+            (h.name.clone(), host, steps)
+        });
     }
     // Steps: each host's steps in parallel, at most `per_host` at once.
     let mut set = tokio::task::JoinSet::new();
@@ -460,6 +664,7 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
                 host: (host != COORDINATOR).then(|| host.clone()),
                 time_limit: opts.step_limit,
                 earlier,
+                relative_paths_unresolvable: None,
             };
             let host = host.clone();
             set.spawn(async move {
@@ -521,7 +726,20 @@ pub async fn run_async(plan: &Plan, opts: &Options) -> Report {
         }
     }
     ssh_results.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, checks) in ssh_results {
+    for (name, checks, steps) in ssh_results {
+        for (i, id, step_checks) in steps {
+            for c in step_checks {
+                step_lines.push((
+                    i,
+                    Line {
+                        step: Some(id.clone()),
+                        host: name.clone(),
+                        check: c,
+                        also_steps: Vec::new(),
+                    },
+                ));
+            }
+        }
         for c in checks {
             host_lines.push(Line {
                 step: None,

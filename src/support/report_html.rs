@@ -626,6 +626,24 @@ fn site_of(plan: Option<&Plan>, state: &RunState, hosts: &BTreeSet<String>) -> S
 
 /// Renders the report of a run.
 pub fn render(loaded: &Loaded) -> Result<String, Error> {
+    render_with(loaded, None)
+}
+
+/// A section the run report carries but does not make (the preflight's,
+/// `crate::preflight::html::section`): its CSS and its markup, both
+/// made safe by their maker (every text in them escaped).
+#[derive(Debug, Clone, Copy)]
+pub struct Section<'a> {
+    /// Rules added to the report's style sheet.
+    pub css: &'a str,
+    /// The `<section>`, placed after the header.
+    pub html: &'a str,
+}
+
+/// Renders the report of a run with an extra section after the header
+/// (`upshift report --preflight FILE.json`, the demo: preflight journals
+/// nothing, so its result is handed in).
+pub fn render_with(loaded: &Loaded, extra: Option<Section<'_>>) -> Result<String, Error> {
     let events = &loaded.events;
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Err(Error::failed("the run has no events: nothing to report"));
@@ -657,8 +675,9 @@ pub fn render(loaded: &Loaded) -> Result<String, Error> {
     let title = format!("upshift report — {} — {}", state.plan_name, loaded.run);
     let _ = write!(
         html,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{}</title><style>{CSS}</style></head><body>",
-        html_escape(&title)
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{}</title><style>{CSS}{}</style></head><body>",
+        html_escape(&title),
+        extra.map(|x| x.css).unwrap_or_default()
     );
     // Header.
     let _ = write!(
@@ -707,6 +726,9 @@ pub fn render(loaded: &Loaded) -> Result<String, Error> {
             html_escape(&fp.upshift_version),
             html_escape(&fp.engine_versions.join(", "))
         );
+    }
+    if let Some(x) = extra {
+        html.push_str(x.html);
     }
     html.push_str("<h2>Sessions and decisions</h2><table class=\"list\" id=\"sessions\"><tr><th>#</th><th>began</th><th>by</th><th>upshift</th><th>from</th><th>to</th><th>ended</th></tr>");
     for (i, s) in sess.iter().enumerate() {

@@ -85,6 +85,17 @@ fn the_demo_runs_the_whole_tm_upgrade_against_the_stand_ins() {
         r.stderr
     );
     assert!(dir.join("preflight.html").is_file());
+    // The run's report carries the preflight (which journals nothing).
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(
+        report.contains(
+            "<section id=\"preflight\"><h2>Preflight</h2><p class=\"pf-ready\"><b>Ready</b>"
+        ),
+        "the demo's report has the preflight section"
+    );
+    let pf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("preflight.json")).unwrap()).unwrap();
+    assert_eq!(pf["ready"], true);
     let run = r.run_id();
     let journal = dir.join("journal");
     let status = sb.run(&[

@@ -532,3 +532,129 @@ fn a_server_that_never_answers_costs_one_step_timeout_not_one_per_step() {
     assert!((1500..4000).contains(&ms), "elapsed {ms} ms");
     drop(silent);
 }
+
+/// Steps on two real sshd hosts (the lab of tests/e2e/remote_hosts.rs):
+/// each step's own checks run **on its host**, through the host's upshift
+/// session (no ticket). On h2 the package is missing, and the settings file
+/// is named by a relative path that exists where the coordinator runs (on
+/// a host a step runs in a fresh ticket folder, so a relative path is a
+/// finding there): both are findings naming h2 and the step.
+/// h1 is ready. A secret the step passes stays off the hosts' disks and
+/// out of the report; no ticket folder remains; the journal is unchanged.
+#[cfg(target_os = "linux")]
+#[test]
+fn steps_on_ssh_hosts_are_checked_on_their_hosts() {
+    const SECRET: &str = "Pr3fl1ght-Rem0te-S3cret";
+    let Some(lab) = crate::remote_hosts::lab(2) else {
+        return; // the lab said SKIPPED and why
+    };
+    let sb = Sandbox::new();
+    // A real journal to hash.
+    let hello = sb.plan(
+        "hello.toml",
+        "name = \"hello\"\n[steps.a]\nkind = \"sleep\"\nwith = { duration = \"0s\" }\n",
+    );
+    sb.run(&["run", hello.to_str().unwrap()]).expect(0);
+    let settings = "<?xml version=\"1.0\"?>\n<appSettings>\n  <add key=\"InstanzName\" value=\"TM\" />\n</appSettings>\n";
+    let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
+    // h1's settings file, where h1 looks (an absolute path).
+    let h1_settings = h1.dir.join("AppSettings.config");
+    std::fs::write(&h1_settings, settings).unwrap();
+    // The relative one exists beside the plan, where the coordinator runs.
+    std::fs::create_dir_all(sb.path().join("tm-settings")).unwrap();
+    std::fs::write(sb.path().join("tm-settings/AppSettings.config"), settings).unwrap();
+    let missing_pkg = h2.dir.join("packages/TM-AC.msi");
+    let plan = sb.plan(
+        "two.toml",
+        &format!(
+            "name = \"two\"\n{hosts}\
+             [secrets]\npw = {{ env = \"PF_REMOTE_PW\" }}\n\
+             [steps.h1_settings]\nkind = \"config.appsettings\"\nhost = \"{n1}\"\n\
+             with = {{ file = '{s1}', set = {{ InstanzName = \"TM\" }} }}\n\
+             [steps.h2_install]\nkind = \"msi.install\"\nhost = \"{n2}\"\n\
+             [steps.h2_install.with]\npackage = '{pkg}'\n\
+             product_code = \"{AC_CODE}\"\nversion = \"8.0\"\n\
+             [steps.h2_install.with.properties]\nINSTANCENAME = \"TM\"\nSQLPASSWORD = \"${{secrets.pw}}\"\n\
+             [steps.h2_settings]\nkind = \"config.appsettings\"\nhost = \"{n2}\"\n\
+             with = {{ file = 'tm-settings/AppSettings.config', set = {{ InstanzName = \"${{secrets.pw}}\" }} }}\n",
+            hosts = crate::remote_hosts::hosts_toml(&lab),
+            n1 = h1.name,
+            n2 = h2.name,
+            s1 = h1_settings.display(),
+            pkg = missing_pkg.display(),
+        ),
+    );
+    let journal_before = crate::support::all_bytes_under(&sb.journal());
+    let ran = Ran::from(
+        sb.cmd(&["preflight", plan.to_str().unwrap(), "--json"])
+            .env("PF_REMOTE_PW", SECRET)
+            .current_dir(sb.path())
+            .output()
+            .unwrap(),
+    );
+    ran.expect(1);
+    let v: serde_json::Value = serde_json::from_str(&ran.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", ran.stdout, ran.stderr));
+    let f = findings(&v);
+    let on =
+        |h: &str| -> Vec<&&serde_json::Value> { f.iter().filter(|c| c["host"] == h).collect() };
+    assert!(on(&h1.name).is_empty(), "h1 is ready: {v:#}");
+    let install = on(&h2.name)
+        .into_iter()
+        .find(|c| c["step"] == "h2_install")
+        .unwrap_or_else(|| panic!("the missing package on h2 is a finding: {v:#}"));
+    assert!(
+        install["found"]
+            .as_str()
+            .unwrap()
+            .contains(&missing_pkg.display().to_string()),
+        "names the package: {install:#}"
+    );
+    let cfg = on(&h2.name)
+        .into_iter()
+        .find(|c| c["step"] == "h2_settings")
+        .unwrap_or_else(|| {
+            panic!("the settings file h2 cannot see is a finding (it ran on h2, not here): {v:#}")
+        });
+    assert!(
+        cfg["found"]
+            .as_str()
+            .unwrap()
+            .contains("tm-settings/AppSettings.config"),
+        "names the file: {cfg:#}"
+    );
+    // Relative on a host is a finding in itself: the step would run in a
+    // fresh ticket folder there.
+    assert!(
+        cfg["fix"].as_str().unwrap().contains("fresh ticket folder")
+            && cfg["fix"].as_str().unwrap().contains("absolute"),
+        "says why a relative path cannot work on a host: {cfg:#}"
+    );
+    // h1's step was really checked on h1 (ok lines, not "not checked").
+    let h1_ok = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["step"] == "h1_settings" && c["result"] == "ok")
+        .count();
+    assert_eq!(h1_ok, 1, "h1's settings file parses: {v:#}");
+    // Nothing stays behind: no ticket on either host, the journal as it
+    // was, the secret nowhere on the hosts nor in the report.
+    for h in &lab.hosts {
+        let tickets = h.work_dir.join("tickets");
+        let n = std::fs::read_dir(&tickets).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{} has tickets: {}", h.name, tickets.display());
+        assert!(
+            !crate::support::contains(&crate::support::all_bytes_under(&h.dir), SECRET),
+            "the secret is on {}'s disk",
+            h.name
+        );
+    }
+    assert!(
+        crate::support::all_bytes_under(&sb.journal()) == journal_before,
+        "preflight changed the journal"
+    );
+    for (what, text) in [("stdout", &ran.stdout), ("stderr", &ran.stderr)] {
+        assert!(!text.contains(SECRET), "the secret is in the {what}");
+    }
+}

@@ -45,7 +45,7 @@ pub struct Ran {
 }
 
 impl Ran {
-    fn from(out: Output) -> Ran {
+    pub fn from(out: Output) -> Ran {
         #[cfg(unix)]
         let signal = std::os::unix::process::ExitStatusExt::signal(&out.status);
         #[cfg(not(unix))]

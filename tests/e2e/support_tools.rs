@@ -680,6 +680,99 @@ fn headless(chrome: &Path, tmp: &Path, file: &Path, extra: &[&str]) -> String {
     text(&out)
 }
 
+fn preflight_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preflight/findings.json")
+}
+
+/// `upshift report --preflight FILE.json` adds a Preflight section: the
+/// verdict, each finding with step, host, found, expected and fix (text
+/// escaped, never markup), the counts; without the flag there is none; a
+/// file that is not preflight's JSON is refused with file:line:col.
+#[test]
+fn the_report_gains_a_preflight_section_from_preflight_json() {
+    let sb = Sandbox::new();
+    let plan = sb.plan(
+        "hello.toml",
+        "name = \"hello\"\n[steps.a]\nkind = \"sleep\"\nwith = { duration = \"0s\" }\n",
+    );
+    let r = sb.run(&["run", plan.to_str().unwrap()]);
+    r.expect(0);
+    let run = r.run_id();
+    let out = sb.path().join("report.html");
+    let fixture = preflight_fixture();
+    sb.run(&[
+        "report",
+        &run,
+        "-o",
+        out.to_str().unwrap(),
+        "--preflight",
+        fixture.to_str().unwrap(),
+    ])
+    .expect(0);
+    let html = std::fs::read_to_string(&out).unwrap();
+    let section = html
+        .split("<section id=\"preflight\">")
+        .nth(1)
+        .expect("a preflight section")
+        .split("</section>")
+        .next()
+        .unwrap();
+    assert!(section.contains("<h2>Preflight</h2>"));
+    assert!(
+        section.contains("<b>Not ready</b>: 2 finding(s)."),
+        "{section}"
+    );
+    assert!(section.contains("4 check(s) in 412 ms: 1 ok, 2 finding(s), 1 not checked"));
+    // The finding: step, host, found (escaped), expected, fix.
+    let row = section
+        .split("<tr class=\"pf-finding\">")
+        .nth(1)
+        .unwrap()
+        .split("</tr>")
+        .next()
+        .unwrap();
+    for cell in [
+        "ac_install",
+        "lyncfe01",
+        "no package at D:\\TM\\TM-AC.msi &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;",
+        "the .msi the plan installs",
+        "copy the package there &amp; run preflight again",
+    ] {
+        assert!(row.contains(cell), "{cell:?} not in {row}");
+    }
+    assert!(
+        !html.contains("<script>alert"),
+        "finding text became markup"
+    );
+    assert!(section.contains("db_backup (also db_restore)"));
+    // Without the flag: no section.
+    let plain = sb.path().join("plain.html");
+    sb.run(&["report", &run, "-o", plain.to_str().unwrap()])
+        .expect(0);
+    assert!(
+        !std::fs::read_to_string(&plain)
+            .unwrap()
+            .contains("id=\"preflight\"")
+    );
+    // Not preflight's JSON: refused, located.
+    let bad = sb.path().join("bad.json");
+    std::fs::write(&bad, "{\n  \"plan\": \"x\",\n  \"ready\": maybe\n}\n").unwrap();
+    let r = sb.run(&[
+        "report",
+        &run,
+        "-o",
+        plain.to_str().unwrap(),
+        "--preflight",
+        bad.to_str().unwrap(),
+    ]);
+    r.expect(2);
+    assert!(
+        r.stderr.contains(&format!("{}:3:", bad.display())),
+        "names file:line:col: {}",
+        r.stderr
+    );
+}
+
 #[test]
 fn the_html_report_renders_in_headless_chromium_with_every_step() {
     let sb = Sandbox::new();
@@ -704,6 +797,17 @@ fn the_html_report_renders_in_headless_chromium_with_every_step() {
     let from_journal = sb.path().join("r2.html");
     sb.run(&["report", &run, "-o", from_journal.to_str().unwrap()])
         .expect(0);
+    // With the preflight printed before the window: one more section.
+    let with_pf = sb.path().join("r3.html");
+    sb.run(&[
+        "report",
+        file.to_str().unwrap(),
+        "-o",
+        with_pf.to_str().unwrap(),
+        "--preflight",
+        preflight_fixture().to_str().unwrap(),
+    ])
+    .expect(0);
     let Some(chrome) = chromium() else {
         eprintln!(
             "skipping the Chromium check: chromium is not installed (apt-get install -y chromium)"
@@ -748,6 +852,16 @@ fn the_html_report_renders_in_headless_chromium_with_every_step() {
         "the failure's output tail is shown"
     );
     assert!(dom.contains("zurich-lab"), "the site");
+    // The report with a preflight section renders, with the section.
+    let dom = headless(&chrome, sb.path(), &with_pf, &["--dump-dom"]);
+    assert!(
+        dom.contains("data-ready=\"1\""),
+        "the script did not run with the preflight section:\n{dom}"
+    );
+    assert!(dom.contains("<section id=\"preflight\"><h2>Preflight</h2>"));
+    assert_eq!(dom.matches("<tr class=\"pf-finding\">").count(), 2);
+    assert!(!dom.contains("<script>alert"), "finding text became markup");
+    assert_eq!(dom.matches("<tr class=\"step-row").count(), steps.len());
     let shot = sb.path().join("report.png");
     headless(
         &chrome,

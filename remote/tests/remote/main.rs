@@ -9,5 +9,6 @@
 
 mod faults;
 mod local;
+mod preflight;
 mod ssh;
 mod support;

@@ -92,6 +92,15 @@ pub fn check_xml_config(path: &Path, role: &str) -> Vec<Check> {
 /// [`check_path`] for a step: a path missing now that an earlier step
 /// may create is not a finding (the run finds out when it gets there).
 pub fn check_path_for(ctx: &PreflightContext, path: &Path, expect: Expect, role: &str) -> Check {
+    if let Some(why) = ctx.relative_paths_unresolvable.as_deref()
+        && path.is_relative()
+    {
+        return Check::finding(
+            format!("{}: {role} is a relative path", path.display()),
+            format!("{role}: an absolute path"),
+            format!("{why}; write the path absolute in the plan or site file"),
+        );
+    }
     let c = check_path(path, expect, role);
     match ctx.laid_down_by(path) {
         Some(e) if c.is_finding() && !path.exists() => Check::not_checked(
@@ -136,6 +145,19 @@ mod tests {
         assert!(!check_path(d.path(), Expect::Dir, "x").is_finding());
         let mut ctx = PreflightContext::new("s");
         assert!(check_path_for(&ctx, &d.path().join("later"), Expect::File, "x").is_finding());
+        // Where relative paths mean nothing (a step on an ssh host), one is
+        // a finding even when it exists here (cargo runs tests in the
+        // package's folder, which holds Cargo.toml).
+        let rel = std::path::Path::new("Cargo.toml");
+        let mut remote = PreflightContext::new("s");
+        remote.relative_paths_unresolvable =
+            Some("on host h1 a step runs in a fresh folder".into());
+        let far = check_path_for(&remote, rel, Expect::File, "x");
+        assert!(far.is_finding(), "{far:?}");
+        if rel.exists() {
+            let local = check_path_for(&PreflightContext::new("s"), rel, Expect::File, "x");
+            assert!(!local.is_finding(), "{local:?}");
+        }
         ctx.earlier.push(std::sync::Arc::new(super::super::Earlier {
             id: "make".into(),
             kind: "powershell".into(),

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub mod cert;
 pub mod files;
@@ -49,6 +49,10 @@ pub struct PreflightContext {
     /// The steps that run before this one (its `needs`, transitively): a
     /// file missing now may be laid down by one of them.
     pub earlier: Vec<Arc<Earlier>>,
+    /// Set where a relative path cannot mean what its author meant: on an
+    /// ssh host a step runs in a fresh ticket folder, so a relative path
+    /// is a finding with this explanation instead of being looked up.
+    pub relative_paths_unresolvable: Option<String>,
 }
 
 /// A step that runs before the one being checked.
@@ -74,6 +78,7 @@ impl PreflightContext {
             host: None,
             time_limit: DEFAULT_TIME_LIMIT,
             earlier: Vec::new(),
+            relative_paths_unresolvable: None,
         }
     }
 
@@ -97,7 +102,7 @@ impl PreflightContext {
 pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(30);
 
 /// One thing a preflight looked at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Check {
     /// Checked, as expected.
