@@ -14,6 +14,7 @@ mod operator_paste;
 mod owners;
 #[cfg(feature = "demo")]
 mod preflight;
+mod preflight_ports;
 mod processes;
 mod read_only;
 mod reboot_drift;

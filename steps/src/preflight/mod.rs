@@ -10,7 +10,8 @@
 //!
 //! Helpers for the kinds: [`msi`] (a package's own tables, read with the
 //! `msi` crate on any OS), [`files`] (paths and config files), [`windows`]
-//! (the machine's state: pending reboot, Windows Installer busy, services).
+//! (the machine's state: pending reboot, Windows Installer busy, services),
+//! [`ports`] (a component's port free or its own, IIS site ports).
 //!
 //! A preflight method only reads: it opens no file for writing, starts no
 //! installer or service tool, journals nothing and sends SQL that only
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub mod cert;
 pub mod files;
 pub mod msi;
+pub mod ports;
 pub mod windows;
 
 /// What a step's preflight is handed.

@@ -17,8 +17,7 @@
 //!   a private key associated, valid long enough.
 //!
 //! On any other OS these are [`Check::NotChecked`] lines that say so.
-//! Ports are not checked by preflight in this version on any OS; the
-//! report says so.
+//! Ports are checked per installing step ([`super::ports`]).
 
 use super::Check;
 
@@ -39,10 +38,6 @@ pub fn host_state() -> Vec<Check> {
         out.push(Check::not_checked("a reboot already pending", NOT_WINDOWS));
         out.push(Check::not_checked("Windows Installer busy", NOT_WINDOWS));
     }
-    out.push(Check::not_checked(
-        "ports free, and site ports not taken by another IIS site",
-        "not checked by preflight in this version",
-    ));
     out
 }
 

@@ -28,6 +28,13 @@
 //! version than `version`), or an uninstall whose product is still there,
 //! fails.
 //!
+//! **Ports (preflight only).** `listens = { port, service, exe, iis_site }`
+//! says what the installed component listens on; the run ignores it, and
+//! `upshift preflight` checks the port is free or held by the component
+//! itself (its `service`, its `exe`, or HTTP.sys for its `iis_site`), and
+//! that no other IIS site binds an `iis_site`'s port
+//! ([`crate::preflight::ports`]).
+//!
 //! **Compensation.** install: uninstall what was installed (when
 //! `product_code` is known), then reinstall `previous_package` if given.
 //! uninstall: reinstall the package that was removed (`package`), with the
@@ -262,6 +269,44 @@ struct Params {
     /// often an assumption, kept in one table a site can correct.
     #[serde(default)]
     property_names: BTreeMap<String, String>,
+    /// What the installed component listens on (checked by preflight
+    /// only).
+    listens: Option<ListensParams>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListensParams {
+    port: SettingValue,
+    service: Option<String>,
+    exe: Option<String>,
+    iis_site: Option<String>,
+}
+
+fn listens_from(
+    p: Option<ListensParams>,
+) -> Result<Option<crate::preflight::ports::Listens>, ParamError> {
+    let Some(p) = p else {
+        return Ok(None);
+    };
+    let given = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let port = p.port.0.trim();
+    let port: u16 = match port.parse() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            return Err(ParamError::field(
+                "listens.port",
+                format!("`{port}` is not a TCP port (1-65535)"),
+            )
+            .hint("the port the installed component listens on, e.g. port = 8101"));
+        }
+    };
+    Ok(Some(crate::preflight::ports::Listens {
+        port,
+        service: given(p.service),
+        exe: given(p.exe),
+        iis_site: given(p.iis_site),
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +325,7 @@ struct Msi {
     previous_package: Option<PathBuf>,
     program: String,
     standin_state: Option<PathBuf>,
+    listens: Option<crate::preflight::ports::Listens>,
 }
 
 fn build_install(with: &toml::Table) -> Result<Box<dyn Step>, ParamError> {
@@ -298,6 +344,13 @@ fn valid_property(name: &str) -> bool {
 
 fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
     let p: Params = parse_params(with)?;
+    let listens = listens_from(p.listens)?;
+    if listens.is_some() && mode == Mode::Uninstall {
+        return Err(ParamError::field(
+            "listens",
+            "only msi.install takes `listens` (what the installed component listens on)",
+        ));
+    }
     if let Some(code) = &p.product_code
         && !valid_product_code(code)
     {
@@ -387,6 +440,7 @@ fn build(with: &toml::Table, mode: Mode) -> Result<Box<dyn Step>, ParamError> {
         previous_package: p.previous_package,
         program,
         standin_state,
+        listens,
     }))
 }
 
@@ -635,7 +689,7 @@ impl Step for Msi {
         &self,
         _ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
-        crate::preflight::msi::for_step(
+        let mut checks = crate::preflight::msi::for_step(
             self.mode == Mode::Install,
             self.package.as_deref(),
             crate::preflight::msi::Expected {
@@ -645,7 +699,11 @@ impl Step for Msi {
                 properties: self.properties.iter().map(|(k, _)| k.as_str()).collect(),
             },
             self.standin_state.as_deref(),
-        )
+        );
+        if let Some(l) = &self.listens {
+            checks.extend(crate::preflight::ports::check(l));
+        }
+        checks
     }
     fn resources(&self) -> Vec<crate::Resource> {
         match (&self.product_code, &self.package) {
