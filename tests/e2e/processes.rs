@@ -82,7 +82,9 @@ with = {{ program = "sh", args = ["-c", "echo up >> @M@/tree; (sh -c 'sleep 60; 
     )
     .len()
         >= 2));
-    let guards = processes_with(&format!("{guard} {}", child.id()));
+    // `PID --` whole: `1234` alone also matches the guard of another
+    // test's engine 12345 running beside this one.
+    let guards = processes_with(&format!("{guard} {} -- ", child.id()));
     assert_eq!(
         guards.len(),
         1,
