@@ -453,21 +453,7 @@ impl RemoteHost {
                 session.facts.version, session.facts.protocol
             )));
         }
-        let extra = match &req {
-            Request::Preflight { request } => Duration::from_millis(request.time_limit_ms),
-            _ => Duration::ZERO,
-        };
-        let result = session
-            .call(&req, self.inner.opts.request_timeout + extra)
-            .await;
-        if result.is_err() {
-            let mut slot = self.inner.session.lock().await;
-            if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session)) {
-                slot.take();
-            }
-            session.kill();
-        }
-        match result? {
+        match self.call_on(&session, &req).await? {
             Reply::Preflight { checks } => Ok(checks),
             // A runner that cannot read the request (an unknown op).
             Reply::Error { message } if message.starts_with("unreadable request") => {
@@ -621,17 +607,24 @@ impl RemoteHost {
     /// One request on the current session (opened if needed).
     async fn call(&self, req: Request) -> Result<Reply, RemoteError> {
         let session = self.session().await?;
-        let extra = match &req {
+        self.call_on(&session, &req).await
+    }
+
+    /// One request on `session`, given the time it may take on the host
+    /// (a poll's wait, a preflight's limit) beyond the request timeout.
+    async fn call_on(&self, session: &Arc<Session>, req: &Request) -> Result<Reply, RemoteError> {
+        let extra = match req {
             Request::Poll { wait_ms, .. } => Duration::from_millis(*wait_ms),
+            Request::Preflight { request } => Duration::from_millis(request.time_limit_ms),
             _ => Duration::ZERO,
         };
         let result = session
-            .call(&req, self.inner.opts.request_timeout + extra)
+            .call(req, self.inner.opts.request_timeout + extra)
             .await;
         if result.is_err() {
             // A dead or stuck session is replaced on the next call.
             let mut slot = self.inner.session.lock().await;
-            if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session)) {
+            if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
                 slot.take();
             }
             session.kill();

@@ -36,6 +36,52 @@ impl Page {
 
 const STYLE: &str = "<style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}h1{font-size:1.4em}.ready{color:#176f2c}.notready{color:#b00020}table{border-collapse:collapse;width:100%;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}th{background:#f3f3f3}.finding{background:#fde8ea}.ok{color:#176f2c}.nc{color:#666}td.mono{font-family:ui-monospace,monospace;white-space:nowrap}</style>";
 
+/// One row per finding: step (with the steps folded into it), host,
+/// found, expected, fix.
+fn finding_rows(p: &mut Page, r: &Report, row: &'static str) {
+    for l in r.findings() {
+        if let Check::Finding {
+            found,
+            expected,
+            fix,
+        } = &l.check
+        {
+            let step = match (&l.step, l.also_steps.is_empty()) {
+                (Some(s), true) => s.clone(),
+                (Some(s), false) => format!("{s} (also {})", l.also_steps.join(", ")),
+                (None, _) => "(host)".to_string(),
+            };
+            p.raw(row)
+                .cell("mono", &step)
+                .cell("mono", &l.host)
+                .cell("", found)
+                .cell("", expected)
+                .cell("", fix)
+                .raw("</tr>");
+        }
+    }
+}
+
+/// One row per check: step, host, result, what; `classes` are the result
+/// cell's CSS classes for ok, finding and not checked.
+fn check_rows(p: &mut Page, r: &Report, classes: [&'static str; 3]) {
+    for l in &r.checks {
+        let (class, word, what) = match &l.check {
+            Check::Ok { what } => (classes[0], "ok", what.clone()),
+            Check::Finding { found, .. } => (classes[1], "FINDING", found.clone()),
+            Check::NotChecked { what, why } => {
+                (classes[2], "not checked", format!("{what}: {why}"))
+            }
+        };
+        p.raw("<tr>")
+            .cell("mono", l.step.as_deref().unwrap_or("(host)"))
+            .cell("mono", &l.host)
+            .cell(class, word)
+            .cell("", &what)
+            .raw("</tr>");
+    }
+}
+
 /// The report as a self-contained HTML page.
 pub fn render(r: &Report) -> String {
     let mut p = Page(String::new());
@@ -58,38 +104,11 @@ pub fn render(r: &Report) -> String {
             .text(&format!("{} finding(s)", r.findings))
             .raw("</b>: fix them before the maintenance window.</p>");
         p.raw("<h2>Findings</h2><table><tr><th>step</th><th>host</th><th>found</th><th>expected</th><th>fix</th></tr>");
-        for l in r.findings() {
-            if let Check::Finding {
-                found,
-                expected,
-                fix,
-            } = &l.check
-            {
-                p.raw("<tr class=\"finding\">")
-                    .cell("mono", l.step.as_deref().unwrap_or("(host)"))
-                    .cell("mono", &l.host)
-                    .cell("", found)
-                    .cell("", expected)
-                    .cell("", fix)
-                    .raw("</tr>");
-            }
-        }
+        finding_rows(&mut p, r, "<tr class=\"finding\">");
         p.raw("</table>");
     }
     p.raw("<h2>Every check</h2><table><tr><th>step</th><th>host</th><th>result</th><th>what</th></tr>");
-    for l in &r.checks {
-        let (class, word, what) = match &l.check {
-            Check::Ok { what } => ("ok", "ok", what.clone()),
-            Check::Finding { found, .. } => ("finding", "FINDING", found.clone()),
-            Check::NotChecked { what, why } => ("nc", "not checked", format!("{what}: {why}")),
-        };
-        p.raw("<tr>")
-            .cell("mono", l.step.as_deref().unwrap_or("(host)"))
-            .cell("mono", &l.host)
-            .cell(class, word)
-            .cell("", &what)
-            .raw("</tr>");
-    }
+    check_rows(&mut p, r, ["ok", "finding", "nc"]);
     p.raw("</table><p class=\"nc\">")
         .text(&format!(
             "{} check(s) in {} ms. Preflight changed nothing and journaled nothing.",
@@ -138,45 +157,13 @@ pub fn section(r: &Report) -> String {
         .raw("</p>");
     if !r.ready {
         p.raw("<table class=\"list\" id=\"preflight-findings\"><tr><th>step</th><th>host</th><th>found</th><th>expected</th><th>fix</th></tr>");
-        for l in r.findings() {
-            if let Check::Finding {
-                found,
-                expected,
-                fix,
-            } = &l.check
-            {
-                let step = match (&l.step, l.also_steps.is_empty()) {
-                    (Some(s), true) => s.clone(),
-                    (Some(s), false) => format!("{s} (also {})", l.also_steps.join(", ")),
-                    (None, _) => "(host)".to_string(),
-                };
-                p.raw("<tr class=\"pf-finding\">")
-                    .cell("mono", &step)
-                    .cell("mono", &l.host)
-                    .cell("", found)
-                    .cell("", expected)
-                    .cell("", fix)
-                    .raw("</tr>");
-            }
-        }
+        finding_rows(&mut p, r, "<tr class=\"pf-finding\">");
         p.raw("</table>");
     }
     p.raw("<details><summary>")
         .text(&format!("Every check ({})", r.checks.len()))
         .raw("</summary><table class=\"list\"><tr><th>step</th><th>host</th><th>result</th><th>what</th></tr>");
-    for l in &r.checks {
-        let (class, word, what) = match &l.check {
-            Check::Ok { what } => ("pf-ok", "ok", what.clone()),
-            Check::Finding { found, .. } => ("pf-notready", "FINDING", found.clone()),
-            Check::NotChecked { what, why } => ("pf-nc", "not checked", format!("{what}: {why}")),
-        };
-        p.raw("<tr>")
-            .cell("mono", l.step.as_deref().unwrap_or("(host)"))
-            .cell("mono", &l.host)
-            .cell(class, word)
-            .cell("", &what)
-            .raw("</tr>");
-    }
+    check_rows(&mut p, r, ["pf-ok", "pf-notready", "pf-nc"]);
     p.raw("</table></details></section>");
     p.0
 }
