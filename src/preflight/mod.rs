@@ -812,6 +812,36 @@ pub fn summary_text(r: &Report) -> String {
     out
 }
 
+/// How many steps of one host, not checked for one reason, are folded
+/// into one line of the text report.
+const FOLD_AT: usize = 3;
+
+/// Steps of one host that are "not checked" for one reason (the host was
+/// not reached, a secret cannot be read...) and have no other line: from
+/// `FOLD_AT` of them on, one entry at the position of the first, listing
+/// all. Returns the first line's index → the folded lines' indexes.
+fn folds(lines: &[Line]) -> BTreeMap<usize, Vec<usize>> {
+    let mut per_step: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for l in lines {
+        if let Some(step) = &l.step {
+            *per_step.entry((step, &l.host)).or_default() += 1;
+        }
+    }
+    let mut groups: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        if let (Some(step), Check::NotChecked { why, .. }) = (&l.step, &l.check)
+            && per_step[&(step.as_str(), l.host.as_str())] == 1
+        {
+            groups.entry((&l.host, why)).or_default().push(i);
+        }
+    }
+    groups
+        .into_values()
+        .filter(|g| g.len() >= FOLD_AT)
+        .map(|g| (g[0], g))
+        .collect()
+}
+
 /// The report as text: findings first (step, host, found, expected, fix),
 /// then every check per host and step.
 pub fn text(r: &Report) -> String {
@@ -854,7 +884,28 @@ pub fn text(r: &Report) -> String {
     }
     out.push_str("\nchecks:\n");
     let mut last: Option<(&Option<String>, &str)> = None;
-    for l in &r.checks {
+    let folds = folds(&r.checks);
+    let folded: std::collections::BTreeSet<usize> = folds.values().flatten().copied().collect();
+    for (i, l) in r.checks.iter().enumerate() {
+        if let Some(group) = folds.get(&i) {
+            if let Check::NotChecked { why, .. } = &l.check {
+                let steps: Vec<&str> = group
+                    .iter()
+                    .filter_map(|&j| r.checks[j].step.as_deref())
+                    .collect();
+                out.push_str(&format!(
+                    "  {} steps on {}\n    not checked  {why}: {}\n",
+                    steps.len(),
+                    l.host,
+                    steps.join(", ")
+                ));
+            }
+            last = None;
+            continue;
+        }
+        if folded.contains(&i) {
+            continue;
+        }
         let key = (&l.step, l.host.as_str());
         if last != Some(key) {
             match &l.step {
@@ -878,4 +929,65 @@ pub fn text(r: &Report) -> String {
         r.elapsed_ms
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(step: Option<&str>, host: &str, check: Check) -> Line {
+        Line {
+            step: step.map(str::to_string),
+            host: host.into(),
+            check,
+            also_steps: Vec::new(),
+        }
+    }
+
+    /// Steps of one host not checked for one reason are one entry in the
+    /// text (at the first one's place, listing all); fewer than three, a
+    /// step with other lines, or another reason keep their own blocks.
+    #[test]
+    fn steps_not_checked_for_one_reason_are_folded_per_host() {
+        let gone = || Check::not_checked("the step's own checks", "the host was not reached");
+        let checks = vec![
+            line(
+                None,
+                "h1",
+                Check::finding("h1 unreachable", "reachable", "check it"),
+            ),
+            line(Some("a"), "h1", gone()),
+            line(Some("x"), "h2", gone()),
+            line(Some("b"), "h1", gone()),
+            line(Some("c"), "h1", Check::ok("file exists")),
+            line(Some("c"), "h1", gone()),
+            line(Some("d"), "h1", gone()),
+            line(
+                Some("e"),
+                "h1",
+                Check::not_checked("ports", "not on this OS"),
+            ),
+        ];
+        let r = Report {
+            plan: "p".into(),
+            plan_path: "p.toml".into(),
+            site: None,
+            ready: false,
+            findings: 1,
+            checks,
+            elapsed_ms: 1,
+        };
+        let t = text(&r);
+        assert!(
+            t.contains("  3 steps on h1\n    not checked  the host was not reached: a, b, d\n"),
+            "{t}"
+        );
+        // One h2 step, the step with two lines, another reason: their own.
+        for own in ["  x on h2\n", "  c on h1\n", "  e on h1\n"] {
+            assert!(t.contains(own), "{own:?} missing:\n{t}");
+        }
+        assert!(!t.contains("  a on h1"), "{t}");
+        // The fold sits where its first step was: before x.
+        assert!(t.find("3 steps on h1").unwrap() < t.find("  x on h2").unwrap());
+    }
 }
