@@ -3,20 +3,7 @@
 
 #![cfg(all(target_os = "linux", feature = "demo"))]
 
-use crate::support::Sandbox;
-
-/// Stops the demo's stand-ins when the test ends, and waits (bounded) until
-/// they are gone: a test leaves no `upshift __demo-standins` behind.
-struct StopStandins(std::path::PathBuf);
-impl Drop for StopStandins {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0.join("standins.stop"), "");
-        let token = format!("__demo-standins {}", self.0.display());
-        crate::support::wait_until(std::time::Duration::from_secs(10), || {
-            crate::support::processes_with(&token).is_empty()
-        });
-    }
-}
+use crate::support::{Sandbox, StopStandins};
 
 #[test]
 fn a_demo_test_leaves_no_stand_ins_running() {

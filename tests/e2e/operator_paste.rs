@@ -249,19 +249,7 @@ with = { program = "true" }
 // The demo (items 8 and 10).
 
 #[cfg(feature = "demo")]
-struct StopStandins(PathBuf);
-#[cfg(feature = "demo")]
-impl Drop for StopStandins {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0.join("standins.stop"), "");
-        // Wait (bounded) until the stand-ins are gone: a test leaves no
-        // `upshift __demo-standins` behind.
-        let token = format!("__demo-standins {}", self.0.display());
-        crate::support::wait_until(std::time::Duration::from_secs(10), || {
-            crate::support::processes_with(&token).is_empty()
-        });
-    }
-}
+use crate::support::StopStandins;
 
 #[cfg(feature = "demo")]
 fn unit_name(run: &str) -> String {

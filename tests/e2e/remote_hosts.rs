@@ -625,12 +625,7 @@ fn a_remote_foreach_survives_a_coordinator_crash_without_repeats() {
 #[cfg(feature = "demo")]
 #[test]
 fn the_tm_plan_runs_on_a_three_host_site_over_ssh() {
-    struct StopStandins(std::path::PathBuf);
-    impl Drop for StopStandins {
-        fn drop(&mut self) {
-            let _ = std::fs::write(self.0.join("standins.stop"), "");
-        }
-    }
+    use crate::support::StopStandins;
     let Some(mut lab) = lab(3) else { return };
     let sb = Sandbox::new();
     let dir = sb.path().join("site");

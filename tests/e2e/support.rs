@@ -340,3 +340,18 @@ pub fn standin_systemctl(sb: &Sandbox) -> String {
 /// A step that keeps a live engine busy until the `go` marker appears (at
 /// most 30 s), as one line of a plan's `[steps]` table.
 pub const WAIT_FOR_GO: &str = r#"{ kind = "process", with = { program = "sh", args = ["-c", "for i in $(seq 600); do [ -e @M@/go ] && exit 0; sleep 0.05; done; exit 1"] } }"#;
+
+/// Stops the demo's stand-ins (folder `.0`) when the test ends, and waits
+/// (bounded) until they are gone: a test leaves no `upshift
+/// __demo-standins` behind, even when it panics.
+pub struct StopStandins(pub PathBuf);
+
+impl Drop for StopStandins {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("standins.stop"), "");
+        let token = format!("__demo-standins {}", self.0.display());
+        wait_until(std::time::Duration::from_secs(10), || {
+            processes_with(&token).is_empty()
+        });
+    }
+}

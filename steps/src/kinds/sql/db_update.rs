@@ -469,14 +469,14 @@ impl Step for DbUpdate {
         &self,
         ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
-        let mut out = vec![crate::preflight::files::check_path_for(
+        super::preflight::path_and_login(
             ctx,
             &self.dir,
             crate::preflight::files::Expect::Dir,
             "the folder of update scripts",
-        )];
-        out.extend(super::preflight::login_only(&self.connection).await);
-        out
+            &self.connection,
+        )
+        .await
     }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(

@@ -51,6 +51,22 @@ pub(crate) async fn login(conn: &ConnectionParams, database: Option<&str>) -> Re
     }
 }
 
+/// A file or folder the step reads on this machine exists, and the login
+/// works (for kinds that run the statements of a script or folder).
+pub(crate) async fn path_and_login(
+    ctx: &crate::preflight::PreflightContext,
+    path: &std::path::Path,
+    expect: crate::preflight::files::Expect,
+    role: &str,
+    conn: &ConnectionParams,
+) -> Vec<Check> {
+    let mut out = vec![crate::preflight::files::check_path_for(
+        ctx, path, expect, role,
+    )];
+    out.extend(login_only(conn).await);
+    out
+}
+
 /// The login works (for kinds that only run statements).
 pub(crate) async fn login_only(conn: &ConnectionParams) -> Vec<Check> {
     match login(conn, None).await {

@@ -113,14 +113,14 @@ impl Step for Script {
         &self,
         ctx: &crate::preflight::PreflightContext,
     ) -> Vec<crate::preflight::Check> {
-        let mut out = vec![crate::preflight::files::check_path_for(
+        super::preflight::path_and_login(
             ctx,
             &self.file,
             crate::preflight::files::Expect::File,
             "the SQL script the step runs",
-        )];
-        out.extend(super::preflight::login_only(&self.connection).await);
-        out
+            &self.connection,
+        )
+        .await
     }
     fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
