@@ -102,6 +102,10 @@ pub struct ChildExit {
 /// whole tree (timeouts and cancellation rely on that).
 pub async fn run(ctx: &dyn StepContext, spec: &ChildSpec) -> Result<ChildExit, StepError> {
     let guard = ctx.guard_program();
+    #[cfg(unix)]
+    if let Some(program) = guard {
+        return guarded::run(ctx, spec, program).await;
+    }
     let guarded = guard.is_some();
     let mut cmd = platform::command(spec, guard);
     cmd.envs(&spec.env)
@@ -195,6 +199,400 @@ async fn pump(
     }
 }
 
+/// The argument that tells the guard to read its step from its stdin:
+/// `upshift __guard <engine pid> --spec-on-stdin`.
+#[cfg(unix)]
+pub const SPEC_ON_STDIN: &str = "--spec-on-stdin";
+
+/// Guarded children on Unix: a guard started ahead of time.
+///
+/// Exec'ing a guard per step put its start-up (~1 ms) on every process
+/// step's critical path. Instead one guard per guard program waits idle in
+/// advance: `run` takes it (or starts one if there is none), and a
+/// replacement is started at once, while the step runs. The step's spec
+/// (program, args, env, cwd) travels over the guard's stdin, a socket pair
+/// (secrets in `env` never reach a command line or a file); the guard
+/// answers [`wire::STARTED`] once it has committed to the spec (before it
+/// starts anything), then [`wire::EXITED`] and the exit code. A guard that
+/// ends without that answer started nothing, so a fresh one is tried once
+/// (an idle guard stopped by a Ctrl-C to the engine's group, say). A guard
+/// handed a spec is never reused.
+///
+/// Every guard is started by one thread that lives as long as the engine
+/// process: `PR_SET_PDEATHSIG` fires when the *thread* that forked the
+/// guard exits, so a guard started on a blocking-pool thread (which ends
+/// after 10 s idle), or on a runtime's worker (which ends with its runtime)
+/// would be stopped under a running step or while idle. That thread also
+/// reaps guards whose steps were dropped. An idle guard exits at once when
+/// its stdin reaches EOF, i.e. when the engine process is gone.
+#[cfg(unix)]
+mod guarded {
+    use std::io;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::sync::{Mutex, MutexGuard, OnceLock};
+    use std::time::Duration;
+
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::unix::pipe;
+
+    use super::{ChildExit, ChildSpec, pump, wire};
+    use crate::{StepContext, StepError};
+
+    /// A started guard that has not been handed a step yet.
+    struct Guard {
+        program: PathBuf,
+        child: Child,
+        /// The engine's end of the guard's stdin.
+        control: UnixStream,
+    }
+
+    /// The idle guards: at most one per guard program.
+    static IDLE: Mutex<Vec<Guard>> = Mutex::new(Vec::new());
+
+    /// How often the guard thread checks guards it reaps.
+    const REAP_POLL: Duration = Duration::from_millis(20);
+
+    enum Request {
+        /// Start a guard now, for a step waiting for it.
+        Spawn(PathBuf, tokio::sync::oneshot::Sender<io::Result<Guard>>),
+        /// Start an idle guard unless there is one for that program.
+        Prespawn(PathBuf),
+        /// Reap a guard that was told to stop (or has ended).
+        Reap(Child),
+    }
+
+    fn idle() -> MutexGuard<'static, Vec<Guard>> {
+        IDLE.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The guard thread's queue (`None` if the thread could not start:
+    /// guards are then started on the caller's thread, as before, and
+    /// none waits idle).
+    fn thread() -> Option<&'static mpsc::Sender<Request>> {
+        static THREAD: OnceLock<Option<mpsc::Sender<Request>>> = OnceLock::new();
+        THREAD
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::channel();
+                std::thread::Builder::new()
+                    .name("upshift-guards".into())
+                    .spawn(move || serve(rx))
+                    .ok()?;
+                Some(tx)
+            })
+            .as_ref()
+    }
+
+    fn serve(rx: mpsc::Receiver<Request>) {
+        let mut stopping: Vec<Child> = Vec::new();
+        loop {
+            let request = if stopping.is_empty() {
+                match rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv_timeout(REAP_POLL) {
+                    Ok(r) => Some(r),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            match request {
+                Some(Request::Spawn(program, reply)) => {
+                    let _ = reply.send(spawn(&program));
+                }
+                Some(Request::Prespawn(program)) => prespawn(&program),
+                Some(Request::Reap(child)) => stopping.push(child),
+                None => {}
+            }
+            stopping.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        }
+    }
+
+    fn prespawn(program: &Path) {
+        if idle().iter().any(|g| g.program == program) {
+            return;
+        }
+        match spawn(program) {
+            Ok(g) => idle().push(g),
+            Err(e) => tracing::debug!("could not start an idle guard `{}`: {e}", program.display()),
+        }
+    }
+
+    fn request(req: Request) {
+        match thread() {
+            Some(tx) => {
+                let _ = tx.send(req);
+            }
+            None => {
+                if let Request::Spawn(program, reply) = req {
+                    let _ = reply.send(spawn(&program));
+                }
+            }
+        }
+    }
+
+    /// Starts `program __guard <engine pid> --spec-on-stdin`.
+    fn spawn(program: &Path) -> io::Result<Guard> {
+        let (control, theirs) = UnixStream::pair()?;
+        let child = Command::new(program)
+            .arg("__guard")
+            .arg(std::process::id().to_string())
+            .arg(super::SPEC_ON_STDIN)
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(Guard {
+            program: program.to_path_buf(),
+            child,
+            control,
+        })
+    }
+
+    /// The idle guard for `program`, or a new one; either way a replacement
+    /// is started in the background.
+    async fn take(program: &Path) -> io::Result<Guard> {
+        let ready = {
+            let mut idle = idle();
+            idle.iter()
+                .position(|g| g.program == program)
+                .map(|i| idle.swap_remove(i))
+        };
+        let guard = match ready {
+            Some(g) => Ok(g),
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                request(Request::Spawn(program.to_path_buf(), tx));
+                rx.await
+                    .unwrap_or_else(|_| Err(io::Error::other("the guard thread is gone")))
+            }
+        };
+        request(Request::Prespawn(program.to_path_buf()));
+        guard
+    }
+
+    /// A guard that was handed a step: told to stop (SIGTERM: it kills the
+    /// step's group) when dropped unless disarmed, and reaped either way.
+    struct Running {
+        child: Option<Child>,
+        armed: bool,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(child) = self.child.take() {
+                if self.armed {
+                    // Not reaped yet, so the pid is still the guard's.
+                    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+                }
+                request(Request::Reap(child));
+            }
+        }
+    }
+
+    /// Sends the spec; `Ok` once the guard has committed to it.
+    async fn hand(control: UnixStream, message: &[u8]) -> io::Result<tokio::net::UnixStream> {
+        control.set_nonblocking(true)?;
+        let mut control = tokio::net::UnixStream::from_std(control)?;
+        control.write_all(message).await?;
+        let mut answer = [0u8; 1];
+        control.read_exact(&mut answer).await?;
+        if answer[0] != wire::STARTED {
+            return Err(io::Error::other("the guard answered garbage"));
+        }
+        Ok(control)
+    }
+
+    /// The child's exit code as the guard reports it; `None` if the guard
+    /// ended without reporting.
+    async fn exit_report(control: &mut tokio::net::UnixStream) -> Option<i32> {
+        let mut m = [0u8; 5];
+        control.read_exact(&mut m).await.ok()?;
+        (m[0] == wire::EXITED).then(|| i32::from_le_bytes([m[1], m[2], m[3], m[4]]))
+    }
+
+    pub async fn run(
+        ctx: &dyn StepContext,
+        spec: &ChildSpec,
+        program: PathBuf,
+    ) -> Result<ChildExit, StepError> {
+        let message = wire::encode(spec);
+        let fatal = |e: io::Error| {
+            StepError::fatal(format!(
+                "cannot start `{}` under its guard `{}`: {e}",
+                spec.program,
+                program.display()
+            ))
+        };
+        let mut tries = 0;
+        let (mut running, mut control, stdout, stderr) = loop {
+            tries += 1;
+            let mut guard = take(&program).await.map_err(fatal)?;
+            let pipes = (guard.child.stdout.take(), guard.child.stderr.take());
+            let running = Running {
+                child: Some(guard.child),
+                armed: true,
+            };
+            let (Some(stdout), Some(stderr)) = pipes else {
+                return Err(fatal(io::Error::other("the guard's pipes are missing")));
+            };
+            let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(stdout)).map_err(fatal)?;
+            let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(stderr)).map_err(fatal)?;
+            match hand(guard.control, &message).await {
+                Ok(control) => break (running, control, stdout, stderr),
+                // It ended before committing to the spec: nothing ran, and
+                // `running` reaps it. Once more with a new guard.
+                Err(_) if tries < 2 => continue,
+                Err(e) => return Err(fatal(e)),
+            }
+        };
+        let mut tail = String::new();
+        let (_, _, reported) = tokio::join!(
+            pump(stdout, ctx, Some(&mut tail)),
+            pump(stderr, ctx, None),
+            exit_report(&mut control)
+        );
+        let code = match reported {
+            Some(code) => code,
+            None => {
+                // Killed before it could report: its own status says how.
+                running.armed = false;
+                let Some(mut child) = running.child.take() else {
+                    return Err(fatal(io::Error::other("the guard is gone")));
+                };
+                let status = tokio::task::spawn_blocking(move || child.wait())
+                    .await
+                    .map_err(|e| fatal(io::Error::other(e)))?
+                    .map_err(|e| {
+                        StepError::fatal(format!("waiting for `{}`: {e}", spec.program))
+                    })?;
+                super::platform::exit_code(&status)
+            }
+        };
+        running.armed = false;
+        Ok(ChildExit {
+            code,
+            stdout_tail: tail,
+        })
+    }
+}
+
+/// The guard's stdin protocol (Unix): the engine sends [`MAGIC`], then
+/// fields (a tag byte, a little-endian u32 length, the bytes) ending with
+/// an empty `Z`; the guard answers [`STARTED`] before it starts the child,
+/// and [`EXITED`] with the child's exit code (i32, little-endian) after.
+#[cfg(unix)]
+mod wire {
+    use std::ffi::OsString;
+    use std::io::{self, Read};
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::PathBuf;
+
+    use super::ChildSpec;
+
+    pub const MAGIC: &[u8; 4] = b"UPG1";
+    pub const STARTED: u8 = b'S';
+    pub const EXITED: u8 = b'X';
+    const PROGRAM: u8 = b'P';
+    const ARG: u8 = b'A';
+    const ENV_KEY: u8 = b'K';
+    const ENV_VALUE: u8 = b'V';
+    const CWD: u8 = b'C';
+    const END: u8 = b'Z';
+    /// No field of a real step comes near this.
+    const MAX_FIELD: usize = 64 << 20;
+
+    pub fn encode(spec: &ChildSpec) -> Vec<u8> {
+        fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+            out.push(tag);
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        let mut out = MAGIC.to_vec();
+        field(&mut out, PROGRAM, spec.program.as_bytes());
+        for a in &spec.args {
+            field(&mut out, ARG, a.as_bytes());
+        }
+        for (k, v) in &spec.env {
+            field(&mut out, ENV_KEY, k.as_bytes());
+            field(&mut out, ENV_VALUE, v.as_bytes());
+        }
+        if let Some(cwd) = &spec.cwd {
+            field(&mut out, CWD, cwd.as_os_str().as_bytes());
+        }
+        field(&mut out, END, b"");
+        out
+    }
+
+    /// A spec as the guard reads it.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    pub struct Spec {
+        pub program: OsString,
+        pub args: Vec<OsString>,
+        pub env: Vec<(OsString, OsString)>,
+        pub cwd: Option<PathBuf>,
+    }
+
+    fn invalid(what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+    }
+
+    /// `Ok(None)`: end of input before the first byte (the engine ended
+    /// without handing a step).
+    pub fn decode(r: &mut impl Read) -> io::Result<Option<Spec>> {
+        let mut magic = [0u8; 4];
+        loop {
+            match r.read(&mut magic[..1]) {
+                Ok(0) => return Ok(None),
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        r.read_exact(&mut magic[1..])?;
+        if &magic != MAGIC {
+            return Err(invalid("not an upshift step spec"));
+        }
+        let mut spec = Spec::default();
+        let mut program = None;
+        let mut key = None;
+        loop {
+            let mut head = [0u8; 5];
+            r.read_exact(&mut head)?;
+            let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if len > MAX_FIELD {
+                return Err(invalid("a field is too long"));
+            }
+            let mut bytes = vec![0u8; len];
+            r.read_exact(&mut bytes)?;
+            let value = OsString::from_vec(bytes);
+            match head[0] {
+                PROGRAM => program = Some(value),
+                ARG => spec.args.push(value),
+                ENV_KEY => key = Some(value),
+                ENV_VALUE => {
+                    let k = key
+                        .take()
+                        .ok_or_else(|| invalid("an env value without key"))?;
+                    spec.env.push((k, value));
+                }
+                CWD => spec.cwd = Some(PathBuf::from(value)),
+                END => break,
+                _ => return Err(invalid("unknown field")),
+            }
+        }
+        spec.program = program.ok_or_else(|| invalid("no program"))?;
+        Ok(Some(spec))
+    }
+}
+
 #[cfg(unix)]
 mod platform {
     use std::path::PathBuf;
@@ -204,23 +602,12 @@ mod platform {
 
     use super::ChildSpec;
 
-    pub fn command(spec: &ChildSpec, guard: Option<PathBuf>) -> tokio::process::Command {
-        match guard {
-            Some(guard) => {
-                let mut c = tokio::process::Command::new(guard);
-                c.arg("__guard")
-                    .arg(std::process::id().to_string())
-                    .arg("--")
-                    .arg(&spec.program)
-                    .args(&spec.args);
-                c
-            }
-            None => {
-                let mut c = tokio::process::Command::new(&spec.program);
-                c.args(&spec.args).process_group(0);
-                c
-            }
-        }
+    /// An unguarded child (no guard program: unit tests) leads its own
+    /// group; guarded children go through [`super::guarded`].
+    pub fn command(spec: &ChildSpec, _guard: Option<PathBuf>) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&spec.program);
+        c.args(&spec.args).process_group(0);
+        c
     }
 
     /// Kills the child's tree unless disarmed (the child ended on its own).
@@ -386,11 +773,18 @@ mod platform {
 #[cfg(unix)]
 pub const GUARD_PARENT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The guard's `main` (Unix): `upshift __guard <engine pid> -- program args`.
+/// The guard's `main` (Unix), in either form:
+/// - `upshift __guard <engine pid> --spec-on-stdin`: the engine's own form
+///   (see [`guarded`]): waits for the step on its stdin (exits 0 at once,
+///   starting nothing, if the stdin ends first), reports on it;
+/// - `upshift __guard <engine pid> -- program args`: the step on the
+///   command line (kept for runners and by hand; no env or cwd of its own).
+///
 /// Returns the exit code to exit with. See the module docs.
 #[cfg(unix)]
 pub fn guard_main(args: Vec<OsString>) -> i32 {
-    use std::io::Read;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -398,12 +792,21 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::{Pid, getppid};
 
+    enum Form {
+        Argv(OsString, Vec<OsString>),
+        Stdin,
+    }
     let mut it = args.into_iter();
     let engine: Option<i32> = it.next().and_then(|a| a.to_str()?.parse().ok());
-    let sep = it.next();
-    let program = it.next();
-    let (Some(engine), Some(_), Some(program)) = (engine, sep, program) else {
-        eprintln!("usage: upshift __guard <engine pid> -- program [args...] (internal)");
+    let form = match it.next().as_ref().and_then(|a| a.to_str()) {
+        Some("--") => it.next().map(|program| Form::Argv(program, it.collect())),
+        Some(SPEC_ON_STDIN) => Some(Form::Stdin),
+        _ => None,
+    };
+    let (Some(engine), Some(form)) = (engine, form) else {
+        eprintln!(
+            "usage: upshift __guard <engine pid> -- program [args...] (internal)\n   or: upshift __guard <engine pid> {SPEC_ON_STDIN} (internal)"
+        );
         return 2;
     };
     #[cfg(target_os = "linux")]
@@ -436,18 +839,72 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
         // The engine died before the death signal was armed.
         return 137;
     }
+    let (mut command, mut control, program) = match form {
+        Form::Argv(program, args) => {
+            let mut c = std::process::Command::new(&program);
+            c.args(args);
+            (c, None, program)
+        }
+        Form::Stdin => {
+            // The engine's end closes when the engine process ends: the
+            // read below returns then, whatever the signals did.
+            let Ok(mut control) = std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(UnixStream::from)
+            else {
+                return 2;
+            };
+            let spec = match wire::decode(&mut control) {
+                Ok(Some(spec)) => spec,
+                // The engine ended without handing a step.
+                Ok(None) => return 0,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return 0,
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "upshift guard: bad step spec: {e}");
+                    return 2;
+                }
+            };
+            // Told to stop while idle (a Ctrl-C to the engine's group), or
+            // the engine is gone: start nothing, say nothing (the engine
+            // takes that as "nothing ran").
+            if stop.load(Ordering::Relaxed) || getppid().as_raw() != engine {
+                return 137;
+            }
+            if control.write_all(&[wire::STARTED]).is_err() {
+                return 137;
+            }
+            let mut c = std::process::Command::new(&spec.program);
+            c.args(&spec.args)
+                .envs(spec.env)
+                .stdin(std::process::Stdio::null());
+            if let Some(cwd) = &spec.cwd {
+                c.current_dir(cwd);
+            }
+            (c, Some(control), spec.program)
+        }
+    };
+    let mut report = |code: i32| {
+        if let Some(control) = &mut control {
+            let mut m = [wire::EXITED, 0, 0, 0, 0];
+            m[1..].copy_from_slice(&code.to_le_bytes());
+            let _ = control.write_all(&m);
+        }
+        code
+    };
     let spawned = {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new(&program)
-            .args(it)
-            .process_group(0)
-            .spawn()
+        command.process_group(0).spawn()
     };
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cannot start `{}`: {e}", program.to_string_lossy());
-            return 127;
+            let _ = writeln!(
+                std::io::stderr(),
+                "cannot start `{}`: {e}",
+                program.to_string_lossy()
+            );
+            return report(127);
         }
     };
     let group = Pid::from_raw(child.id() as i32);
@@ -455,18 +912,20 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
         match child.try_wait() {
             Ok(Some(status)) => {
                 use std::os::unix::process::ExitStatusExt;
-                return status
-                    .code()
-                    .or_else(|| status.signal().map(|s| 128 + s))
-                    .unwrap_or(1);
+                return report(
+                    status
+                        .code()
+                        .or_else(|| status.signal().map(|s| 128 + s))
+                        .unwrap_or(1),
+                );
             }
             Ok(None) => {}
-            Err(_) => return 1,
+            Err(_) => return report(1),
         }
         if stop.load(Ordering::Relaxed) || getppid().as_raw() != engine {
             let _ = killpg(group, Signal::SIGKILL);
             let _ = child.wait();
-            return 137;
+            return report(137);
         }
         match &wake {
             // Returns on a signal, or after the poll interval.
