@@ -5,15 +5,18 @@
 //! races a leftover installer of the dead one.
 //!
 //! - **Linux/Unix**: the engine runs each child under a *guard*: its own
-//!   binary, `upshift __guard <engine pid> -- program args...`. The guard
-//!   puts the child in a new process group, asks the kernel to signal it
-//!   when the engine dies (`PR_SET_PDEATHSIG`, Linux) and also polls its
-//!   parent pid; when the engine goes (even by SIGKILL), or when the engine
-//!   sends it SIGTERM (timeout, Ctrl-C), it kills the child's whole group
-//!   with SIGKILL. It sleeps on a self-pipe woken by those signals and by
-//!   the child's SIGCHLD, so it returns as soon as the child exits (it
-//!   polled every 10 ms before: 5 ms per step on average). Without a guard program (unit tests), the child still gets
-//!   its own group and is killed as a group when dropped.
+//!   binary (`upshift-guard` beside `upshift`, else `upshift __guard`).
+//!   The guard puts the child in a new process group, asks the kernel to
+//!   signal it when the engine dies (`PR_SET_PDEATHSIG`, Linux) and also
+//!   polls its parent pid; when the engine goes (even by SIGKILL), or when
+//!   the engine sends it SIGTERM (timeout, Ctrl-C), it kills the child's
+//!   whole group with SIGKILL. It sleeps on a self-pipe woken by those
+//!   signals and by the child's SIGCHLD, so it returns as soon as the child
+//!   exits. Guards are started ahead of time, one waiting idle while a step
+//!   runs, and get their step over their stdin (see [`guarded`]), so a
+//!   guard's exec is not paid on the step's critical path. Without a guard
+//!   program (unit tests), the child still gets its own group and is
+//!   killed as a group when dropped.
 //! - **Windows**: each child is started suspended (`CREATE_SUSPENDED`),
 //!   assigned to a Job Object with `KILL_ON_JOB_CLOSE`, and only then
 //!   resumed, so not even its first instruction runs outside the job (a
@@ -943,4 +946,32 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
 pub fn guard_main(_args: Vec<OsString>) -> i32 {
     eprintln!("upshift __guard is only used on Unix");
     2
+}
+
+#[cfg(all(test, unix))]
+mod wire_tests {
+    use super::{ChildSpec, wire};
+
+    #[test]
+    fn a_spec_round_trips_and_an_empty_input_is_no_spec() {
+        let mut spec = ChildSpec::new("sh", ["-c", "echo \"a b\"", ""]);
+        spec.env.insert("K=1".into(), "v\0w ü".into());
+        spec.env.insert("EMPTY".into(), String::new());
+        spec.cwd = Some("/tmp/with space".into());
+        let bytes = wire::encode(&spec);
+        let got = wire::decode(&mut &bytes[..]).unwrap().unwrap();
+        assert_eq!(got.program, "sh");
+        assert_eq!(got.args, ["-c", "echo \"a b\"", ""]);
+        assert_eq!(
+            got.env,
+            [("EMPTY".into(), "".into()), ("K=1".into(), "v\0w ü".into())]
+        );
+        assert_eq!(got.cwd.as_deref(), Some("/tmp/with space".as_ref()));
+        assert_eq!(wire::decode(&mut &b""[..]).unwrap(), None);
+        // Cut anywhere: an error, never a partial spec.
+        for cut in 1..bytes.len() {
+            assert!(wire::decode(&mut &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(wire::decode(&mut &b"nope-not-a-spec"[..]).is_err());
+    }
 }
