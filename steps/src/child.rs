@@ -887,6 +887,7 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
             (c, Some(control), spec.program)
         }
     };
+    let stdin_form = control.is_some();
     let mut report = |code: i32| {
         if let Some(control) = &mut control {
             let mut m = [wire::EXITED, 0, 0, 0, 0];
@@ -910,6 +911,15 @@ pub fn guard_main(args: Vec<OsString>) -> i32 {
             return report(127);
         }
     };
+    if stdin_form {
+        // The step's pipes are the engine's to close now: they end with
+        // the child (and what it left running), not with this guard's
+        // exit, which then overlaps the engine's commit.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2_stdout(&null);
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
+    }
     let group = Pid::from_raw(child.id() as i32);
     loop {
         match child.try_wait() {
