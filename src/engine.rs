@@ -1,7 +1,8 @@
 //! The executor: performs what [`crate::decide`] says, with tokio.
 //!
-//! One writer thread owns the journal and commits whatever is queued in one
-//! durable commit (group commit); the scheduler loop folds every committed
+//! The journal [`Writer`] commits whatever is queued in one durable commit
+//! (group commit), on the thread of the caller that found the journal free;
+//! the scheduler loop folds every committed
 //! event into its [`RunState`], asks `decide` what to do, and starts step
 //! attempts as tasks, within the concurrency limit and the plan's locks. A
 //! step transition is one commit: the end of one attempt is journaled
@@ -13,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use upshift_journal::{Actor, Envelope, Event, Journal, JournalError, Outcome, RunId};
@@ -114,7 +117,7 @@ pub struct Config {
 }
 
 // ---------------------------------------------------------------------------
-// The writer thread: group commit.
+// The journal writer: group commit.
 
 struct WriteReq {
     run: RunId,
@@ -122,15 +125,45 @@ struct WriteReq {
     ack: Option<oneshot::Sender<Result<Vec<Envelope>, Arc<JournalError>>>>,
 }
 
+/// What the writer thread is asked to do.
 enum Msg {
-    Write(WriteReq),
+    /// Commit what is queued (a [`Writer::post`] was queued).
+    Commit,
     /// Commit what is queued, close the journal, end the thread.
     Close,
 }
 
-/// A handle to the writer thread.
+/// The journal and what a commit needs besides it: owned by whoever commits
+/// (one at a time, behind [`Shared::core`]).
+struct Core {
+    journal: Journal,
+    /// Next seq of each run written in this session.
+    next: HashMap<RunId, u64>,
+    redactor: Redactor,
+    committed: mpsc::UnboundedSender<Envelope>,
+    crash_after: Option<u64>,
+}
+
+struct Shared {
+    /// Requests not yet committed, in the order they were made.
+    queue: Mutex<Vec<WriteReq>>,
+    /// The journal; `None` once closed.
+    core: Mutex<Option<Core>>,
+}
+
+/// A handle to the journal writer.
+///
+/// Group commit by combining: a request is queued, then its caller commits
+/// everything queued itself if the journal is free; if another caller is
+/// committing, that one commits the request with its next batch. So the
+/// engine's own transitions are committed on the engine's thread, without
+/// waking another thread and waiting to be woken (two thread hand-offs per
+/// transition, ~10% of a no-op step's time), and concurrent writers still
+/// share commits. Non-blocking [`Writer::post`]s are committed by the
+/// writer thread.
 #[derive(Clone)]
 pub struct Writer {
+    shared: Arc<Shared>,
     tx: std::sync::mpsc::Sender<Msg>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -185,95 +218,50 @@ impl upshift_remote::client::Redact for Redactor {
 }
 
 impl Writer {
-    /// Starts the writer thread over `journal`. Every committed envelope is
-    /// also sent to `committed`.
+    /// Starts the writer over `journal`. Every committed envelope is also
+    /// sent to `committed`, in journal order.
     pub fn start(
-        mut journal: Journal,
+        journal: Journal,
         redactor: Redactor,
         committed: mpsc::UnboundedSender<Envelope>,
     ) -> Writer {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Vec::new()),
+            core: Mutex::new(Some(Core {
+                journal,
+                next: HashMap::new(),
+                redactor,
+                committed,
+                crash_after: failpoint_crash_after(),
+            })),
+        });
         let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let own = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("upshift-journal-writer".into())
             .spawn(move || {
-                let crash_after = failpoint_crash_after();
-                let mut next: HashMap<RunId, u64> = HashMap::new();
-                let mut closing = false;
-                while !closing {
-                    let Ok(first) = rx.recv() else { break };
-                    let mut reqs = Vec::new();
-                    for m in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
-                    {
-                        match m {
-                            Msg::Write(r) => reqs.push(r),
-                            Msg::Close => closing = true,
-                        }
+                while let Ok(msg) = rx.recv() {
+                    // Whatever else was asked meanwhile is served by the
+                    // same commit.
+                    let mut closing = matches!(msg, Msg::Close);
+                    while let Ok(m) = rx.try_recv() {
+                        closing |= matches!(m, Msg::Close);
                     }
-                    if reqs.is_empty() {
-                        continue;
-                    }
-                    // The time as the journal keeps it (microseconds): the
-                    // live state folds these envelopes, replay the stored
-                    // ones, and both must see the same time.
-                    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-                    let mut batch = Vec::new();
-                    let mut spans = Vec::new();
-                    let mut seq_err = None;
-                    for r in &mut reqs {
-                        let n = match next.get(&r.run) {
-                            Some(n) => *n,
-                            None => match journal.next_seq(r.run) {
-                                Ok(n) => n,
-                                Err(e) => {
-                                    seq_err = Some(Arc::new(e));
-                                    break;
-                                }
-                            },
-                        };
-                        let start = batch.len();
-                        for (i, mut ev) in std::mem::take(&mut r.events).into_iter().enumerate() {
-                            redactor.event(&mut ev);
-                            batch.push(Envelope {
-                                run: r.run,
-                                seq: n + i as u64,
-                                time: now,
-                                event: ev,
-                            });
+                    if closing {
+                        // Waits for a commit in progress, commits the rest.
+                        let mut core = own.core.lock().expect("poisoned");
+                        if let Some(c) = core.as_mut() {
+                            c.commit(own.take_queued());
                         }
-                        next.insert(r.run, n + (batch.len() - start) as u64);
-                        spans.push(start..batch.len());
+                        *core = None; // closes the journal
+                        break;
                     }
-                    let result = match seq_err {
-                        Some(e) => Err(e),
-                        None => commit(&mut journal, &batch, crash_after),
-                    };
-                    match result {
-                        Ok(()) => {
-                            for env in &batch {
-                                let _ = committed.send(env.clone());
-                            }
-                            for (r, span) in reqs.into_iter().zip(spans) {
-                                if let Some(ack) = r.ack {
-                                    let _ = ack.send(Ok(batch[span].to_vec()));
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            // Nothing of the batch was written: forget the
-                            // seqs handed out, and fail every request.
-                            next.clear();
-                            for r in reqs {
-                                if let Some(ack) = r.ack {
-                                    let _ = ack.send(Err(Arc::clone(&e)));
-                                }
-                            }
-                        }
-                    }
+                    own.commit_queued();
                 }
-                drop(journal);
             })
             .expect("spawn journal writer");
         Writer {
+            shared,
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
         }
@@ -296,25 +284,136 @@ impl Writer {
         events: Vec<Event>,
     ) -> Result<Vec<Envelope>, EngineError> {
         let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Write(WriteReq {
-                run,
-                events,
-                ack: Some(ack),
-            }))
-            .map_err(|_| EngineError::Other("journal writer stopped".into()))?;
+        self.shared.push(WriteReq {
+            run,
+            events,
+            ack: Some(ack),
+        });
+        // Blocks this thread for the commit (as long as the disk takes to
+        // sync), which is what its caller would wait for anyway.
+        self.shared.commit_queued();
         rx.await
             .map_err(|_| EngineError::Other("journal writer stopped".into()))?
             .map_err(EngineError::Journal)
     }
 
-    /// Queues events without waiting for them (progress).
+    /// Queues events without waiting for them (progress); the writer thread
+    /// commits them.
     pub fn post(&self, run: RunId, events: Vec<Event>) {
-        let _ = self.tx.send(Msg::Write(WriteReq {
+        self.shared.push(WriteReq {
             run,
             events,
             ack: None,
-        }));
+        });
+        let _ = self.tx.send(Msg::Commit);
+    }
+}
+
+impl Shared {
+    fn push(&self, req: WriteReq) {
+        self.queue.lock().expect("poisoned").push(req);
+    }
+
+    fn take_queued(&self) -> Vec<WriteReq> {
+        std::mem::take(&mut *self.queue.lock().expect("poisoned"))
+    }
+
+    /// Commits everything queued, unless another caller holds the journal:
+    /// that one looks at the queue again after it lets go (below), so a
+    /// request queued before this call is always committed by someone.
+    fn commit_queued(&self) {
+        loop {
+            let mut guard = match self.core.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::WouldBlock) => return,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            };
+            let Some(core) = guard.as_mut() else {
+                // Closed: what is queued is dropped, its callers told
+                // "journal writer stopped".
+                drop(self.take_queued());
+                return;
+            };
+            loop {
+                let reqs = self.take_queued();
+                if reqs.is_empty() {
+                    break;
+                }
+                core.commit(reqs);
+            }
+            drop(guard);
+            // A request queued after the last look, whose caller found the
+            // journal held: commit it now.
+            if self.queue.lock().expect("poisoned").is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+impl Core {
+    /// Commits `reqs` in one durable commit and answers each.
+    fn commit(&mut self, mut reqs: Vec<WriteReq>) {
+        if reqs.is_empty() {
+            return;
+        }
+        // The time as the journal keeps it (microseconds): the live state
+        // folds these envelopes, replay the stored ones, and both must see
+        // the same time.
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        let mut batch = Vec::new();
+        let mut spans = Vec::new();
+        let mut seq_err = None;
+        for r in &mut reqs {
+            let n = match self.next.get(&r.run) {
+                Some(n) => *n,
+                None => match self.journal.next_seq(r.run) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        seq_err = Some(Arc::new(e));
+                        break;
+                    }
+                },
+            };
+            let start = batch.len();
+            for (i, mut ev) in std::mem::take(&mut r.events).into_iter().enumerate() {
+                self.redactor.event(&mut ev);
+                batch.push(Envelope {
+                    run: r.run,
+                    seq: n + i as u64,
+                    time: now,
+                    event: ev,
+                });
+            }
+            self.next.insert(r.run, n + (batch.len() - start) as u64);
+            spans.push(start..batch.len());
+        }
+        let result = match seq_err {
+            Some(e) => Err(e),
+            None => commit(&mut self.journal, &batch, self.crash_after),
+        };
+        match result {
+            Ok(()) => {
+                for env in &batch {
+                    let _ = self.committed.send(env.clone());
+                }
+                for (r, span) in reqs.into_iter().zip(spans) {
+                    if let Some(ack) = r.ack {
+                        let _ = ack.send(Ok(batch[span].to_vec()));
+                    }
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was written: forget the seqs handed
+                // out, and fail every request.
+                self.next.clear();
+                for r in reqs {
+                    if let Some(ack) = r.ack {
+                        let _ = ack.send(Err(Arc::clone(&e)));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -984,8 +1083,15 @@ impl Engine {
     }
 
     async fn drive(&mut self) -> Result<Exit, EngineError> {
-        let mut tasks: JoinSet<Done> = JoinSet::new();
-        let mut in_flight: BTreeMap<String, tokio::task::AbortHandle> = BTreeMap::new();
+        // Step attempts are polled here, by the engine's own task, not
+        // spawned: a step that ends wakes this task on the thread it runs
+        // on, and a step it starts runs there at once (a spawned task was
+        // a hand-off to another worker thread and back per step). A step's
+        // future therefore must not block for long (none does: children,
+        // SQL and ssh are awaited; file edits are short).
+        let mut tasks: FuturesUnordered<BoxFuture<'static, Result<Done, String>>> =
+            FuturesUnordered::new();
+        let mut in_flight: BTreeSet<String> = BTreeSet::new();
         let mut pending_events: Vec<Event> = Vec::new();
         // Remote attempts an earlier session left running: followed again
         // (journaled with the first commit, folded before the first
@@ -1078,7 +1184,7 @@ impl Engine {
                 // outlive its step's state (an operator skipped it while it
                 // ran), so the tasks are counted too.
                 if in_flight.len() + launches.len() >= limit
-                    || in_flight.contains_key(&id)
+                    || in_flight.contains(&id)
                     || launches.iter().any(|l| l.0 == id)
                 {
                     continue;
@@ -1160,7 +1266,7 @@ impl Engine {
                     let redact: Arc<dyn upshift_remote::client::Redact> =
                         Arc::new(self.redactor.clone());
                     let (writer, run) = (self.writer.clone(), self.run);
-                    let handle = tasks.spawn(async move {
+                    tasks.push(attempt_task(async move {
                         let note = move |text: String| writer.post(run, vec![Event::Note { text }]);
                         let (result, restart) = match dispatch {
                             Err(message) => (Err(StepError::fatal(message)), None),
@@ -1184,8 +1290,8 @@ impl Engine {
                             tail,
                             restart: if work == Work::Run { restart } else { None },
                         }
-                    });
-                    in_flight.insert(id, handle);
+                    }));
+                    in_flight.insert(id);
                     continue;
                 }
                 let timeout = self.plan.steps[&id].timeout;
@@ -1194,7 +1300,7 @@ impl Engine {
                 // otherwise the kind's own compensation is called.
                 let own_compensation =
                     work == Work::Compensate && self.plan.steps[&id].compensate.is_none();
-                let handle = tasks.spawn(async move {
+                tasks.push(attempt_task(async move {
                     let result = match built {
                         Err(message) => Err(StepError::fatal(message)),
                         Ok(step) => {
@@ -1228,8 +1334,8 @@ impl Engine {
                         tail,
                         restart: None,
                     }
-                });
-                in_flight.insert(id, handle);
+                }));
+                in_flight.insert(id);
             }
             if let Some(message) = rebooting {
                 return Ok(Exit::Rebooting(message));
@@ -1255,13 +1361,13 @@ impl Engine {
                 tokio::time::Instant::now() + d
             });
             tokio::select! {
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                Some(done) = tasks.next(), if !tasks.is_empty() => {
                     // Attempts that ended meanwhile go in the same commit
                     // (parallel branches share their transitions).
                     let mut next_done = Some(done);
                     while let Some(done) = next_done {
                         let done = done.map_err(|e| {
-                            EngineError::Other(format!("a step task panicked: {e}"))
+                            EngineError::Other(format!("a step attempt panicked: {e}"))
                         })?;
                         in_flight.remove(&done.step);
                         remote_tickets.remove(&done.step);
@@ -1277,7 +1383,7 @@ impl Engine {
                                     )),
                                 });
                                 relaunch.push(done.step);
-                                next_done = tasks.try_join_next();
+                                next_done = tasks.next().now_or_never().flatten();
                                 continue;
                             }
                             done.result = Err(StepError::transient(format!(
@@ -1291,7 +1397,7 @@ impl Engine {
                             self.redactor.event(&mut e);
                             e
                         }));
-                        next_done = tasks.try_join_next();
+                        next_done = tasks.next().now_or_never().flatten();
                     }
                 }
                 _ = async {
@@ -1315,14 +1421,14 @@ impl Engine {
                             )
                             .await;
                         }
-                        tasks.abort_all();
+                        // Dropping an attempt kills its processes.
+                        tasks.clear();
                         in_flight.clear();
                     }
                 }
                 _ = &mut shutdown => {
-                    tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
-                    let names: Vec<String> = in_flight.keys().cloned().collect();
+                    tasks.clear();
+                    let names: Vec<String> = in_flight.iter().cloned().collect();
                     let remote: Vec<String> = remote_tickets
                         .iter()
                         .map(|(id, (h, _))| format!("{id} on {}", h.name()))
@@ -1546,6 +1652,24 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.writer.close();
     }
+}
+
+/// A step attempt as the engine polls it: a panic in the step becomes an
+/// error naming it (as a spawned task's would).
+fn attempt_task(
+    f: impl std::future::Future<Output = Done> + Send + 'static,
+) -> BoxFuture<'static, Result<Done, String>> {
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .map(|r| {
+            r.map_err(|p| {
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into())
+            })
+        })
+        .boxed()
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
