@@ -1,12 +1,12 @@
 //! The executor: performs what [`crate::decide`] says, with tokio.
 //!
 //! The journal [`Writer`] commits whatever is queued in one durable commit
-//! (group commit), on the thread of the caller that found the journal free;
-//! the scheduler loop folds every committed
-//! event into its [`RunState`], asks `decide` what to do, and starts step
-//! attempts as tasks, within the concurrency limit and the plan's locks. A
-//! step transition is one commit: the end of one attempt is journaled
-//! together with the starts it makes possible.
+//! (group commit); the scheduler loop commits its own transitions on its
+//! thread, folds every committed event into its [`RunState`], asks `decide`
+//! what to do, and polls the step attempts it starts (within the
+//! concurrency limit and the plan's locks) itself. A step transition is one
+//! commit: the end of one attempt is journaled together with the starts it
+//! makes possible.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -153,14 +153,15 @@ struct Shared {
 
 /// A handle to the journal writer.
 ///
-/// Group commit by combining: a request is queued, then its caller commits
-/// everything queued itself if the journal is free; if another caller is
-/// committing, that one commits the request with its next batch. So the
-/// engine's own transitions are committed on the engine's thread, without
-/// waking another thread and waiting to be woken (two thread hand-offs per
-/// transition, ~10% of a no-op step's time), and concurrent writers still
-/// share commits. Non-blocking [`Writer::post`]s are committed by the
-/// writer thread.
+/// Group commit by combining: a request is queued, then whoever commits
+/// next takes everything queued into one commit. The scheduler's own
+/// transitions ([`Writer::write_here`]) are committed on its thread when
+/// the journal is free, without waking another thread and waiting to be
+/// woken (two thread hand-offs per transition); other writes and
+/// [`Writer::post`]s are committed by the writer thread, so that their
+/// callers' threads stay free and concurrent writers share commits.
+/// Whoever holds the journal looks at the queue again after letting go, so
+/// no request is left behind.
 #[derive(Clone)]
 pub struct Writer {
     shared: Arc<Shared>,
@@ -277,11 +278,34 @@ impl Writer {
     }
 
     /// Appends events of `run` durably, in one commit with whatever else is
-    /// queued; returns them as stored.
+    /// queued; returns them as stored. The writer thread commits them, so
+    /// the caller's thread stays free for other writers meanwhile (step
+    /// checkpoints of parallel branches share commits).
     pub async fn write(
         &self,
         run: RunId,
         events: Vec<Event>,
+    ) -> Result<Vec<Envelope>, EngineError> {
+        self.write_with(run, events, false).await
+    }
+
+    /// [`Writer::write`] for the scheduler's own transitions: committed on
+    /// the caller's thread when the journal is free, without waking the
+    /// writer thread and waiting to be woken (a chain of steps waits for
+    /// each transition anyway).
+    pub async fn write_here(
+        &self,
+        run: RunId,
+        events: Vec<Event>,
+    ) -> Result<Vec<Envelope>, EngineError> {
+        self.write_with(run, events, true).await
+    }
+
+    async fn write_with(
+        &self,
+        run: RunId,
+        events: Vec<Event>,
+        here: bool,
     ) -> Result<Vec<Envelope>, EngineError> {
         let (ack, rx) = oneshot::channel();
         self.shared.push(WriteReq {
@@ -289,9 +313,13 @@ impl Writer {
             events,
             ack: Some(ack),
         });
-        // Blocks this thread for the commit (as long as the disk takes to
-        // sync), which is what its caller would wait for anyway.
-        self.shared.commit_queued();
+        if here {
+            // Blocks this thread for the commit (as long as the disk takes
+            // to sync), which is what its caller would wait for anyway.
+            self.shared.commit_queued();
+        } else {
+            let _ = self.tx.send(Msg::Commit);
+        }
         rx.await
             .map_err(|_| EngineError::Other("journal writer stopped".into()))?
             .map_err(EngineError::Journal)
@@ -713,7 +741,7 @@ impl Engine {
         if events.is_empty() {
             return Ok(());
         }
-        self.writer.write(self.run, events).await?;
+        self.writer.write_here(self.run, events).await?;
         self.drain_committed();
         Ok(())
     }
