@@ -969,23 +969,29 @@ fn timeouts_and_aborts_kill_remote_trees_and_sigterm_leaves_them_running() {
     assert!(end.contains("aborted"), "{end}");
 }
 
+/// A plan whose step `b` on h2 fails and rolls back step `a` on h1, whose
+/// compensation runs the shell command `undo` there.
+fn rollback_plan(sb: &Sandbox, lab: &Lab, undo: &str) -> std::path::PathBuf {
+    sb.plan(
+        "rollback.toml",
+        &format!(
+            "name = \"rollback\"\n\n{}\
+             [steps.a]\nkind = \"process\"\nhost = \"h1\"\n{}\n\
+             compensate = {{ kind = \"process\", with = {{ program = \"sh\", args = [\"-c\", \"{undo}\"] }} }}\n\n\
+             [steps.b]\nkind = \"process\"\nhost = \"h2\"\nneeds = [\"a\"]\non_failure = \"rollback\"\n\
+             with = {{ program = \"sh\", args = [\"-c\", \"exit 7\"] }}\n",
+            hosts_toml(lab),
+            mark("a", "a"),
+        ),
+    )
+}
+
 /// A rollback compensates a remote step on its host.
 #[test]
 fn a_rollback_compensates_a_remote_step_on_its_host() {
     let Some(lab) = lab(2) else { return };
     let sb = Sandbox::new();
-    let plan = sb.plan(
-        "rollback.toml",
-        &format!(
-            "name = \"rollback\"\n\n{}\
-             [steps.a]\nkind = \"process\"\nhost = \"h1\"\n{}\n\
-             compensate = {{ kind = \"process\", with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST undo >> @M@/a.undo\"] }} }}\n\n\
-             [steps.b]\nkind = \"process\"\nhost = \"h2\"\nneeds = [\"a\"]\non_failure = \"rollback\"\n\
-             with = {{ program = \"sh\", args = [\"-c\", \"exit 7\"] }}\n",
-            hosts_toml(&lab),
-            mark("a", "a"),
-        ),
-    );
+    let plan = rollback_plan(&sb, &lab, "echo $UPSHIFT_TEST_HOST undo >> @M@/a.undo");
     let r = sb.run(&["run", plan.to_str().unwrap()]);
     r.expect(1);
     assert_eq!(sb.marker_lines("a"), ["h1 a"]);
@@ -1002,17 +1008,10 @@ fn a_rollback_compensates_a_remote_step_on_its_host() {
 fn a_compensation_in_flight_at_a_crash_is_followed_not_run_again() {
     let Some(lab) = lab(2) else { return };
     let sb = Sandbox::new();
-    let plan = sb.plan(
-        "rollback.toml",
-        &format!(
-            "name = \"rollback\"\n\n{}\
-             [steps.a]\nkind = \"process\"\nhost = \"h1\"\n{}\n\
-             compensate = {{ kind = \"process\", with = {{ program = \"sh\", args = [\"-c\", \"echo $UPSHIFT_TEST_HOST start >> @M@/a.undo; sleep 3; echo $UPSHIFT_TEST_HOST end >> @M@/a.undo\"] }} }}\n\n\
-             [steps.b]\nkind = \"process\"\nhost = \"h2\"\nneeds = [\"a\"]\non_failure = \"rollback\"\n\
-             with = {{ program = \"sh\", args = [\"-c\", \"exit 7\"] }}\n",
-            hosts_toml(&lab),
-            mark("a", "a"),
-        ),
+    let plan = rollback_plan(
+        &sb,
+        &lab,
+        "echo $UPSHIFT_TEST_HOST start >> @M@/a.undo; sleep 3; echo $UPSHIFT_TEST_HOST end >> @M@/a.undo",
     );
     let (mut child, run) = sb.spawn_run(&plan);
     assert!(wait_until(Duration::from_secs(60), || count(
