@@ -614,18 +614,16 @@ mod platform {
     }
 
     /// Kills the child's tree unless disarmed (the child ended on its own).
+    /// Only for unguarded children on Unix: the child leads its own group
+    /// (guarded ones go through [`super::guarded`]).
     pub struct Killer {
         pid: Option<i32>,
-        guarded: bool,
     }
 
     impl Killer {
-        /// With a guard, the direct child is the guard (in the engine's
-        /// process group); without one, the child leads its own group.
-        pub fn new(child: &tokio::process::Child, guarded: bool) -> Killer {
+        pub fn new(child: &tokio::process::Child, _guarded: bool) -> Killer {
             Killer {
                 pid: child.id().map(|p| p as i32),
-                guarded,
             }
         }
         pub fn disarm(&mut self) {
@@ -636,13 +634,10 @@ mod platform {
     impl Drop for Killer {
         fn drop(&mut self) {
             if let Some(pid) = self.pid {
-                // SIGTERM to a guard makes it SIGKILL the child's group; a
-                // bare child's group is killed directly. Either may already
-                // be gone: errors are expected and ignored.
+                // The child and its group; either may already be gone:
+                // errors are expected and ignored.
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-                if !self.guarded {
-                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                }
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     }
